@@ -1,0 +1,75 @@
+"""brokerguard: make a trading bot fail closed.
+
+brokerguard sits between a trading bot and its brokers. It stops calling a broker that is
+failing (circuit breakers with health states and capped, jittered backoff), blocks new risk
+while anything is unknown, and never invents a number.
+
+The public API is what this module exports; everything else is private and may change.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from brokerguard.clock import Clock, SystemClock
+from brokerguard.errors import (
+    BlockedError,
+    BrokerError,
+    BrokerGuardError,
+    BrokerRejection,
+    CircuitOpenError,
+    ConfigurationError,
+    FatalBrokerError,
+    RateLimitedError,
+    TransientBrokerError,
+)
+from brokerguard.resilience import (
+    BackoffKind,
+    BackoffPolicy,
+    BreakerSnapshot,
+    BrokerCircuitBreaker,
+    BrokerHealthState,
+    CircuitState,
+    Outcome,
+    RetryPolicy,
+    all_circuit_breakers,
+    circuit_breaker,
+    clear_registry,
+    default_classifier,
+    get_circuit_breaker,
+    is_breaking_enabled,
+    set_breaking_enabled,
+)
+
+try:
+    __version__ = version("brokerguard")
+except PackageNotFoundError:  # pragma: no cover (running from a source tree not installed)
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "BackoffKind",
+    "BackoffPolicy",
+    "BlockedError",
+    "BreakerSnapshot",
+    "BrokerCircuitBreaker",
+    "BrokerError",
+    "BrokerGuardError",
+    "BrokerHealthState",
+    "BrokerRejection",
+    "CircuitOpenError",
+    "CircuitState",
+    "Clock",
+    "ConfigurationError",
+    "FatalBrokerError",
+    "Outcome",
+    "RateLimitedError",
+    "RetryPolicy",
+    "SystemClock",
+    "TransientBrokerError",
+    "__version__",
+    "all_circuit_breakers",
+    "circuit_breaker",
+    "clear_registry",
+    "default_classifier",
+    "get_circuit_breaker",
+    "is_breaking_enabled",
+    "set_breaking_enabled",
+]

@@ -1,0 +1,139 @@
+"""The one exception tree of brokerguard.
+
+Every error brokerguard raises derives from :class:`BrokerGuardError`, in two families that
+tell the caller what to do::
+
+    BrokerGuardError
+    ├── BlockedError                 brokerguard refused: nothing reached the broker
+    │   └── CircuitOpenError         the broker's circuit is open (broker, scope, next_probe_in)
+    ├── BrokerError                  the broker was called and did not do it
+    │   ├── TransientBrokerError     network, timeout, unavailable, maintenance (retry_after)
+    │   │   └── RateLimitedError     the broker asked us to slow down (retry_after)
+    │   ├── BrokerRejection          a business refusal from a healthy broker: do not retry
+    │   └── FatalBrokerError         authentication or permission: trading must stop
+    └── ConfigurationError           a setting is invalid (also a ValueError)
+
+Errors carry their context as attributes so handlers never parse messages. Foreign errors
+(ccxt, HTTP) are translated into this tree at exactly one seam, inside the adapter that met
+them, and re-raised ``from`` the original.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "BlockedError",
+    "BrokerError",
+    "BrokerGuardError",
+    "BrokerRejection",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "FatalBrokerError",
+    "RateLimitedError",
+    "TransientBrokerError",
+]
+
+
+class BrokerGuardError(Exception):
+    """Base of every error brokerguard raises."""
+
+
+class BlockedError(BrokerGuardError):
+    """brokerguard refused the action; nothing was sent to the broker."""
+
+
+class CircuitOpenError(BlockedError):
+    """The broker's circuit is open, so the call was rejected without reaching the broker.
+
+    Attributes:
+        broker: the broker whose circuit is open.
+        next_probe_in: seconds until the breaker will let a probe through; ``0.0`` when the
+            probe time has come but the allowed probes are already in flight; ``None`` when an
+            operator forced the circuit open (no automatic probe).
+        scope: the breaker's scope (``"read"``, ``"write"``, ``"default"`` ...).
+    """
+
+    # The constructor is BaseException's own (arguments land in ``args``): an open circuit
+    # rejects calls in a hot loop, and a Python-level __init__ would double the cost of each
+    # rejection. The properties below give the arguments their names.
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, broker: str, next_probe_in: float | None, scope: str = "default"
+        ) -> None: ...
+
+    @property
+    def broker(self) -> str:
+        """Name of the broker whose circuit is open."""
+        return str(self.args[0])
+
+    @property
+    def next_probe_in(self) -> float | None:
+        """Seconds until the next probe is allowed (None: forced open, no automatic probe)."""
+        value = self.args[1] if len(self.args) > 1 else None
+        return None if value is None else float(value)
+
+    @property
+    def retry_after(self) -> float | None:
+        """Same as :attr:`next_probe_in`, under the name transient errors use."""
+        return self.next_probe_in
+
+    @property
+    def scope(self) -> str:
+        """Scope of the breaker that rejected the call."""
+        return str(self.args[2]) if len(self.args) > 2 else "default"  # noqa: PLR2004 (args[2])
+
+    def __str__(self) -> str:
+        wait = self.next_probe_in
+        when = "until an operator closes it" if wait is None else f"next probe in {wait:.1f}s"
+        return f"circuit open for broker {self.broker!r} (scope {self.scope!r}): {when}"
+
+
+class BrokerError(BrokerGuardError):
+    """The broker was called and did not do what was asked."""
+
+
+class TransientBrokerError(BrokerError):
+    """A failure that may go away by itself: network, timeout, unavailable, maintenance.
+
+    Attributes:
+        retry_after: seconds the broker asked us to wait before trying again, when it said so.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        if retry_after is not None and not retry_after >= 0:  # also rejects NaN
+            raise ConfigurationError(f"retry_after must be >= 0 seconds, got {retry_after!r}")
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only state would be lost by BaseException's pickling (args only); fleets pass
+        # errors between processes.
+        return (_rebuild_transient, (type(self), self.args, self.retry_after))
+
+
+class RateLimitedError(TransientBrokerError):
+    """The broker said we are calling too often; ``retry_after`` is honoured when given."""
+
+
+class BrokerRejection(BrokerError):  # noqa: N818 (the name is the documented contract)
+    """A business refusal (insufficient funds, invalid order, unknown order).
+
+    The broker answered, so it is healthy: a rejection is never retried and never counts as a
+    breaker failure (nor as a success).
+    """
+
+
+class FatalBrokerError(BrokerError):
+    """Authentication or permission failure: retrying cannot help and trading must stop."""
+
+
+class ConfigurationError(BrokerGuardError, ValueError):
+    """A setting is invalid; raised when the object is built, never later."""
+
+
+def _rebuild_transient(
+    cls: type[TransientBrokerError], args: tuple[Any, ...], retry_after: float | None
+) -> TransientBrokerError:
+    return cls(*args, retry_after=retry_after)

@@ -1,0 +1,41 @@
+"""bench/overhead.py must keep running (its figures live in docs/benchmarks.md, not in tests)."""
+
+import importlib.util
+import pathlib
+import sys
+
+BENCH = pathlib.Path(__file__).parents[2] / "bench" / "overhead.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("overhead", BENCH)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["overhead"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_probe_runs_and_the_table_has_every_row(capsys):
+    """A quick run measures every path of every library and prints the verdicts."""
+    overhead = load()
+    assert overhead.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    for path, name, _ in overhead.SYNC_PROBES:
+        assert f"| {path} | {name} |" in out
+    for name in ("brokerguard", "aiobreaker", "purgatory", "bare await"):
+        assert f"| async | {name} |" in out
+    assert "| closed success path / bare call |" in out
+
+
+def test_the_open_probes_really_measure_rejections():
+    """Each 'open' probe must hit a rejection, or the benchmark would time the wrong thing."""
+    overhead = load()
+    env = overhead.build_env()
+    for path, name, stmt in overhead.SYNC_PROBES:
+        if path == "open":
+            flag = {}
+            body = stmt.replace("    pass", "    flag['rejected'] = True")
+            exec(body, {**env, "flag": flag})  # noqa: S102 (our own probe text)
+            assert flag == {"rejected": True}, name
