@@ -18,9 +18,11 @@ from brokerguard.errors import (
     CircuitOpenError,
     ConfigurationError,
     FatalBrokerError,
+    InvalidBrokerData,
     RateLimitedError,
     TransientBrokerError,
 )
+from brokerguard.models import Balance, Order, OrderRequest, OrderStatus, Position, Quote, Side
 from brokerguard.resilience import (
     BackoffKind,
     BackoffPolicy,
@@ -47,6 +49,7 @@ except PackageNotFoundError:  # pragma: no cover (running from a source tree not
 __all__ = [
     "BackoffKind",
     "BackoffPolicy",
+    "Balance",
     "BlockedError",
     "BreakerSnapshot",
     "BrokerCircuitBreaker",
@@ -59,9 +62,16 @@ __all__ = [
     "Clock",
     "ConfigurationError",
     "FatalBrokerError",
+    "InvalidBrokerData",
+    "Order",
+    "OrderRequest",
+    "OrderStatus",
     "Outcome",
+    "Position",
+    "Quote",
     "RateLimitedError",
     "RetryPolicy",
+    "Side",
     "SystemClock",
     "TransientBrokerError",
     "__version__",

@@ -10,7 +10,9 @@ tell the caller what to do::
     │   ├── TransientBrokerError     network, timeout, unavailable, maintenance (retry_after)
     │   │   └── RateLimitedError     the broker asked us to slow down (retry_after)
     │   ├── BrokerRejection          a business refusal from a healthy broker: do not retry
-    │   └── FatalBrokerError         authentication or permission: trading must stop
+    │   ├── FatalBrokerError         authentication or permission: trading must stop
+    │   └── InvalidBrokerData        the broker answered with something that is not data
+    │                                (field, value, reason): never becomes a number
     └── ConfigurationError           a setting is invalid (also a ValueError)
 
 Errors carry their context as attributes so handlers never parse messages. Foreign errors
@@ -30,6 +32,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "FatalBrokerError",
+    "InvalidBrokerData",
     "RateLimitedError",
     "TransientBrokerError",
 ]
@@ -129,6 +132,34 @@ class FatalBrokerError(BrokerError):
     """Authentication or permission failure: retrying cannot help and trading must stop."""
 
 
+class InvalidBrokerData(BrokerError):  # noqa: N818 (the name is the documented contract)
+    """A value from a broker (or handed to a model) is not data: it never becomes a number.
+
+    Raised for NaN, infinity, negative or absurd quantities, zero or negative prices, empty
+    symbols, non-numeric strings, wrong types and missing fields. By default it counts as a
+    breaker failure (a garbled payload) but is not retried.
+
+    Attributes:
+        field: which field was bad (``"price"``, ``"quantity"``, ``"symbol"`` ...).
+        value: the offending value, as received.
+        reason: a stable code for what was wrong (``"nan"``, ``"negative"``, ``"missing"`` ...).
+        symbol: the instrument concerned, when known.
+    """
+
+    def __init__(
+        self, field: str, value: object, reason: str, *, symbol: str | None = None
+    ) -> None:
+        where = f" for {symbol}" if symbol else ""
+        super().__init__(f"invalid {field}{where}: {reason} (got {value!r})")
+        self.field = field
+        self.value = value
+        self.reason = reason
+        self.symbol = symbol
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_invalid, (self.field, self.value, self.reason, self.symbol))
+
+
 class ConfigurationError(BrokerGuardError, ValueError):
     """A setting is invalid; raised when the object is built, never later."""
 
@@ -137,3 +168,9 @@ def _rebuild_transient(
     cls: type[TransientBrokerError], args: tuple[Any, ...], retry_after: float | None
 ) -> TransientBrokerError:
     return cls(*args, retry_after=retry_after)
+
+
+def _rebuild_invalid(
+    field: str, value: object, reason: str, symbol: str | None
+) -> InvalidBrokerData:
+    return InvalidBrokerData(field, value, reason, symbol=symbol)

@@ -1,0 +1,279 @@
+"""The domain's values: positions, quotes, orders and balances, with money as `Decimal`.
+
+Every constructor validates what it is given, because these values are built from broker
+payloads and a single bad number (NaN, infinity, a negative quantity, "N/A") must stop at the
+boundary instead of flowing into a sizing or valuation decision. Constructors accept ``int``,
+``str`` and ``Decimal``; a ``float`` is converted through ``str`` (so ``0.1`` is
+``Decimal("0.1")``, not the binary approximation). ``bool`` is refused even though Python
+calls it an ``int``: a broker that sends ``true`` as a quantity sent garbage.
+
+Bad values raise :class:`~brokerguard.errors.InvalidBrokerData` naming the field, the value
+and a stable reason code. Nothing here ever substitutes a value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Final, TypeVar
+
+from brokerguard.errors import InvalidBrokerData
+
+__all__ = [
+    "MAX_MAGNITUDE",
+    "Balance",
+    "Order",
+    "OrderRequest",
+    "OrderStatus",
+    "Position",
+    "PriceProblem",
+    "Quote",
+    "Side",
+    "parse_decimal",
+    "parse_price",
+    "parse_symbol",
+]
+
+MAX_MAGNITUDE: Final = Decimal(10) ** 18
+"""No real price or quantity reaches a quintillion; a value beyond it is a garbled payload."""
+
+
+class Side(StrEnum):
+    """Direction of an order."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderStatus(StrEnum):
+    """Where an order is in its life."""
+
+    OPEN = "open"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+
+    @property
+    def is_final(self) -> bool:
+        """Return whether the order can no longer change (filled, canceled or rejected)."""
+        return self in _FINAL_STATUSES
+
+
+_FINAL_STATUSES: Final = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED})
+
+
+class PriceProblem(StrEnum):
+    """Why a price is not usable; the value is the stable reason code."""
+
+    MISSING = "missing"
+    ZERO = "zero"
+    NEGATIVE = "negative"
+    NAN = "nan"
+    INFINITE = "infinite"
+    NON_NUMERIC = "non_numeric"
+    ABSURD = "absurd"
+    STALE = "stale"
+
+
+def parse_decimal(
+    value: object,
+    *,
+    field: str,
+    allow_negative: bool = False,
+    allow_zero: bool = True,
+    symbol: str | None = None,
+) -> Decimal:
+    """Turn a broker's number into a finite `Decimal`, or raise `InvalidBrokerData`.
+
+    The reason codes are those of :class:`PriceProblem` (``missing``, ``zero``, ``negative``,
+    ``nan``, ``infinite``, ``non_numeric``, ``absurd``).
+    """
+    number = _to_decimal(value, field=field, symbol=symbol)
+    if number.is_nan():
+        raise InvalidBrokerData(field, value, PriceProblem.NAN, symbol=symbol)
+    if number.is_infinite():
+        raise InvalidBrokerData(field, value, PriceProblem.INFINITE, symbol=symbol)
+    if abs(number) > MAX_MAGNITUDE:
+        raise InvalidBrokerData(field, value, PriceProblem.ABSURD, symbol=symbol)
+    if number < 0 and not allow_negative:
+        raise InvalidBrokerData(field, value, PriceProblem.NEGATIVE, symbol=symbol)
+    if number == 0:
+        if not allow_zero:
+            raise InvalidBrokerData(field, value, PriceProblem.ZERO, symbol=symbol)
+        return Decimal(0)  # also folds -0 into 0
+    return number
+
+
+def parse_price(value: object, *, symbol: str | None = None) -> Decimal:
+    """Return `value` as a strictly positive, finite price, or raise `InvalidBrokerData`."""
+    return parse_decimal(value, field="price", allow_zero=False, symbol=symbol)
+
+
+def parse_symbol(value: object, *, field: str = "symbol") -> str:
+    """Return `value` as a non-empty, stripped symbol, or raise `InvalidBrokerData`."""
+    if value is None:
+        raise InvalidBrokerData(field, value, PriceProblem.MISSING)
+    if not isinstance(value, str):
+        raise InvalidBrokerData(field, value, "not_a_string")
+    symbol = value.strip()
+    if not symbol:
+        raise InvalidBrokerData(field, value, "empty")
+    return symbol
+
+
+def _to_decimal(value: object, *, field: str, symbol: str | None) -> Decimal:
+    if value is None:
+        raise InvalidBrokerData(field, value, PriceProblem.MISSING, symbol=symbol)
+    if isinstance(value, bool):
+        raise InvalidBrokerData(field, value, PriceProblem.NON_NUMERIC, symbol=symbol)
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise InvalidBrokerData(field, value, PriceProblem.NAN, symbol=symbol)
+        if math.isinf(value):
+            raise InvalidBrokerData(field, value, PriceProblem.INFINITE, symbol=symbol)
+        return Decimal(repr(value))  # the shortest repr: 0.1 -> Decimal("0.1")
+    if isinstance(value, str):
+        try:
+            return Decimal(value.strip())
+        except InvalidOperation:
+            raise InvalidBrokerData(field, value, PriceProblem.NON_NUMERIC, symbol=symbol) from None
+    raise InvalidBrokerData(field, value, PriceProblem.NON_NUMERIC, symbol=symbol)
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """An open holding in one instrument, as the broker reported it."""
+
+    symbol: str
+    quantity: Decimal
+
+    def __post_init__(self) -> None:
+        symbol = parse_symbol(self.symbol)
+        _set(self, "symbol", symbol)
+        _set(self, "quantity", parse_decimal(self.quantity, field="quantity", symbol=symbol))
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """A usable price for a symbol at a time (epoch seconds). A quote is never zero or NaN."""
+
+    symbol: str
+    price: Decimal
+    timestamp: float
+
+    def __post_init__(self) -> None:
+        symbol = parse_symbol(self.symbol)
+        _set(self, "symbol", symbol)
+        _set(self, "price", parse_price(self.price, symbol=symbol))
+        stamp = parse_decimal(self.timestamp, field="timestamp", symbol=symbol)
+        _set(self, "timestamp", float(stamp))
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """What we ask a broker to do; the client order id makes the request idempotent."""
+
+    symbol: str
+    side: Side
+    quantity: Decimal
+    client_order_id: str
+
+    def __post_init__(self) -> None:
+        symbol = parse_symbol(self.symbol)
+        _set(self, "symbol", symbol)
+        _set(self, "side", _parse_side(self.side))
+        _set(
+            self,
+            "quantity",
+            parse_decimal(self.quantity, field="quantity", allow_zero=False, symbol=symbol),
+        )
+        _set(self, "client_order_id", parse_symbol(self.client_order_id, field="client_order_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order as the broker knows it."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    filled_quantity: Decimal
+    status: OrderStatus
+    broker_order_id: str | None = None
+
+    def __post_init__(self) -> None:
+        symbol = parse_symbol(self.symbol)
+        _set(self, "symbol", symbol)
+        _set(self, "client_order_id", parse_symbol(self.client_order_id, field="client_order_id"))
+        _set(self, "side", _parse_side(self.side))
+        quantity = parse_decimal(self.quantity, field="quantity", symbol=symbol)
+        filled = parse_decimal(self.filled_quantity, field="filled_quantity", symbol=symbol)
+        if filled > quantity:
+            raise InvalidBrokerData("filled_quantity", self.filled_quantity, "exceeds_quantity")
+        _set(self, "quantity", quantity)
+        _set(self, "filled_quantity", filled)
+        status = _parse_enum(OrderStatus, self.status, field="status", reason="unknown_status")
+        _set(self, "status", status)
+        if self.broker_order_id is not None:
+            _set(
+                self, "broker_order_id", parse_symbol(self.broker_order_id, field="broker_order_id")
+            )
+
+    @property
+    def remaining_quantity(self) -> Decimal:
+        """Quantity not filled yet."""
+        return self.quantity - self.filled_quantity
+
+    @property
+    def is_final(self) -> bool:
+        """Return whether the order can no longer change."""
+        return self.status.is_final
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """Holdings of one asset: what is free to trade and what is held by open orders."""
+
+    asset: str
+    free: Decimal
+    used: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        asset = parse_symbol(self.asset, field="asset")
+        _set(self, "asset", asset)
+        _set(self, "free", parse_decimal(self.free, field="free", symbol=asset))
+        _set(self, "used", parse_decimal(self.used, field="used", symbol=asset))
+
+    @property
+    def total(self) -> Decimal:
+        """Free plus used."""
+        return self.free + self.used
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _parse_enum(kind: type[E], value: object, *, field: str, reason: str) -> E:
+    # Only strings (StrEnum members are strings) can name a member: 1 is not "buy".
+    if not isinstance(value, str):
+        raise InvalidBrokerData(field, value, reason)
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidBrokerData(field, value, reason) from None
+
+
+def _parse_side(value: object) -> Side:
+    return _parse_enum(Side, value, field="side", reason="unknown_side")
