@@ -9,6 +9,7 @@ The public API is what this module exports; everything else is private and may c
 
 from importlib.metadata import PackageNotFoundError, version
 
+from brokerguard.brokers import BaseBroker, OrderUnconfirmedError, PositionSnapshot, PriceCheck
 from brokerguard.clock import Clock, SystemClock
 from brokerguard.errors import (
     BlockedError,
@@ -22,7 +23,16 @@ from brokerguard.errors import (
     RateLimitedError,
     TransientBrokerError,
 )
-from brokerguard.models import Balance, Order, OrderRequest, OrderStatus, Position, Quote, Side
+from brokerguard.models import (
+    Balance,
+    Order,
+    OrderRequest,
+    OrderStatus,
+    Position,
+    PriceProblem,
+    Quote,
+    Side,
+)
 from brokerguard.resilience import (
     BackoffKind,
     BackoffPolicy,
@@ -50,6 +60,7 @@ __all__ = [
     "BackoffKind",
     "BackoffPolicy",
     "Balance",
+    "BaseBroker",
     "BlockedError",
     "BreakerSnapshot",
     "BrokerCircuitBreaker",
@@ -66,8 +77,12 @@ __all__ = [
     "Order",
     "OrderRequest",
     "OrderStatus",
+    "OrderUnconfirmedError",
     "Outcome",
     "Position",
+    "PositionSnapshot",
+    "PriceCheck",
+    "PriceProblem",
     "Quote",
     "RateLimitedError",
     "RetryPolicy",

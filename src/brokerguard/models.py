@@ -33,6 +33,7 @@ __all__ = [
     "Side",
     "parse_decimal",
     "parse_price",
+    "parse_side",
     "parse_symbol",
 ]
 
@@ -192,7 +193,7 @@ class OrderRequest:
     def __post_init__(self) -> None:
         symbol = parse_symbol(self.symbol)
         _set(self, "symbol", symbol)
-        _set(self, "side", _parse_side(self.side))
+        _set(self, "side", parse_side(self.side))
         _set(
             self,
             "quantity",
@@ -217,7 +218,7 @@ class Order:
         symbol = parse_symbol(self.symbol)
         _set(self, "symbol", symbol)
         _set(self, "client_order_id", parse_symbol(self.client_order_id, field="client_order_id"))
-        _set(self, "side", _parse_side(self.side))
+        _set(self, "side", parse_side(self.side))
         quantity = parse_decimal(self.quantity, field="quantity", symbol=symbol)
         filled = parse_decimal(self.filled_quantity, field="filled_quantity", symbol=symbol)
         if filled > quantity:
@@ -275,5 +276,6 @@ def _parse_enum(kind: type[E], value: object, *, field: str, reason: str) -> E:
         raise InvalidBrokerData(field, value, reason) from None
 
 
-def _parse_side(value: object) -> Side:
+def parse_side(value: object) -> Side:
+    """Return `value` as a :class:`Side`, or raise `InvalidBrokerData`."""
     return _parse_enum(Side, value, field="side", reason="unknown_side")

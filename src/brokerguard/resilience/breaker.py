@@ -259,6 +259,10 @@ class BrokerCircuitBreaker:
         """The schedule between retries of :meth:`call_with_circuit_breaker`."""
         return self.retry_policy.backoff
 
+    def classify(self, exc: BaseException) -> Outcome:
+        """Return how this breaker counts `exc` (its classifier's verdict)."""
+        return self._classify(exc)
+
     @property
     def clock(self) -> Clock:
         """The clock this breaker reads."""
