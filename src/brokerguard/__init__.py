@@ -9,7 +9,15 @@ The public API is what this module exports; everything else is private and may c
 
 from importlib.metadata import PackageNotFoundError, version
 
-from brokerguard.brokers import BaseBroker, OrderUnconfirmedError, PositionSnapshot, PriceCheck
+from brokerguard.brokers import (
+    BaseBroker,
+    FaultPlan,
+    OrderUnconfirmedError,
+    OutageWindow,
+    PaperBroker,
+    PositionSnapshot,
+    PriceCheck,
+)
 from brokerguard.clock import Clock, SystemClock
 from brokerguard.errors import (
     BlockedError,
@@ -73,12 +81,15 @@ __all__ = [
     "Clock",
     "ConfigurationError",
     "FatalBrokerError",
+    "FaultPlan",
     "InvalidBrokerData",
     "Order",
     "OrderRequest",
     "OrderStatus",
     "OrderUnconfirmedError",
+    "OutageWindow",
     "Outcome",
+    "PaperBroker",
     "Position",
     "PositionSnapshot",
     "PriceCheck",

@@ -1,0 +1,289 @@
+"""PaperBroker: a deterministic exchange whose every documented fault can be switched on."""
+
+from __future__ import annotations
+
+import contextlib
+from decimal import Decimal
+
+import pytest
+
+from brokerguard import (
+    BrokerRejection,
+    CircuitOpenError,
+    CircuitState,
+    ConfigurationError,
+    OrderStatus,
+    Position,
+    RateLimitedError,
+    Side,
+    TransientBrokerError,
+    clear_registry,
+)
+from brokerguard.brokers import MISSING, FaultPlan, OutageWindow, PaperBroker
+from brokerguard.models import OrderRequest
+from brokerguard.testing import FakeClock
+
+
+def paper(clock: FakeClock, **kwargs) -> PaperBroker:
+    kwargs.setdefault("prices", {"BTC/USD": "60000", "ETH/USD": "3000", "SOL/USD": "150"})
+    return PaperBroker("paper", clock=clock, **kwargs)
+
+
+def request(cid: str, side: str = "buy", qty: str = "1", symbol: str = "BTC/USD") -> OrderRequest:
+    return OrderRequest(symbol, side, qty, cid)
+
+
+# --------------------------------------------------------------------------- prices
+
+
+def test_prices_walk_deterministically_from_the_seed(clock):
+    """Same seed and same calls: same prices. Another seed: another path."""
+
+    def path(seed: int) -> list[dict]:
+        clear_registry()  # each path is its own world, with its own clock and breakers
+        c = FakeClock(start=1000.0)
+        broker = paper(c, seed=seed, volatility=0.01)
+        out = []
+        for _ in range(5):
+            c.advance(60)
+            out.append(broker.get_prices(["BTC/USD", "ETH/USD"]))
+        return out
+
+    assert path(1) == path(1)
+    assert path(1) != path(2)
+    assert all(isinstance(p, Decimal) and p > 0 for step in path(1) for p in step.values())
+
+
+def test_a_fault_plan_does_not_change_the_price_path(clock):
+    """Faults and prices use separate dice: switching faults on replays the same prices."""
+
+    def path(plan: FaultPlan) -> list:
+        clear_registry()
+        c = FakeClock()
+        broker = paper(c, seed=5, volatility=0.01, fault_plan=plan)
+        out = []
+        for _ in range(5):
+            c.advance(10)
+            out.append(broker.fetch_prices(["BTC/USD"]))
+        return out
+
+    assert path(FaultPlan()) == path(FaultPlan(error_rate={"ping": 0.5}))
+
+
+def test_bad_prices_from_the_plan_reach_the_guard_as_none(clock):
+    """Missing, zero and NaN prices are reported raw and come out of the guard as None."""
+    plan = FaultPlan(bad_prices={"ETH/USD": "NaN", "SOL/USD": 0, "BTC/USD": MISSING})
+    broker = paper(clock, fault_plan=plan)
+    assert broker.fetch_prices(["BTC/USD", "ETH/USD", "SOL/USD"]) == {
+        "ETH/USD": "NaN",
+        "SOL/USD": 0,
+    }
+    assert broker.get_prices(["BTC/USD", "ETH/USD", "SOL/USD"]) == {
+        "BTC/USD": None,
+        "ETH/USD": None,
+        "SOL/USD": None,
+    }
+
+
+# --------------------------------------------------------------------------- orders
+
+
+def test_market_orders_settle_after_the_delay(clock):
+    """An order is open until settle_delay has passed, then filled, and the position exists."""
+    broker = paper(clock, settle_delay=2.0)
+    order = broker.place_market_order("BTC/USD", "buy", "0.5", client_order_id="b1")
+    assert order.status is OrderStatus.OPEN
+    assert broker.get_positions() == []
+    clock.advance(2.0)
+    assert broker.get_order("b1").status is OrderStatus.FILLED
+    assert broker.get_positions() == [Position("BTC/USD", Decimal("0.5"))]
+
+
+def test_partial_fills_come_in_two_halves(clock):
+    """With partial fills, half fills at the delay and the rest one delay later."""
+    broker = paper(clock, settle_delay=1.0, partial_fills=True)
+    broker.place_market_order("ETH/USD", "buy", "3", client_order_id="b1")
+    clock.advance(1.0)
+    order = broker.get_order("b1")
+    assert (order.status, order.filled_quantity) == (OrderStatus.PARTIALLY_FILLED, Decimal("1.5"))
+    clock.advance(1.0)
+    order = broker.get_order("b1")
+    assert (order.status, order.filled_quantity) == (OrderStatus.FILLED, Decimal(3))
+
+
+def test_sells_reduce_and_close_positions(clock):
+    """Selling the whole holding removes the position."""
+    broker = paper(clock, positions={"SOL/USD": "4"}, settle_delay=0)
+    broker.place_market_order("SOL/USD", Side.SELL, "1")
+    assert broker.true_positions() == {"SOL/USD": Decimal(3)}
+    broker.close_position("SOL/USD")
+    assert broker.true_positions() == {}
+
+
+def test_selling_more_than_held_is_rejected_counting_pending_sells(clock):
+    """A sell beyond the holding not already being sold is a business rejection."""
+    broker = paper(clock, positions={"BTC/USD": "1"}, settle_delay=10)
+    broker.place_market_order("BTC/USD", "sell", "0.6")
+    with pytest.raises(BrokerRejection, match="insufficient position"):
+        broker.place_market_order("BTC/USD", "sell", "0.6")
+
+
+def test_unknown_symbols_and_duplicate_ids_are_rejected(clock):
+    """Like an exchange: no such market, or a client order id already used."""
+    broker = paper(clock)
+    with pytest.raises(BrokerRejection, match="unknown symbol"):
+        broker.submit_order(request("x", symbol="NOPE/USD"))
+    broker.submit_order(request("dup"))
+    with pytest.raises(BrokerRejection, match="duplicate"):
+        broker.submit_order(request("dup"))
+
+
+def test_orders_are_found_open_or_closed_and_unknown_ids_are_absent(clock):
+    """fetch_order looks at every order, filled ones included; unknown means None."""
+    broker = paper(clock, settle_delay=0)
+    broker.submit_order(request("filled-at-once"))
+    assert broker.fetch_order("filled-at-once").status is OrderStatus.FILLED
+    assert broker.fetch_order("never-sent") is None
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_error_rate_one_fails_every_call_of_that_method_only(clock):
+    """A per-method error rate hits that method and leaves the others alone."""
+    broker = paper(clock, fault_plan=FaultPlan(error_rate={"fetch_positions": 1.0}))
+    with pytest.raises(TransientBrokerError):
+        broker.fetch_positions()
+    assert broker.fetch_prices(["BTC/USD"])
+    assert [c.outcome for c in broker.calls] == ["error", "ok"]
+
+
+def test_error_rates_are_seeded(clock):
+    """The same seed fails the same calls."""
+
+    def outcomes(seed: int) -> list[str]:
+        clear_registry()
+        broker = paper(FakeClock(), seed=seed, fault_plan=FaultPlan(error_rate={"ping": 0.5}))
+        for _ in range(40):
+            with contextlib.suppress(TransientBrokerError):
+                broker.ping()
+        return [c.outcome for c in broker.calls]
+
+    assert outcomes(3) == outcomes(3)
+    assert outcomes(3) != outcomes(4)
+    assert 5 < outcomes(3).count("error") < 35
+
+
+def test_outage_windows_refuse_calls_inside_them_only(clock):
+    """Inside the window the broker answers 503; before and after, it works."""
+    window = OutageWindow(1010.0, 1020.0, methods=frozenset({"fetch_prices"}))
+    broker = paper(clock, fault_plan=FaultPlan(outages=[window]))
+    broker.fetch_prices(["BTC/USD"])
+    clock.advance(10)
+    with pytest.raises(TransientBrokerError, match="503"):
+        broker.fetch_prices(["BTC/USD"])
+    broker.fetch_positions()  # not named by the window
+    clock.advance(10)
+    broker.fetch_prices(["BTC/USD"])
+
+
+def test_latency_is_spent_on_the_clock(clock):
+    """A slow method advances the (fake) clock by its latency."""
+    broker = paper(clock, fault_plan=FaultPlan(latency={"fetch_order": 2.5}))
+    broker.fetch_order("x")
+    assert clock.monotonic() == 1002.5
+    assert broker.calls[0].at == 1002.5
+
+
+def test_stale_snapshots_return_an_older_state(clock):
+    """A stale position fetch shows the account as it was stale_positions_age ago."""
+    broker = paper(clock, settle_delay=0)
+    clock.advance(60)
+    broker.submit_order(request("b1"))
+    broker.set_fault_plan(FaultPlan(stale_positions_rate=1.0, stale_positions_age=30))
+    assert broker.fetch_positions() == []
+    assert broker.true_positions() == {"BTC/USD": Decimal(1)}
+    clock.advance(31)
+    assert broker.fetch_positions() == [Position("BTC/USD", Decimal(1))]
+
+
+def test_unsettled_sells_never_fill(clock):
+    """Under the plan, sells of the named symbols stay open forever; buys still fill."""
+    plan = FaultPlan(unsettled_sells=frozenset({"ETH/USD"}))
+    broker = paper(clock, positions={"ETH/USD": "2"}, settle_delay=1, fault_plan=plan)
+    broker.submit_order(request("s1", "sell", "2", "ETH/USD"))
+    broker.submit_order(request("b1", "buy", "1", "BTC/USD"))
+    clock.advance(3600)
+    assert broker.fetch_order("s1").status is OrderStatus.OPEN
+    assert broker.fetch_order("b1").status is OrderStatus.FILLED
+    assert broker.true_positions()["ETH/USD"] == Decimal(2)
+
+
+def test_rate_limits_carry_retry_after_and_the_guard_obeys_it(clock):
+    """A rate-limited call says how long to wait, and the guarded read waits that long."""
+    plan = FaultPlan(rate_limit_rate=1.0, rate_limit_retry_after=7.0)
+    broker = paper(clock, fault_plan=plan)
+    with pytest.raises(RateLimitedError) as info:
+        broker.fetch_positions()
+    assert info.value.retry_after == 7.0
+    with pytest.raises(RateLimitedError):
+        broker.get_positions()
+    assert clock.sleeps == [7.0, 7.0]
+
+
+def test_lost_confirmations_leave_the_order_at_the_broker(clock):
+    """Accepted then lost: the raw call fails, the order exists, the guard returns it once."""
+    broker = paper(clock, fault_plan=FaultPlan(fail_after_accept_rate=1.0))
+    with pytest.raises(TransientBrokerError, match="confirmation was lost"):
+        broker.submit_order(request("raw"))
+    assert broker.fetch_order("raw") is not None
+    order = broker.place_market_order("BTC/USD", "buy", 1, client_order_id="guarded")
+    assert order.client_order_id == "guarded"
+    assert [o.client_order_id for o in broker.all_orders()] == ["raw", "guarded"]
+
+
+def test_a_ten_minute_outage_opens_the_breaker_and_spares_the_broker(clock):
+    """During an outage the guard stops calling after the threshold, probing only sparsely."""
+    outage = OutageWindow(1000.0, 1600.0)
+    broker = paper(clock, fault_plan=FaultPlan(outages=[outage]))
+    results = {"rejected": 0, "failed": 0}
+    while clock.monotonic() < 1600.0:
+        try:
+            broker.get_positions()
+        except CircuitOpenError:
+            results["rejected"] += 1
+        except TransientBrokerError:
+            results["failed"] += 1
+        clock.advance(1.0)
+    during = broker.calls_between(1000.0, 1600.0)
+    assert broker.read_breaker.state is CircuitState.OPEN
+    assert results["rejected"] > 400
+    assert len(during) <= 15  # the opening failures plus a few probes, not ~600 polls
+    clock.advance(600)
+    broker.get_positions()
+    broker.get_positions()
+    assert broker.read_breaker.state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"error_rate": {"fetch_positions": 1.5}},
+        {"error_rate": {"fetch_everything": 0.1}},
+        {"latency": {"ping": -1}},
+        {"stale_positions_rate": -0.1},
+        {"rate_limit_retry_after": float("nan")},
+    ],
+)
+def test_invalid_fault_plans_are_refused(kwargs):
+    """A plan that cannot mean anything is refused when built."""
+    with pytest.raises(ConfigurationError):
+        FaultPlan(**kwargs)
+
+
+def test_invalid_outage_windows_are_refused():
+    """Windows must end after they start and name real methods."""
+    with pytest.raises(ConfigurationError):
+        OutageWindow(10.0, 5.0)
+    with pytest.raises(ConfigurationError):
+        OutageWindow(0.0, 5.0, methods=frozenset({"withdraw"}))
