@@ -1,0 +1,393 @@
+"""Real exchanges through ccxt: the four raw methods, and ccxt's errors translated at one seam.
+
+:class:`CcxtBroker` wraps a *synchronous* ``ccxt`` exchange instance. Spot positions are the
+account's non-quote balances; prices come from one batched ``fetch_tickers`` call; orders are
+market orders carrying our client order id (Kraken's ``cl_ord_id``); an order is looked up among
+open **and** recently closed orders by that id, because Kraken checks ``cl_ord_id`` for
+uniqueness only against open orders.
+
+ccxt's own retry loop (``maxRetriesOnFailure``) is forced to 0: it would resend orders blindly.
+brokerguard owns retries.
+
+Every ccxt exception becomes a brokerguard one in :func:`translate_ccxt_error`, most specific
+first, re-raised ``from`` the original; nothing above this module imports ccxt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import ccxt
+
+from brokerguard.brokers.base import BaseBroker
+from brokerguard.clock import SYSTEM_CLOCK, Clock
+from brokerguard.errors import (
+    BrokerError,
+    BrokerGuardError,
+    BrokerRejection,
+    FatalBrokerError,
+    InvalidBrokerData,
+    RateLimitedError,
+    TransientBrokerError,
+)
+from brokerguard.models import (
+    Order,
+    OrderRequest,
+    OrderStatus,
+    Position,
+    parse_decimal,
+    parse_symbol,
+)
+from brokerguard.resilience.breaker import BrokerCircuitBreaker
+
+__all__ = [
+    "CcxtBroker",
+    "InvalidNonceError",
+    "NonceSource",
+    "nonce_source_for",
+    "strict_json_loads",
+    "translate_ccxt_error",
+]
+
+log = logging.getLogger("brokerguard.broker.ccxt")
+
+T = TypeVar("T")
+
+LOCKOUT_SECONDS = 900.0
+"""Kraken's temporary lockout after repeated bad nonces or signatures lasts about 15 minutes."""
+
+
+class InvalidNonceError(TransientBrokerError):
+    """The exchange refused our nonce (it saw a larger one for this API key)."""
+
+
+def _rate_limited(message: str) -> BrokerGuardError:
+    lockout = "Temporary lockout" in message
+    return RateLimitedError(message, retry_after=LOCKOUT_SECONDS if lockout else None)
+
+
+def _unparseable(message: str) -> BrokerGuardError:
+    return InvalidBrokerData("response", message, "unparseable")
+
+
+_TRANSLATIONS: tuple[tuple[tuple[type[BaseException], ...], Callable[[str], BrokerGuardError]], ...]
+_TRANSLATIONS = (
+    # Most specific first: ccxt puts rate limits, nonces, timeouts and maintenance all under
+    # NetworkError, and permission problems under AuthenticationError.
+    ((ccxt.InvalidNonce,), InvalidNonceError),
+    ((ccxt.RateLimitExceeded, ccxt.DDoSProtection), _rate_limited),
+    ((ccxt.NetworkError,), TransientBrokerError),
+    ((ccxt.AuthenticationError,), FatalBrokerError),
+    ((ccxt.InsufficientFunds, ccxt.InvalidOrder, ccxt.BadSymbol, ccxt.BadRequest), BrokerRejection),
+    ((ccxt.BadResponse,), _unparseable),
+)
+_MARKERS: tuple[tuple[str, Callable[[str], BrokerGuardError]], ...] = (
+    # Where ccxt is too coarse (a plain ExchangeError), Kraken's error string decides.
+    ("EAPI:Invalid key", FatalBrokerError),
+    ("EAPI:Invalid signature", FatalBrokerError),
+    ("EGeneral:Permission denied", FatalBrokerError),
+    ("EOrder:Duplicate order", BrokerRejection),
+    ("EOrder:Unknown order", BrokerRejection),
+    ("EQuery:Unknown asset", BrokerRejection),
+)
+
+
+def translate_ccxt_error(exc: BaseException) -> BrokerGuardError:
+    """Return the brokerguard error for a ccxt (or transport) error: the one translation seam."""
+    message = str(exc)
+    for classes, make in _TRANSLATIONS:
+        if isinstance(exc, classes):
+            return make(message)
+    for marker, make in _MARKERS:
+        if marker in message:
+            return make(message)
+    if isinstance(exc, OSError):
+        return TransientBrokerError(f"{type(exc).__name__}: {exc}")
+    return BrokerError(
+        message if isinstance(exc, ccxt.BaseError) else f"{type(exc).__name__}: {exc}"
+    )
+
+
+def strict_json_loads(text: str) -> Any:
+    """Decode a JSON body or raise ``ccxt.BadResponse``.
+
+    ccxt's default decoder swallows a decoding error and hands the raw text to the exchange
+    class, whose parsers then read it as an *empty* result: a garbled balance response becomes
+    "no positions", which is the incident brokerguard exists to prevent. Installed as the
+    exchange's ``on_json_response`` (ccxt's documented hook for JSON decoding).
+    """
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ccxt.BadResponse(f"unparseable JSON body: {text[:200]!r}") from exc
+
+
+class NonceSource:
+    """Strictly increasing nonces (milliseconds) for one API key, shared by every thread.
+
+    Kraken rejects a nonce that is not larger than the last one it saw for the key. ccxt's own
+    counter is per exchange instance, so two instances (or threads with their own instances)
+    on one key can collide; one shared source per key cannot. After a rejection,
+    :meth:`resync` jumps past whatever the exchange saw and counts the collision.
+    """
+
+    def __init__(self, clock: Clock | None = None, *, resync_jump_ms: int = 1000) -> None:
+        self._clock = clock if clock is not None else SYSTEM_CLOCK
+        self._lock = threading.Lock()
+        self._last = 0
+        self.resync_jump_ms = resync_jump_ms
+        self.call_lock = threading.RLock()
+        """Held across each private call: increasing nonces must also *arrive* in order."""
+        self.collisions = 0
+        """How many times the exchange refused one of our nonces."""
+
+    def next(self) -> int:
+        """Return a nonce larger than every nonce returned before."""
+        with self._lock:
+            self._last = max(self._last + 1, int(self._clock.time() * 1000))
+            return self._last
+
+    def resync(self) -> None:
+        """Record a refused nonce and jump ahead so the next one clears the exchange's mark."""
+        with self._lock:
+            self.collisions += 1
+            self._last = max(self._last, int(self._clock.time() * 1000)) + self.resync_jump_ms
+
+    @property
+    def last(self) -> int:
+        """The last nonce handed out."""
+        return self._last
+
+
+_nonce_sources: dict[str, NonceSource] = {}
+_nonce_lock = threading.Lock()
+
+
+def nonce_source_for(api_key: str, clock: Clock | None = None) -> NonceSource:
+    """Return the process-wide nonce source for `api_key` (keyed by a hash, never the key)."""
+    fingerprint = hashlib.sha256(api_key.encode()).hexdigest()
+    with _nonce_lock:
+        source = _nonce_sources.get(fingerprint)
+        if source is None:
+            source = _nonce_sources[fingerprint] = NonceSource(clock)
+        return source
+
+
+_STATUS = {
+    "open": OrderStatus.OPEN,
+    "closed": OrderStatus.FILLED,
+    "canceled": OrderStatus.CANCELED,
+    "cancelled": OrderStatus.CANCELED,
+    "expired": OrderStatus.CANCELED,
+    "rejected": OrderStatus.REJECTED,
+}
+
+
+class CcxtBroker(BaseBroker):
+    """A real exchange through a synchronous ccxt exchange instance.
+
+    Args:
+        exchange: a configured ``ccxt`` exchange (keys come from the caller's environment).
+        broker_name: defaults to the exchange id (``"kraken"``).
+        quote_currency: the currency positions are valued in; its balance is cash, not a
+            position.
+        ignore_assets: other balances that are not positions (fiat, staking variants).
+        nonce_source: shared nonces for the API key (default: the process-wide source for the
+            exchange's key, when it has one).
+        Other arguments: as for :class:`BaseBroker`.
+    """
+
+    def __init__(
+        self,
+        exchange: Any,
+        broker_name: str | None = None,
+        account_type: str = "master",
+        user_id: str | None = None,
+        *,
+        quote_currency: str = "USD",
+        ignore_assets: Sequence[str] = (),
+        nonce_source: NonceSource | None = None,
+        account_id: str | None = None,
+        clock: Clock | None = None,
+        read_breaker: BrokerCircuitBreaker | None = None,
+        write_breaker: BrokerCircuitBreaker | None = None,
+        client_order_id_factory: Callable[[], str] | None = None,
+    ) -> None:
+        super().__init__(
+            broker_name or str(exchange.id),
+            account_type,
+            user_id,
+            account_id=account_id,
+            clock=clock,
+            read_breaker=read_breaker,
+            write_breaker=write_breaker,
+            client_order_id_factory=client_order_id_factory,
+        )
+        self.exchange = exchange
+        self.quote_currency = quote_currency
+        self.ignore_assets = frozenset(ignore_assets)
+        if exchange.options.get("maxRetriesOnFailure", 0):
+            log.warning(
+                "ccxt maxRetriesOnFailure was %s for %r; forcing 0: ccxt would resend orders "
+                "blindly, and brokerguard owns retries",
+                exchange.options["maxRetriesOnFailure"],
+                self.broker_name,
+            )
+        exchange.options["maxRetriesOnFailure"] = 0
+        exchange.on_json_response = strict_json_loads
+        self._nonce: NonceSource | None = nonce_source
+        if self._nonce is None and getattr(exchange, "apiKey", None):
+            self._nonce = nonce_source_for(exchange.apiKey, clock)
+        if self._nonce is not None:
+            exchange.nonce = self._nonce.next
+
+    # ------------------------------------------------------------------ the four raw methods
+
+    def fetch_positions(self) -> Sequence[Position]:
+        """Return the non-quote balances with a positive total as spot positions."""
+        self._ensure_markets()
+        balance = self._ccxt(self.exchange.fetch_balance, private=True)
+        totals = balance.get("total") if isinstance(balance, Mapping) else None
+        if not isinstance(totals, Mapping) or not isinstance(balance.get("info"), Mapping):
+            raise InvalidBrokerData("balance", balance, "no_totals")
+        positions = []
+        for code, total in sorted(totals.items()):
+            if code == self.quote_currency or code in self.ignore_assets or "." in str(code):
+                continue
+            quantity = parse_decimal(total, field="quantity", symbol=str(code))
+            if quantity > 0:
+                positions.append(Position(f"{code}/{self.quote_currency}", quantity))
+        return positions
+
+    def fetch_prices(self, symbols: Sequence[str]) -> Mapping[str, object]:
+        """Return each known symbol's last trade price from one ``fetch_tickers`` call."""
+        markets = self._ensure_markets()
+        known = [s for s in symbols if s in markets]
+        if not known:
+            return {}
+        tickers = self._ccxt(self.exchange.fetch_tickers, known)
+        if not isinstance(tickers, Mapping):
+            raise InvalidBrokerData("tickers", tickers, "not_a_mapping")
+        prices: dict[str, object] = {}
+        for symbol in known:
+            ticker = tickers.get(symbol)
+            if isinstance(ticker, Mapping) and "last" in ticker:
+                prices[symbol] = ticker["last"]
+        return prices
+
+    def submit_order(self, order: OrderRequest) -> Order:
+        """Send a market order with our client order id (Kraken's ``cl_ord_id``)."""
+        self._ensure_markets()
+        placed = self._ccxt(
+            self.exchange.create_order,
+            order.symbol,
+            "market",
+            order.side.value,
+            str(order.quantity),
+            None,
+            {"clientOrderId": order.client_order_id},
+            private=True,
+        )
+        return self._order_from(placed, order.client_order_id, order)
+
+    def fetch_order(self, client_order_id: str) -> Order | None:
+        """Find the order by client order id among open, then recently closed, orders."""
+        self._ensure_markets()
+        params = {"clientOrderId": client_order_id}
+        for fetch in (self.exchange.fetch_open_orders, self.exchange.fetch_closed_orders):
+            found = self._ccxt(fetch, None, None, None, params, private=True)
+            if not isinstance(found, list):
+                raise InvalidBrokerData("orders", found, "not_a_list")
+            for raw in found:
+                if isinstance(raw, Mapping) and raw.get("clientOrderId") == client_order_id:
+                    return self._order_from(raw, client_order_id, None)
+        return None
+
+    def ping(self) -> object:
+        """Ask the exchange for its time: a cheap public read, used as the breaker probe."""
+        return self._ccxt(self.exchange.fetch_time)
+
+    # ------------------------------------------------------------------ status
+
+    def get_status(self) -> dict[str, Any]:
+        """The broker status, plus nonce collisions when the exchange uses nonces."""
+        status = super().get_status()
+        if self._nonce is not None:
+            status["nonce_collisions"] = self._nonce.collisions
+        return status
+
+    # ------------------------------------------------------------------ internals
+
+    def _ensure_markets(self) -> Mapping[str, Any]:
+        markets = self.exchange.markets
+        if not markets:
+            markets = self._ccxt(self.exchange.load_markets)
+        if not isinstance(markets, Mapping):
+            raise InvalidBrokerData("markets", markets, "not_a_mapping")
+        return markets
+
+    def _ccxt(self, func: Callable[..., T], *args: Any, private: bool = False) -> T:
+        """Call ccxt, translating its errors; a refused nonce is re-synced and retried once.
+
+        Private calls on one API key are serialised: the nonces are strictly increasing, but
+        two threads' requests can still reach the exchange out of order, and Kraken rejects
+        the late one.
+        """
+        if private and self._nonce is not None:
+            with self._nonce.call_lock:
+                return self._ccxt_once_more_on_nonce(func, args)
+        return self._ccxt_once_more_on_nonce(func, args)
+
+    def _ccxt_once_more_on_nonce(self, func: Callable[..., T], args: tuple[Any, ...]) -> T:
+        for attempt in (1, 2):
+            try:
+                return func(*args)
+            except ccxt.InvalidNonce as exc:
+                if attempt == 2 or self._nonce is None:  # noqa: PLR2004 (the one retry)
+                    raise translate_ccxt_error(exc) from exc
+                self._nonce.resync()
+                log.warning(
+                    "nonce refused by %r (%s); re-synced the shared nonce source and retrying "
+                    "once (%d collision(s) so far)",
+                    self.broker_name,
+                    exc,
+                    self._nonce.collisions,
+                )
+            except ccxt.BaseError as exc:
+                raise translate_ccxt_error(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _order_from(self, raw: object, client_order_id: str, request: OrderRequest | None) -> Order:
+        if not isinstance(raw, Mapping):
+            raise InvalidBrokerData("order", raw, "not_a_mapping")
+        symbol = raw.get("symbol") or (request.symbol if request else None)
+        side = raw.get("side") or (request.side.value if request else None)
+        amount = raw.get("amount")
+        quantity = parse_decimal(
+            amount if amount is not None else (request.quantity if request else None),
+            field="quantity",
+        )
+        filled_raw = raw.get("filled")
+        filled = Decimal(0) if filled_raw is None else parse_decimal(filled_raw, field="filled")
+        status_raw = raw.get("status")
+        status = OrderStatus.OPEN if status_raw is None else _STATUS.get(str(status_raw))
+        if status is None:
+            raise InvalidBrokerData("status", status_raw, "unknown_status")
+        if status is OrderStatus.OPEN and filled > 0:
+            status = OrderStatus.PARTIALLY_FILLED
+        broker_id = raw.get("id")
+        return Order(
+            client_order_id,
+            parse_symbol(symbol),
+            side,  # type: ignore[arg-type]  # validated by Order
+            quantity,
+            filled,
+            status,
+            None if broker_id is None else str(broker_id),
+        )
