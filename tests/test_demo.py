@@ -18,9 +18,22 @@ def test_demo_opens_during_the_outage_and_closes_after_it():
     closed_at = float(transitions[-1].split("t=")[1].split("s")[0])
     assert closed_at >= OUTAGE[1]
     status = json.loads(lines[-1].removeprefix("status: "))
-    assert status["circuit_state"] == "closed"
+    assert status["breakers"]["read"]["circuit_state"] == "closed"
     assert status["health_state"] == "healthy"
     assert status["trading_allowed"] is True
+    assert status["data_quality"]["price.nan"] > 0
+
+
+def test_demo_spares_the_broker_during_the_outage_and_invents_no_price():
+    """Few calls reach the broker while it is down, and the NaN price stays null."""
+    lines = run_demo(seed=7)
+    done = next(line for line in lines if line.startswith("done:"))
+    reached = int(done.split("during the outage ")[1].split(" call")[0])
+    polls = int(done.split("broker for ")[1].split(" polls")[0])
+    assert reached < polls / 3
+    prices = json.loads(lines[-2].removeprefix("last prices: ").split("  (")[0])
+    assert prices["DOGE/USD"] is None
+    assert prices["BTC/USD"] is not None
 
 
 def test_demo_is_reproducible_from_its_seed():

@@ -1,9 +1,11 @@
-"""A short demo: a flaky broker call driven through a circuit breaker, on simulated time.
+"""A short demo: a bot polling a paper broker through an outage, on simulated time.
 
-Run with ``python -m brokerguard``. The "broker" fails in bursts (an outage, then recovery);
-the demo prints every state change, what the trading gate would say, and the final status.
-Time is a :class:`~brokerguard.testing.FakeClock`, so ten simulated minutes take milliseconds
-and the same seed always prints the same story.
+Run with ``python -m brokerguard``. The paper broker goes down for three minutes, times out now
+and then, and reports ``NaN`` for one coin's price. The demo prints every circuit state change,
+what trading permission says, how many calls reached the broker during the outage (against how
+many polls the bot made), and the broker's final status. Time is a
+:class:`~brokerguard.testing.FakeClock`, so ten simulated minutes take milliseconds and the
+same seed always prints the same story.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 from collections.abc import Sequence
 
-from brokerguard.errors import BrokerGuardError, CircuitOpenError, TransientBrokerError
+from brokerguard.brokers.paper import FaultPlan, OutageWindow, PaperBroker
+from brokerguard.errors import BrokerGuardError, CircuitOpenError
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.resilience.state import CircuitState
 from brokerguard.testing import FakeClock
@@ -27,50 +29,68 @@ OUTAGE = (60.0, 240.0)
 EPOCH = 1_795_000_000.0
 """Where simulated time starts (November 2026), so the status shows plausible timestamps."""
 
+SYMBOLS = ("BTC/USD", "ETH/USD", "DOGE/USD")
+
 
 def run_demo(seed: int = 7, duration: float = 600.0, step: float = 5.0) -> list[str]:
     """Run the demo and return the lines it prints."""
     clock = FakeClock(start=EPOCH)
-    rng = random.Random(seed)  # noqa: S311 (a reproducible demo, not a secret)
-    lines: list[str] = []
-    breaker = BrokerCircuitBreaker(
-        "paper", failure_threshold=3, recovery_timeout=30.0, clock=clock, rng=rng, scope="read"
+    plan = FaultPlan(
+        outages=[OutageWindow(EPOCH + OUTAGE[0], EPOCH + OUTAGE[1])],
+        error_rate={"fetch_positions": 0.05},
+        bad_prices={"DOGE/USD": "NaN"},
     )
+    # Breakers of its own, not the process registry's: each run is a world of its own.
+    read = BrokerCircuitBreaker(
+        "paper", failure_threshold=3, recovery_timeout=30.0, scope="read", clock=clock
+    )
+    write = BrokerCircuitBreaker("paper", scope="write", clock=clock)
+    broker = PaperBroker(
+        "paper",
+        seed=seed,
+        clock=clock,
+        positions={"BTC/USD": "0.25", "ETH/USD": "3"},
+        fault_plan=plan,
+        read_breaker=read,
+        write_breaker=write,
+    )
+    lines: list[str] = []
 
     def on_change(b: BrokerCircuitBreaker, old: CircuitState, new: CircuitState) -> None:
         lines.append(
-            f"t={clock.monotonic() - EPOCH:6.1f}s  circuit {old.value} -> {new.value}  "
-            f"health={b.get_broker_health_state().value}  trading_allowed={b.is_trading_allowed()}"
+            f"t={clock.monotonic() - EPOCH:6.1f}s  {b.scope} circuit {old.value} -> "
+            f"{new.value}  health={broker.get_broker_health_state()}  "
+            f"trading_allowed={broker.is_trading_allowed()}"
         )
 
-    breaker.add_listener(on_change)
-
-    def fetch_positions() -> int:
-        now = clock.monotonic() - EPOCH
-        if OUTAGE[0] <= now < OUTAGE[1] or rng.random() < 0.05:  # noqa: PLR2004 (5% noise)
-            raise TransientBrokerError("503 Service Unavailable", retry_after=None)
-        return 3
-
-    calls = rejected = failed = 0
+    read.add_listener(on_change)
     lines.append(
-        f"demo: broker 'paper' is down from t={OUTAGE[0]:g}s to t={OUTAGE[1]:g}s "
-        f"(seed {seed}); polling positions every {step:g}s"
+        f"demo: paper broker down from t={OUTAGE[0]:g}s to t={OUTAGE[1]:g}s, 5% timeouts, "
+        f"DOGE/USD priced NaN (seed {seed}); the bot polls every {step:g}s"
     )
+    polls = rejected = failed = 0
+    priced: dict[str, object] = {}
     while clock.monotonic() - EPOCH < duration:
-        calls += 1
+        polls += 1
         try:
-            breaker.call_with_circuit_breaker(fetch_positions)
+            broker.get_positions()
+            priced = {
+                s: str(p) if p is not None else None for s, p in broker.get_prices(SYMBOLS).items()
+            }
         except CircuitOpenError:
             rejected += 1
         except BrokerGuardError:
             failed += 1
         clock.sleep(step)
-    status = breaker.get_status()
+    reached = len(broker.calls_between(EPOCH + OUTAGE[0], EPOCH + OUTAGE[1]))
+    outage_polls = int((OUTAGE[1] - OUTAGE[0]) / step)
     lines.append(
-        f"done: {calls} polls, {failed} failed after retries, {rejected} rejected by the open "
-        "circuit without calling the broker"
+        f"done: {polls} polls; {failed} failed after retries; {rejected} refused by the open "
+        f"circuit without calling the broker; during the outage {reached} call(s) reached the "
+        f"broker for {outage_polls} polls"
     )
-    lines.append("status: " + json.dumps(status, sort_keys=True))
+    lines.append(f"last prices: {json.dumps(priced)}  (NaN became null: no fallback price)")
+    lines.append("status: " + json.dumps(broker.get_status(), sort_keys=True))
     return lines
 
 

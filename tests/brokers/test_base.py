@@ -436,3 +436,25 @@ def test_call_with_circuit_breaker_hook_uses_the_read_breaker(broker):
 
     assert broker._call_with_circuit_breaker(read) == "ok"
     assert broker.read_breaker.get_status()["total_calls"] == 2
+
+
+def test_an_adapter_may_use_any_private_name_without_breaking_the_base(clock):
+    """BaseBroker keeps its state under _bg_: an adapter's _lock or _clock are its own."""
+
+    class Careless(FakeAdapter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._lock = "adapter lock"
+            self._clock = "adapter clock"
+            self._read_breaker = "adapter breaker"
+            self._data_quality = "adapter counters"
+            self._last_positions = "adapter cache"
+
+    broker = Careless("kraken", clock=clock)
+    broker.positions = [position("BTC/USD", "1")]
+    broker.prices = {"BTC/USD": "nan"}
+    assert broker.get_positions() == [position("BTC/USD", "1")]
+    assert broker.get_current_price("BTC/USD") is None
+    assert broker.data_quality() == {"price.nan": 1}
+    assert broker.clock is clock
+    assert broker.get_status()["positions_age_seconds"] == 0.0

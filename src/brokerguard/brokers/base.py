@@ -153,15 +153,17 @@ class BaseBroker(abc.ABC):
         self.account_id = account_id or ":".join(
             part for part in (self.broker_name, account_type, user_id) if part
         )
-        self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        # BaseBroker's own state lives under "_bg_" so that an adapter's natural names
+        # (_lock, _clock, _positions ...) can never overwrite it.
+        self._bg_clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         shared: dict[str, Any] = {} if clock is None else {"clock": clock}
-        self._read_breaker = read_breaker or get_circuit_breaker(broker_name, "read", **shared)
-        self._write_breaker = write_breaker or get_circuit_breaker(broker_name, "write", **shared)
-        self._new_client_order_id = client_order_id_factory or _uuid_client_order_id
+        self._bg_read = read_breaker or get_circuit_breaker(broker_name, "read", **shared)
+        self._bg_write = write_breaker or get_circuit_breaker(broker_name, "write", **shared)
+        self._bg_new_cid = client_order_id_factory or _uuid_client_order_id
         self._bg_lock = threading.Lock()
-        self._data_quality: Counter[str] = Counter()
-        self._sent_order_ids: OrderedDict[str, None] = OrderedDict()
-        self._last_positions: PositionSnapshot | None = None
+        self._bg_data_quality: Counter[str] = Counter()
+        self._bg_sent_ids: OrderedDict[str, None] = OrderedDict()
+        self._bg_last_positions: PositionSnapshot | None = None
 
     # ------------------------------------------------------------------ the adapter's SPI
 
@@ -202,16 +204,16 @@ class BaseBroker(abc.ABC):
         Zero-quantity entries are dropped (they are not exposure); a duplicated symbol or a
         non-position in the payload makes the whole payload invalid.
         """
-        self._probe_if_due(self._read_breaker, real_call_is_probe=True)
-        positions = self._read_breaker.call_with_circuit_breaker(self._fetch_positions_checked)
-        snapshot = PositionSnapshot(tuple(positions), self._clock.monotonic())
+        self._probe_if_due(self._bg_read, real_call_is_probe=True)
+        positions = self._bg_read.call_with_circuit_breaker(self._fetch_positions_checked)
+        snapshot = PositionSnapshot(tuple(positions), self._bg_clock.monotonic())
         with self._bg_lock:
-            self._last_positions = snapshot
+            self._bg_last_positions = snapshot
         return list(positions)
 
     def last_position_snapshot(self) -> PositionSnapshot | None:
         """Return the latest successful position fetch, or None if there never was one."""
-        return self._last_positions
+        return self._bg_last_positions
 
     def check_prices(self, symbols: Iterable[str]) -> PriceCheck:
         """Fetch prices for `symbols` in one batched call and sort them into usable or not.
@@ -223,9 +225,9 @@ class BaseBroker(abc.ABC):
         wanted = list(dict.fromkeys(parse_symbol(s) for s in symbols))
         if not wanted:
             return PriceCheck({}, {})
-        self._probe_if_due(self._read_breaker, real_call_is_probe=False)
-        raw = self._read_breaker.call_with_circuit_breaker(self._fetch_prices_checked, wanted)
-        now = self._clock.time()
+        self._probe_if_due(self._bg_read, real_call_is_probe=False)
+        raw = self._bg_read.call_with_circuit_breaker(self._fetch_prices_checked, wanted)
+        now = self._bg_clock.time()
         quotes: dict[str, Quote] = {}
         problems: dict[str, PriceProblem] = {}
         for symbol in wanted:
@@ -261,10 +263,8 @@ class BaseBroker(abc.ABC):
     def get_order(self, client_order_id: str) -> Order | None:
         """Look an order up by its client order id (reads breaker, with retries)."""
         client_order_id = parse_symbol(client_order_id, field="client_order_id")
-        self._probe_if_due(self._read_breaker, real_call_is_probe=False)
-        return self._read_breaker.call_with_circuit_breaker(
-            self._fetch_order_checked, client_order_id
-        )
+        self._probe_if_due(self._bg_read, real_call_is_probe=False)
+        return self._bg_read.call_with_circuit_breaker(self._fetch_order_checked, client_order_id)
 
     # ------------------------------------------------------------------ guarded writes
 
@@ -288,7 +288,7 @@ class BaseBroker(abc.ABC):
             symbol,
             parse_side(side),
             parse_decimal(quantity, field="quantity", allow_zero=False, symbol=symbol),
-            client_order_id or self._new_client_order_id(),
+            client_order_id or self._bg_new_cid(),
         )
         cid = request.client_order_id
         if self._was_sent(cid):
@@ -296,14 +296,14 @@ class BaseBroker(abc.ABC):
             if existing is not None:
                 return existing
         attempt = 0
-        policy = self._write_breaker.retry_policy
+        policy = self._bg_write.retry_policy
         slept = 0.0
         while True:
             attempt += 1
-            self._probe_if_due(self._write_breaker, real_call_is_probe=False)
+            self._probe_if_due(self._bg_write, real_call_is_probe=False)
             self._remember_sent(cid)
             try:
-                return self._write_breaker.call(self._submit_checked, request)
+                return self._bg_write.call(self._submit_checked, request)
             except (CircuitOpenError, BrokerRejection, FatalBrokerError):
                 # Not sent, refused, or refused at the door (bad key): nothing to look up.
                 raise
@@ -321,7 +321,7 @@ class BaseBroker(abc.ABC):
                         exc,
                     )
                     return existing
-                outcome = self._write_breaker.classify(exc)
+                outcome = self._bg_write.classify(exc)
                 delay = policy.next_delay(attempt, outcome, exc, slept=slept)
                 if delay is None:
                     raise
@@ -333,7 +333,7 @@ class BaseBroker(abc.ABC):
                     exc,
                     delay,
                 )
-                self._clock.sleep(delay)
+                self._bg_clock.sleep(delay)
                 slept += delay
 
     def close_position(self, symbol: str) -> Order:
@@ -348,24 +348,29 @@ class BaseBroker(abc.ABC):
 
     def _call_with_circuit_breaker(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a read-only call through the read breaker, with retries (the seed's hook)."""
-        return self._read_breaker.call_with_circuit_breaker(func, *args, **kwargs)
+        return self._bg_read.call_with_circuit_breaker(func, *args, **kwargs)
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this broker (and its adapter) reads."""
+        return self._bg_clock
 
     @property
     def read_breaker(self) -> BrokerCircuitBreaker:
         """The shared breaker guarding this broker's reads."""
-        return self._read_breaker
+        return self._bg_read
 
     @property
     def write_breaker(self) -> BrokerCircuitBreaker:
         """The shared breaker guarding this broker's writes."""
-        return self._write_breaker
+        return self._bg_write
 
     def get_broker_health_state(self) -> str | None:
         """Return the worse of the read and write breakers' health, as its string value."""
         worst = max(
             (
-                self._read_breaker.get_broker_health_state(),
-                self._write_breaker.get_broker_health_state(),
+                self._bg_read.get_broker_health_state(),
+                self._bg_write.get_broker_health_state(),
             ),
             key=_HEALTH_RANK.__getitem__,
         )
@@ -373,28 +378,28 @@ class BaseBroker(abc.ABC):
 
     def is_trading_allowed(self) -> bool:
         """Return whether new risk may be taken: both breakers must be closed."""
-        return self._read_breaker.is_trading_allowed() and self._write_breaker.is_trading_allowed()
+        return self._bg_read.is_trading_allowed() and self._bg_write.is_trading_allowed()
 
     def data_quality(self) -> dict[str, int]:
         """Return the counts of bad data received, by ``"<what>.<reason>"``."""
         with self._bg_lock:
-            return dict(self._data_quality)
+            return dict(self._bg_data_quality)
 
     def get_status(self) -> dict[str, Any]:
         """Return this broker's status: health, trading permission, breakers and data quality."""
-        snapshot = self._last_positions
+        snapshot = self._bg_last_positions
         return {
             "broker": self.broker_name,
             "account_id": self.account_id,
             "health_state": self.get_broker_health_state(),
             "trading_allowed": self.is_trading_allowed(),
             "breakers": {
-                "read": self._read_breaker.get_status(),
-                "write": self._write_breaker.get_status(),
+                "read": self._bg_read.get_status(),
+                "write": self._bg_write.get_status(),
             },
             "data_quality": self.data_quality(),
             "positions_age_seconds": (
-                None if snapshot is None else snapshot.age(self._clock.monotonic())
+                None if snapshot is None else snapshot.age(self._bg_clock.monotonic())
             ),
         }
 
@@ -471,14 +476,14 @@ class BaseBroker(abc.ABC):
 
     def _was_sent(self, cid: str) -> bool:
         with self._bg_lock:
-            return cid in self._sent_order_ids
+            return cid in self._bg_sent_ids
 
     def _remember_sent(self, cid: str) -> None:
         with self._bg_lock:
-            self._sent_order_ids[cid] = None
-            self._sent_order_ids.move_to_end(cid)
-            while len(self._sent_order_ids) > _REMEMBERED_ORDER_IDS:
-                self._sent_order_ids.popitem(last=False)
+            self._bg_sent_ids[cid] = None
+            self._bg_sent_ids.move_to_end(cid)
+            while len(self._bg_sent_ids) > _REMEMBERED_ORDER_IDS:
+                self._bg_sent_ids.popitem(last=False)
 
     def _bad_payload(self, what: str, value: object, reason: str) -> InvalidBrokerData:
         self._count_bad_data(what, reason)
@@ -495,7 +500,7 @@ class BaseBroker(abc.ABC):
 
     def _count_bad_data(self, what: str, reason: str) -> None:
         with self._bg_lock:
-            self._data_quality[f"{what}.{reason}"] += 1
+            self._bg_data_quality[f"{what}.{reason}"] += 1
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.broker_name!r}, account_id={self.account_id!r})"

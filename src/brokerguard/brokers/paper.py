@@ -243,7 +243,7 @@ class PaperBroker(BaseBroker):
                 self._positions[parse_symbol(symbol)] = qty
         self._orders: dict[str, _PaperOrder] = {}
         self._next_order_number = 1
-        now = self._clock.monotonic()
+        now = self.clock.monotonic()
         self._prices_at = now
         self._history: list[tuple[float, dict[str, Decimal]]] = [(now, dict(self._positions))]
         self.calls: list[RecordedCall] = []
@@ -324,7 +324,7 @@ class PaperBroker(BaseBroker):
         now = self._enter("ping")
         with self._lock:
             self._record(now, "ping", "ok")
-        return self._clock.time()
+        return self.clock.time()
 
     # ------------------------------------------------------------------ test and demo controls
 
@@ -341,13 +341,13 @@ class PaperBroker(BaseBroker):
     def true_positions(self) -> dict[str, Decimal]:
         """Return the broker's real positions, bypassing faults (for tests and invariants)."""
         with self._lock:
-            self._settle(self._clock.monotonic())
+            self._settle(self.clock.monotonic())
             return dict(self._positions)
 
     def all_orders(self) -> list[Order]:
         """Return every order ever accepted, in submission order (bypassing faults)."""
         with self._lock:
-            self._settle(self._clock.monotonic())
+            self._settle(self.clock.monotonic())
             return [placed.view() for placed in self._orders.values()]
 
     def calls_between(self, start: float, end: float) -> list[RecordedCall]:
@@ -360,8 +360,8 @@ class PaperBroker(BaseBroker):
         """Apply latency and the plan's refusals for one call; return the time it lands."""
         latency = self.fault_plan.latency.get(method, 0.0)
         if latency:
-            self._clock.sleep(latency)
-        now = self._clock.monotonic()
+            self.clock.sleep(latency)
+        now = self.clock.monotonic()
         with self._lock:
             plan = self.fault_plan
             if any(window.covers(method, now) for window in plan.outages):
