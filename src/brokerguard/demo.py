@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 from collections.abc import Sequence
 
 from brokerguard.brokers.paper import FaultPlan, OutageWindow, PaperBroker
@@ -41,10 +42,12 @@ def run_demo(seed: int = 7, duration: float = 600.0, step: float = 5.0) -> list[
         bad_prices={"DOGE/USD": "NaN"},
     )
     # Breakers of its own, not the process registry's: each run is a world of its own.
+    # Jitter comes from the seed too, or retry timing (and so the price walk) would wander.
+    rng = random.Random(seed)  # noqa: S311 (a reproducible demo, not a secret)
     read = BrokerCircuitBreaker(
-        "paper", failure_threshold=3, recovery_timeout=30.0, scope="read", clock=clock
+        "paper", failure_threshold=3, recovery_timeout=30.0, scope="read", clock=clock, rng=rng
     )
-    write = BrokerCircuitBreaker("paper", scope="write", clock=clock)
+    write = BrokerCircuitBreaker("paper", scope="write", clock=clock, rng=rng)
     broker = PaperBroker(
         "paper",
         seed=seed,
