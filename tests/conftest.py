@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -31,3 +32,33 @@ def _fresh_resilience_state() -> Iterator[None]:
 def clock() -> FakeClock:
     """A fake clock starting at t=1000 s (far from zero so that off-by-origin bugs show)."""
     return FakeClock(start=1000.0)
+
+
+PG_URL = os.environ.get("BROKERGUARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_SERVICES = os.environ.get("BROKERGUARD_REQUIRE_SERVICES") == "1"
+
+
+def require_service(name: str, problem: str) -> None:
+    """Skip (on a laptop) or fail (in CI, BROKERGUARD_REQUIRE_SERVICES=1) when a service is down."""
+    message = f"{name} is not reachable: {problem}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (BROKERGUARD_REQUIRE_SERVICES=1: CI must have it)")
+    pytest.skip(f"{message}; start it or set BROKERGUARD_REQUIRE_SERVICES=1 to make this fail")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    import psycopg  # noqa: PLC0415 (only tests that need PostgreSQL import it)
+
+    schema = f"bg_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        require_service("PostgreSQL", f"{PG_URL}: {exc}")
+    with admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

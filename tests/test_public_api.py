@@ -38,6 +38,8 @@ EXPECTED = [
     "RateLimitedError",
     "RetryPolicy",
     "Side",
+    "StateStore",
+    "StoreUnavailableError",
     "SystemClock",
     "TransientBrokerError",
     "__version__",
@@ -47,6 +49,7 @@ EXPECTED = [
     "default_classifier",
     "get_circuit_breaker",
     "is_breaking_enabled",
+    "open_store",
     "set_breaking_enabled",
 ]
 

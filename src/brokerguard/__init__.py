@@ -29,6 +29,7 @@ from brokerguard.errors import (
     FatalBrokerError,
     InvalidBrokerData,
     RateLimitedError,
+    StoreUnavailableError,
     TransientBrokerError,
 )
 from brokerguard.models import (
@@ -58,6 +59,7 @@ from brokerguard.resilience import (
     is_breaking_enabled,
     set_breaking_enabled,
 )
+from brokerguard.store import StateStore, open_store
 
 try:
     __version__ = version("brokerguard")
@@ -98,6 +100,8 @@ __all__ = [
     "RateLimitedError",
     "RetryPolicy",
     "Side",
+    "StateStore",
+    "StoreUnavailableError",
     "SystemClock",
     "TransientBrokerError",
     "__version__",
@@ -107,5 +111,6 @@ __all__ = [
     "default_classifier",
     "get_circuit_breaker",
     "is_breaking_enabled",
+    "open_store",
     "set_breaking_enabled",
 ]

@@ -13,6 +13,7 @@ tell the caller what to do::
     │   ├── FatalBrokerError         authentication or permission: trading must stop
     │   └── InvalidBrokerData        the broker answered with something that is not data
     │                                (field, value, reason): never becomes a number
+    ├── StoreUnavailableError        the state store cannot be read or written: deny new risk
     └── ConfigurationError           a setting is invalid (also a ValueError)
 
 Errors carry their context as attributes so handlers never parse messages. Foreign errors
@@ -34,6 +35,7 @@ __all__ = [
     "FatalBrokerError",
     "InvalidBrokerData",
     "RateLimitedError",
+    "StoreUnavailableError",
     "TransientBrokerError",
 ]
 
@@ -158,6 +160,13 @@ class InvalidBrokerData(BrokerError):  # noqa: N818 (the name is the documented 
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_invalid, (self.field, self.value, self.reason, self.symbol))
+
+
+class StoreUnavailableError(BrokerGuardError):
+    """The state store could not be read or written.
+
+    Whatever the store would have said (halted? paused?) is unknown, and unknown means deny.
+    """
 
 
 class ConfigurationError(BrokerGuardError, ValueError):

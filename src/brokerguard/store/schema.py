@@ -1,0 +1,103 @@
+"""The tables brokerguard persists, as SQLAlchemy Core metadata, and the schema version.
+
+One schema serves SQLite (the embedded default) and PostgreSQL. Timestamps are epoch seconds
+(a float from the injected clock); quantities are stored as their exact decimal string.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
+
+__all__ = [
+    "AUDIT_LOG",
+    "HALTS",
+    "METADATA",
+    "ORDERS",
+    "PAUSED_SYMBOLS",
+    "SCHEMA_VERSION",
+    "SCHEMA_VERSION_TABLE",
+]
+
+SCHEMA_VERSION: Final = 1
+"""The version this code writes. Migrations from older versions run in ``StateStore.migrate``."""
+
+METADATA = MetaData()
+
+SCHEMA_VERSION_TABLE = Table(
+    "bg_schema_version",
+    METADATA,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+HALTS = Table(
+    "bg_halts",
+    METADATA,
+    Column("account_id", String(200), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("halted_at", Float, nullable=False),
+)
+
+PAUSED_SYMBOLS = Table(
+    "bg_paused_symbols",
+    METADATA,
+    Column("account_id", String(200), primary_key=True),
+    Column("symbol", String(100), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("paused_at", Float, nullable=False),
+)
+
+AUDIT_LOG = Table(
+    "bg_audit_log",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("account_id", String(200), nullable=True, index=True),
+    Column("action", String(50), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("details", Text, nullable=False),  # JSON object
+)
+
+ORDERS = Table(
+    "bg_orders",
+    METADATA,
+    Column("client_order_id", String(100), primary_key=True),
+    Column("account_id", String(200), nullable=False, index=True),
+    Column("symbol", String(100), nullable=False),
+    Column("side", String(10), nullable=False),
+    Column("quantity", String(60), nullable=False),
+    Column("status", String(30), nullable=False),
+    Column("broker_order_id", String(100), nullable=True),
+    Column("purpose", String(50), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+APPEND_ONLY_DDL: Final = {
+    # The audit log is evidence: the database itself refuses to rewrite it.
+    "sqlite": [
+        (
+            "CREATE TRIGGER IF NOT EXISTS bg_audit_no_update BEFORE UPDATE ON bg_audit_log "
+            "BEGIN SELECT RAISE(ABORT, 'bg_audit_log is append-only'); END"
+        ),
+        (
+            "CREATE TRIGGER IF NOT EXISTS bg_audit_no_delete BEFORE DELETE ON bg_audit_log "
+            "BEGIN SELECT RAISE(ABORT, 'bg_audit_log is append-only'); END"
+        ),
+    ],
+    "postgresql": [
+        (
+            "CREATE OR REPLACE FUNCTION bg_audit_append_only() RETURNS trigger AS $$ "
+            "BEGIN RAISE EXCEPTION 'bg_audit_log is append-only'; END; $$ LANGUAGE plpgsql"
+        ),
+        "DROP TRIGGER IF EXISTS bg_audit_no_rewrite ON bg_audit_log",
+        (
+            "CREATE TRIGGER bg_audit_no_rewrite BEFORE UPDATE OR DELETE ON bg_audit_log "
+            "FOR EACH ROW EXECUTE FUNCTION bg_audit_append_only()"
+        ),
+    ],
+}

@@ -1,0 +1,500 @@
+"""The one place brokerguard persists: halts, paused symbols, the audit log, the order journal.
+
+A halt is durable before ``halt()`` returns (one transaction, committed; on SQLite in WAL mode
+with ``synchronous=FULL``), so a crash right after deciding to halt cannot lose it, and every
+change of state writes its audit record in the same transaction. Database errors become
+:class:`~brokerguard.errors.StoreUnavailableError` here, at one seam: callers treat an
+unreachable store as "unknown", which means "deny".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from brokerguard.clock import SYSTEM_CLOCK, Clock
+from brokerguard.errors import ConfigurationError, StoreUnavailableError
+from brokerguard.models import OrderRequest
+from brokerguard.store.schema import (
+    APPEND_ONLY_DDL,
+    AUDIT_LOG,
+    HALTS,
+    METADATA,
+    ORDERS,
+    PAUSED_SYMBOLS,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_TABLE,
+)
+
+__all__ = ["AuditRecord", "Halt", "JournalEntry", "StateStore", "open_store"]
+
+log = logging.getLogger("brokerguard.store")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """An account's halt: why, who decided it, and when (epoch seconds)."""
+
+    account_id: str
+    reason: str
+    source: str
+    halted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One line of the append-only audit log."""
+
+    id: int
+    at: float
+    account_id: str | None
+    action: str
+    actor: str
+    reason: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """An order brokerguard decided to send, written before it was sent."""
+
+    client_order_id: str
+    account_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    status: str
+    broker_order_id: str | None
+    purpose: str
+    created_at: float
+    updated_at: float
+
+
+def open_store(url: str, *, clock: Clock | None = None) -> StateStore:
+    """Open (and create or migrate on first use) the store at `url`.
+
+    ``sqlite:///path/to/state.db`` is the embedded default; ``sqlite://`` or ``memory://`` is an
+    in-memory store (tests, simulations); ``postgresql://user@host/db`` uses psycopg 3.
+    """
+    return StateStore(url, clock=clock)
+
+
+class StateStore:
+    """Halts, paused symbols, the audit log and the order journal, on SQLAlchemy Core."""
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self._clock = clock if clock is not None else SYSTEM_CLOCK
+        self.url = url
+        self._engine = _make_engine(url)
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+        try:
+            self._guard(self._create_or_migrate)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return str(self._engine.dialect.name)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password masked, for logs and status."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._engine.dispose()
+
+    def ping(self) -> bool:
+        """Return True if the database answers; never raises (for readiness checks)."""
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ halts
+
+    def halt(self, account_id: str, reason: str, source: str) -> Halt:
+        """Halt `account_id` durably, with an audit record, before returning.
+
+        Halting a halted account keeps the original halt (its reason and time) and audits
+        the repeated decision.
+        """
+        _require("account_id", account_id)
+        _require("reason", reason)
+        _require("source", source)
+        now = self._clock.time()
+
+        def work(conn: Connection) -> Halt:
+            row = conn.execute(select(HALTS).where(HALTS.c.account_id == account_id)).first()
+            if row is None:
+                conn.execute(
+                    insert(HALTS).values(
+                        account_id=account_id, reason=reason, source=source, halted_at=now
+                    )
+                )
+                halt = Halt(account_id, reason, source, now)
+                action = "halt"
+            else:
+                halt = Halt(row.account_id, row.reason, row.source, row.halted_at)
+                action = "halt_repeated"
+            self._audit(conn, account_id, action, source, reason, {}, now)
+            return halt
+
+        return self._write(work)
+
+    def is_halted(self, account_id: str) -> bool:
+        """Return whether `account_id` is halted (raises StoreUnavailableError if unknown)."""
+        return self.get_halt(account_id) is not None
+
+    def get_halt(self, account_id: str) -> Halt | None:
+        """Return the account's halt, or None."""
+
+        def work(conn: Connection) -> Halt | None:
+            row = conn.execute(select(HALTS).where(HALTS.c.account_id == account_id)).first()
+            return (
+                None if row is None else Halt(row.account_id, row.reason, row.source, row.halted_at)
+            )
+
+        return self._read(work)
+
+    def halts(self) -> list[Halt]:
+        """Return every current halt, oldest first."""
+
+        def work(conn: Connection) -> list[Halt]:
+            rows = conn.execute(select(HALTS).order_by(HALTS.c.halted_at, HALTS.c.account_id))
+            return [Halt(r.account_id, r.reason, r.source, r.halted_at) for r in rows]
+
+        return self._read(work)
+
+    def resume(self, account_id: str, operator: str, reason: str) -> bool:
+        """Lift the halt of `account_id`; only an operator with a reason may. Audited.
+
+        Returns False (and audits the attempt) when the account was not halted.
+        """
+        _require("account_id", account_id)
+        _require("operator", operator)
+        _require("reason", reason)
+        now = self._clock.time()
+
+        def work(conn: Connection) -> bool:
+            removed = conn.execute(delete(HALTS).where(HALTS.c.account_id == account_id))
+            lifted = bool(removed.rowcount)
+            action = "resume" if lifted else "resume_not_halted"
+            self._audit(conn, account_id, action, operator, reason, {}, now)
+            return lifted
+
+        lifted = self._write(work)
+        if lifted:
+            log.warning(
+                "trading RESUMED for account %s by operator %r: %s", account_id, operator, reason
+            )
+        return lifted
+
+    # ------------------------------------------------------------------ paused symbols
+
+    def pause_symbol(
+        self, account_id: str, symbol: str, reason: str, *, actor: str = "brokerguard"
+    ) -> bool:
+        """Pause `symbol` for `account_id` (no entries, no management); True if newly paused."""
+        _require("account_id", account_id)
+        _require("symbol", symbol)
+        _require("reason", reason)
+        now = self._clock.time()
+
+        def work(conn: Connection) -> bool:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        insert(PAUSED_SYMBOLS).values(
+                            account_id=account_id, symbol=symbol, reason=reason, paused_at=now
+                        )
+                    )
+            except IntegrityError:
+                return False  # already paused: nothing changed, nothing to audit
+            self._audit(conn, account_id, "pause", actor, reason, {"symbol": symbol}, now)
+            return True
+
+        return self._write(work)
+
+    def unpause_symbol(
+        self, account_id: str, symbol: str, reason: str, *, actor: str = "brokerguard"
+    ) -> bool:
+        """Lift the pause of `symbol`; True if it was paused. Audited."""
+        _require("account_id", account_id)
+        _require("reason", reason)
+        now = self._clock.time()
+
+        def work(conn: Connection) -> bool:
+            removed = conn.execute(
+                delete(PAUSED_SYMBOLS).where(
+                    PAUSED_SYMBOLS.c.account_id == account_id, PAUSED_SYMBOLS.c.symbol == symbol
+                )
+            )
+            if not removed.rowcount:
+                return False
+            self._audit(conn, account_id, "unpause", actor, reason, {"symbol": symbol}, now)
+            return True
+
+        return self._write(work)
+
+    def paused_symbols(self, account_id: str) -> set[str]:
+        """Return the symbols paused for `account_id`."""
+        return set(self.paused_symbol_reasons(account_id))
+
+    def paused_symbol_reasons(self, account_id: str) -> dict[str, str]:
+        """Return the paused symbols of `account_id` with the reason of each pause."""
+
+        def work(conn: Connection) -> dict[str, str]:
+            rows = conn.execute(
+                select(PAUSED_SYMBOLS.c.symbol, PAUSED_SYMBOLS.c.reason)
+                .where(PAUSED_SYMBOLS.c.account_id == account_id)
+                .order_by(PAUSED_SYMBOLS.c.symbol)
+            )
+            return {r.symbol: r.reason for r in rows}
+
+        return self._read(work)
+
+    # ------------------------------------------------------------------ the audit log
+
+    def record_audit(
+        self,
+        account_id: str | None,
+        action: str,
+        actor: str,
+        reason: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append a record (liquidation orders, operator actions ...) to the audit log."""
+        _require("action", action)
+        _require("actor", actor)
+        now = self._clock.time()
+        self._write(
+            lambda conn: self._audit(conn, account_id, action, actor, reason, details or {}, now)
+        )
+
+    def audit_log(self, account_id: str | None = None, limit: int = 100) -> list[AuditRecord]:
+        """Return the newest `limit` audit records (of one account, or all), newest first."""
+        if limit < 1:
+            raise ConfigurationError(f"limit must be >= 1, got {limit!r}")
+
+        def work(conn: Connection) -> list[AuditRecord]:
+            query = select(AUDIT_LOG).order_by(AUDIT_LOG.c.id.desc()).limit(limit)
+            if account_id is not None:
+                query = query.where(AUDIT_LOG.c.account_id == account_id)
+            return [
+                AuditRecord(
+                    r.id, r.at, r.account_id, r.action, r.actor, r.reason, json.loads(r.details)
+                )
+                for r in conn.execute(query)
+            ]
+
+        return self._read(work)
+
+    # ------------------------------------------------------------------ the order journal
+
+    def record_order_intent(self, account_id: str, request: OrderRequest, *, purpose: str) -> None:
+        """Write an order down *before* it is sent, so a crash cannot make it sent twice."""
+        now = self._clock.time()
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                insert(ORDERS).values(
+                    client_order_id=request.client_order_id,
+                    account_id=account_id,
+                    symbol=request.symbol,
+                    side=request.side.value,
+                    quantity=str(request.quantity),
+                    status="intent",
+                    broker_order_id=None,
+                    purpose=purpose,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+
+        self._write(work)
+
+    def record_order_status(
+        self, client_order_id: str, status: str, *, broker_order_id: str | None = None
+    ) -> None:
+        """Record what became of a journaled order (``sent``, ``filled``, ``unconfirmed`` ...)."""
+        now = self._clock.time()
+        values: dict[str, Any] = {"status": status, "updated_at": now}
+        if broker_order_id is not None:
+            values["broker_order_id"] = broker_order_id
+        self._write(
+            lambda conn: conn.execute(
+                update(ORDERS).where(ORDERS.c.client_order_id == client_order_id).values(**values)
+            )
+        )
+
+    def journal(self, account_id: str, *, statuses: set[str] | None = None) -> list[JournalEntry]:
+        """Return the journaled orders of `account_id`, oldest first (optionally by status)."""
+
+        def work(conn: Connection) -> list[JournalEntry]:
+            query = select(ORDERS).where(ORDERS.c.account_id == account_id)
+            if statuses is not None:
+                query = query.where(ORDERS.c.status.in_(sorted(statuses)))
+            rows = conn.execute(query.order_by(ORDERS.c.created_at, ORDERS.c.client_order_id))
+            return [
+                JournalEntry(
+                    r.client_order_id,
+                    r.account_id,
+                    r.symbol,
+                    r.side,
+                    Decimal(r.quantity),
+                    r.status,
+                    r.broker_order_id,
+                    r.purpose,
+                    r.created_at,
+                    r.updated_at,
+                )
+                for r in rows
+            ]
+
+        return self._read(work)
+
+    # ------------------------------------------------------------------ internals
+
+    def schema_version(self) -> int:
+        """Return the schema version recorded in the database."""
+        return self._read(
+            lambda conn: int(conn.execute(select(SCHEMA_VERSION_TABLE.c.version)).scalar_one())
+        )
+
+    def _create_or_migrate(self) -> None:
+        with self._engine.begin() as conn:
+            METADATA.create_all(conn)
+            for statement in APPEND_ONLY_DDL.get(self.dialect, []):
+                conn.execute(text(statement))
+            found = conn.execute(select(SCHEMA_VERSION_TABLE.c.version)).scalar()
+            if found is None:
+                conn.execute(
+                    insert(SCHEMA_VERSION_TABLE).values(
+                        version=SCHEMA_VERSION, applied_at=self._clock.time()
+                    )
+                )
+            elif found > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"the store at {self.safe_url} has schema version {found}, newer than this "
+                    f"brokerguard ({SCHEMA_VERSION}); upgrade brokerguard instead of downgrading "
+                    "the data"
+                )
+            # Versions below SCHEMA_VERSION would be migrated here, one step at a time.
+
+    def _audit(  # noqa: PLR0917 (a private helper mirroring the audit record's columns)
+        self,
+        conn: Connection,
+        account_id: str | None,
+        action: str,
+        actor: str,
+        reason: str,
+        details: Mapping[str, Any],
+        now: float,
+    ) -> None:
+        conn.execute(
+            insert(AUDIT_LOG).values(
+                at=now,
+                account_id=account_id,
+                action=action,
+                actor=actor,
+                reason=reason,
+                details=json.dumps(dict(details), sort_keys=True, default=str),
+            )
+        )
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self._engine.begin() as conn:
+                return work(conn)
+
+        if self._write_lock is None:
+            return self._guard(run)
+        # SQLite has one writer at a time; queueing here beats its busy-wait.
+        with self._write_lock:
+            return self._guard(run)
+
+    def _read(self, work: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self._engine.connect() as conn:
+                return work(conn)
+
+        return self._guard(run)
+
+    def _guard(self, run: Callable[[], T]) -> T:
+        try:
+            return run()
+        except SQLAlchemyError as exc:
+            raise StoreUnavailableError(
+                f"state store {self.safe_url} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"StateStore({self.safe_url!r})"
+
+
+def _make_engine(url: str) -> Engine:
+    if url in {"memory://", "sqlite://", "sqlite:///:memory:"}:
+        # One shared connection, or each thread would see its own empty in-memory database.
+        engine = create_engine(
+            "sqlite://",
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False},
+        )
+        _sqlite_pragmas(engine, wal=False)
+        return engine
+    if url.startswith("sqlite:///"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        _sqlite_pragmas(engine, wal=True)
+        return engine
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    if url.startswith("postgresql+"):
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    raise ConfigurationError(
+        f"unsupported store URL {url.split('://', 1)[0]}://...: use sqlite:///path, "
+        "sqlite:// (in memory) or postgresql://"
+    )
+
+
+def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # a committed halt survives a power cut
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+
+def _require(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")

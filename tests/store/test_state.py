@@ -1,0 +1,246 @@
+"""The state store: durable halts, audited changes, an append-only log, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import text
+
+from brokerguard import ConfigurationError, OrderRequest, StoreUnavailableError
+from brokerguard.store import StateStore, open_store
+from brokerguard.store.schema import SCHEMA_VERSION
+from brokerguard.testing import FakeClock
+
+
+@pytest.fixture(params=["sqlite-file", "memory", "postgresql"])
+def url(request, tmp_path) -> str:
+    if request.param == "sqlite-file":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    if request.param == "memory":
+        return "sqlite://"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(url, clock) -> StateStore:
+    opened = open_store(url, clock=clock)
+    yield opened
+    opened.close()
+
+
+# --------------------------------------------------------------------------- halts
+
+
+def test_a_halt_is_recorded_with_its_reason_and_audited(store, clock):
+    """halt() stores who halted, why and when, and writes the audit record with it."""
+    halt = store.halt("acct-1", "still over cap after 3 cycles", "cap_enforcer")
+    assert (halt.reason, halt.source, halt.halted_at) == (
+        "still over cap after 3 cycles",
+        "cap_enforcer",
+        1000.0,
+    )
+    assert store.is_halted("acct-1")
+    assert not store.is_halted("acct-2")
+    [record] = store.audit_log("acct-1")
+    assert (record.action, record.actor, record.reason, record.at) == (
+        "halt",
+        "cap_enforcer",
+        "still over cap after 3 cycles",
+        1000.0,
+    )
+
+
+def test_halting_twice_keeps_the_first_halt(store, clock):
+    """The original reason and time survive a repeated decision, which is audited too."""
+    store.halt("acct-1", "first", "enforcer")
+    clock.advance(10)
+    again = store.halt("acct-1", "second", "enforcer")
+    assert (again.reason, again.halted_at) == ("first", 1000.0)
+    assert [r.action for r in store.audit_log("acct-1")] == ["halt_repeated", "halt"]
+    assert [h.account_id for h in store.halts()] == ["acct-1"]
+
+
+@pytest.mark.parametrize(("operator", "reason"), [("", "ok"), ("alice", ""), ("  ", "  ")])
+def test_resume_needs_an_operator_and_a_reason(store, operator, reason):
+    """Only an operator who says why may lift a halt."""
+    store.halt("acct-1", "over cap", "enforcer")
+    with pytest.raises(ConfigurationError):
+        store.resume("acct-1", operator, reason)
+    assert store.is_halted("acct-1")
+
+
+def test_resume_lifts_the_halt_and_is_audited(store):
+    """A resume with operator and reason lifts the halt, and says so in the log."""
+    store.halt("acct-1", "over cap", "enforcer")
+    assert store.resume("acct-1", "alice", "positions flattened by hand")
+    assert not store.is_halted("acct-1")
+    latest = store.audit_log("acct-1")[0]
+    assert (latest.action, latest.actor, latest.reason) == (
+        "resume",
+        "alice",
+        "positions flattened by hand",
+    )
+    assert not store.resume("acct-1", "alice", "again")
+    assert store.audit_log("acct-1")[0].action == "resume_not_halted"
+
+
+# --------------------------------------------------------------------------- paused symbols
+
+
+def test_pausing_and_unpausing_symbols(store):
+    """Pauses are per account and symbol, each change audited once."""
+    assert store.pause_symbol("acct-1", "ETH/USD", "price NaN")
+    assert not store.pause_symbol("acct-1", "ETH/USD", "price NaN again")
+    assert store.pause_symbol("acct-1", "SOL/USD", "price missing", actor="valuator")
+    assert store.paused_symbols("acct-1") == {"ETH/USD", "SOL/USD"}
+    assert store.paused_symbol_reasons("acct-1")["ETH/USD"] == "price NaN"
+    assert store.paused_symbols("acct-2") == set()
+    assert store.unpause_symbol("acct-1", "ETH/USD", "valid price 3200")
+    assert not store.unpause_symbol("acct-1", "ETH/USD", "not paused")
+    assert store.paused_symbols("acct-1") == {"SOL/USD"}
+    actions = [(r.action, r.details.get("symbol")) for r in store.audit_log("acct-1")]
+    assert actions == [("unpause", "ETH/USD"), ("pause", "SOL/USD"), ("pause", "ETH/USD")]
+
+
+# --------------------------------------------------------------------------- the audit log
+
+
+def test_the_audit_log_is_newest_first_filtered_and_limited(store, clock):
+    """Records come back newest first, per account or all, at most `limit`."""
+    for i in range(5):
+        clock.advance(1)
+        store.record_audit("acct-1", "liquidation_order", "enforcer", f"excess {i}", {"n": i})
+    store.record_audit("acct-2", "halt", "operator", "drill")
+    assert [r.details["n"] for r in store.audit_log("acct-1", limit=3)] == [4, 3, 2]
+    assert len(store.audit_log()) == 6
+    assert store.audit_log()[0].account_id == "acct-2"
+    with pytest.raises(ConfigurationError):
+        store.audit_log(limit=0)
+
+
+def test_the_audit_log_is_append_only_in_the_database(store):
+    """The database itself refuses to rewrite or delete audit records."""
+    store.record_audit("acct-1", "halt", "enforcer", "over cap")
+    for statement in ("UPDATE bg_audit_log SET reason = 'nothing'", "DELETE FROM bg_audit_log"):
+        with pytest.raises(Exception, match="append-only"), store._engine.begin() as conn:
+            conn.execute(text(statement))
+    assert store.audit_log()[0].reason == "over cap"
+
+
+# --------------------------------------------------------------------------- the order journal
+
+
+def test_orders_are_journaled_before_sending_and_updated_after(store, clock):
+    """An intent is written first; its fate is recorded on it; queries filter by status."""
+    request = OrderRequest("ETH/USD", "sell", "1.5", "bg-liq-1")
+    store.record_order_intent("acct-1", request, purpose="cap_liquidation")
+    [entry] = store.journal("acct-1", statuses={"intent"})
+    assert (entry.symbol, entry.side, entry.quantity, entry.purpose) == (
+        "ETH/USD",
+        "sell",
+        Decimal("1.5"),
+        "cap_liquidation",
+    )
+    clock.advance(2)
+    store.record_order_status("bg-liq-1", "filled", broker_order_id="B-7")
+    assert store.journal("acct-1", statuses={"intent"}) == []
+    [done] = store.journal("acct-1")
+    assert (done.status, done.broker_order_id, done.updated_at) == ("filled", "B-7", 1002.0)
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_state_survives_reopening(url, clock):
+    """A new StateStore on the same database sees the halt (not for the in-memory store)."""
+    if url == "sqlite://":
+        return  # an in-memory database dies with its engine, by definition
+    first = open_store(url, clock=clock)
+    first.halt("acct-1", "over cap", "enforcer")
+    first.pause_symbol("acct-1", "ETH/USD", "nan")
+    first.close()
+    second = open_store(url, clock=clock)
+    assert second.is_halted("acct-1")
+    assert second.paused_symbols("acct-1") == {"ETH/USD"}
+    assert second.schema_version() == SCHEMA_VERSION
+    second.close()
+
+
+def test_a_newer_schema_is_refused(url, clock):
+    """Data written by a newer brokerguard is not touched by an older one."""
+    if url == "sqlite://":
+        return
+    store = open_store(url, clock=clock)
+    with store._engine.begin() as conn:
+        conn.execute(text("UPDATE bg_schema_version SET version = 99"))
+    store.close()
+    with pytest.raises(ConfigurationError, match="newer"):
+        open_store(url, clock=clock)
+
+
+def test_an_unreachable_store_says_so():
+    """A database that does not answer raises StoreUnavailableError (callers deny)."""
+    with pytest.raises(StoreUnavailableError, match="failed"):
+        open_store("postgresql://postgres@127.0.0.1:1/test?connect_timeout=1")
+
+
+def test_unknown_urls_are_refused():
+    """Only SQLite and PostgreSQL are supported."""
+    with pytest.raises(ConfigurationError, match="unsupported"):
+        open_store("mysql://root@localhost/test")
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    """8 threads halting, pausing and auditing on one SQLite file: every record lands."""
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+
+    def work(n: int) -> None:
+        for i in range(25):
+            store.pause_symbol(f"acct-{n}", f"S{i}/USD", "nan")
+            store.record_audit(f"acct-{n}", "liquidation_order", "enforcer", f"{i}")
+        store.halt(f"acct-{n}", "over cap", "enforcer")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.halts()) == 8
+    assert len(store.audit_log(limit=10_000)) == 8 * (25 + 25 + 1)
+    assert all(len(store.paused_symbols(f"acct-{n}")) == 25 for n in range(8))
+
+
+def test_a_halt_survives_sigkill_right_after_halt_returns(tmp_path):
+    """The process is killed the instant halt() returns; the restarted store still has it."""
+    path = tmp_path / "state.db"
+    child = textwrap.dedent(
+        f"""
+        import sys, time
+        from brokerguard.store import open_store
+        store = open_store({f"sqlite:///{path}"!r})
+        store.halt("acct-1", "over cap after 3 cycles", "cap_enforcer")
+        sys.stdout.write("HALTED\\n"); sys.stdout.flush()
+        time.sleep(60)
+        """
+    )
+    with subprocess.Popen(  # noqa: S603 (our own interpreter running our own snippet)
+        [sys.executable, "-c", child], stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            assert proc.stdout.readline().strip() == "HALTED"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    store = open_store(f"sqlite:///{path}", clock=FakeClock())
+    assert store.is_halted("acct-1")
+    assert store.get_halt("acct-1").reason == "over cap after 3 cycles"
+    assert [r.action for r in store.audit_log("acct-1")] == ["halt"]
