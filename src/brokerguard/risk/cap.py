@@ -1,0 +1,331 @@
+"""The hard position cap: liquidate the excess, verify, and halt if it cannot be restored.
+
+Each cycle fetches the positions, values them in one batched call, and, when the account holds
+more positions than ``max_positions``, sells the ``excess`` smallest *valued* positions, waits
+for those sells to settle by polling them (on the clock), then re-fetches and verifies. After
+``max_cycles`` cycles still over the cap, the account is halted in the store (durably, before
+this returns) until an operator resumes it.
+
+What it never does: act on positions it could not fetch (the result is ``unverified`` and no
+order is sent), rank a position by a made-up value, sell a symbol twice while its first sell is
+still open, or resend an order whose fate is unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from brokerguard.brokers.base import BaseBroker, OrderUnconfirmedError
+from brokerguard.clock import Clock
+from brokerguard.errors import (
+    BrokerGuardError,
+    BrokerRejection,
+    CircuitOpenError,
+    ConfigurationError,
+)
+from brokerguard.models import Order, OrderRequest, PriceProblem, Side
+from brokerguard.risk.valuation import Valuation, ValuationReport, Valuator
+from brokerguard.store.state import StateStore, open_store
+
+__all__ = ["ENFORCER_SOURCE", "PositionCapEnforcer"]
+
+log = logging.getLogger("brokerguard.enforcer")
+
+ENFORCER_SOURCE = "position_cap_enforcer"
+"""The actor named in halts and audit records written by the enforcer."""
+
+
+class PositionCapEnforcer:
+    """Keep an account at or under ``max_positions`` open positions, or halt it.
+
+    Args:
+        broker: the guarded broker of the account.
+        max_positions: the cap.
+        max_cycles: liquidate-and-verify cycles before halting.
+        settle_timeout: seconds to poll a cycle's sell orders for settlement (on the clock).
+        store: where halts, audit records and the order journal go (default: an in-memory
+            store; production passes a persistent one so halts survive restarts).
+        clock: the time source (default: the broker's).
+        count_unpriced: True (default, fail-closed): a position that cannot be valued still
+            occupies a cap slot, because it is exposure. False: the seed's literal rule, only
+            valued positions are counted.
+        valuator: prices the positions (default: a Valuator on the same broker and store).
+        poll_interval: seconds between settlement polls.
+        order_id_factory: makes the liquidations' client order ids (default: UUIDs).
+    """
+
+    def __init__(
+        self,
+        broker: BaseBroker,
+        max_positions: int = 8,
+        *,
+        max_cycles: int = 3,
+        settle_timeout: float = 3.0,
+        store: StateStore | None = None,
+        clock: Clock | None = None,
+        count_unpriced: bool = True,
+        valuator: Valuator | None = None,
+        poll_interval: float = 0.25,
+        order_id_factory: Callable[[], str] | None = None,
+    ) -> None:
+        problems = [
+            *_int_problem("max_positions", max_positions, minimum=0),
+            *_int_problem("max_cycles", max_cycles, minimum=1),
+        ]
+        if not settle_timeout >= 0:
+            problems.append(f"settle_timeout must be >= 0 seconds, got {settle_timeout!r}")
+        if not poll_interval > 0:
+            problems.append(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+        if problems:
+            raise ConfigurationError("invalid PositionCapEnforcer: " + "; ".join(problems))
+        self.broker = broker
+        self.max_positions = max_positions
+        self.max_cycles = max_cycles
+        self.settle_timeout = float(settle_timeout)
+        self.poll_interval = float(poll_interval)
+        self.clock = clock if clock is not None else broker.clock
+        self.store = store if store is not None else open_store("sqlite://", clock=self.clock)
+        self.count_unpriced = count_unpriced
+        self.valuator = valuator or Valuator(broker, store=self.store, clock=self.clock)
+        self._new_order_id = order_id_factory or _uuid_order_id
+
+    @property
+    def account_id(self) -> str:
+        """The account this enforcer guards."""
+        return self.broker.account_id
+
+    def enforce_cap(self) -> tuple[bool, dict[str, Any]]:
+        """Fetch, and while over the cap run up to ``max_cycles`` cycles; return (ok, result).
+
+        A cycle liquidates the excess, waits for settlement and re-fetches to verify. ``cycles``
+        in the result counts them (0 when the account was within the cap to begin with).
+
+        The result always has ``status`` (``compliant``, ``unverified`` or
+        ``failed_enforcement``), ``trading_halted``, ``position_count``, ``valued_count``,
+        ``max_positions``, ``cycles``, ``liquidated`` (symbols), ``unvalued_symbols`` and
+        ``orders`` (client order ids), plus ``reason`` and ``excess``.
+        """
+        result: dict[str, Any] = {
+            "account_id": self.account_id,
+            "status": "unverified",
+            "trading_halted": False,
+            "position_count": None,
+            "valued_count": None,
+            "max_positions": self.max_positions,
+            "excess": None,
+            "cycles": 0,
+            "liquidated": [],
+            "unvalued_symbols": [],
+            "orders": [],
+            "reason": "",
+        }
+        pending: dict[str, str] = {}  # symbol -> client order id of a sell not yet final
+        report = self._observe(result)
+        while report is not None:
+            counted = len(report.valuations) if self.count_unpriced else len(report.valued)
+            excess = counted - self.max_positions
+            result["excess"] = max(0, excess)
+            if excess <= 0:
+                result["status"] = "compliant"
+                result["reason"] = (
+                    f"{counted} counted position(s) within the cap of {self.max_positions}"
+                )
+                return True, self._finish(result)
+            if result["cycles"] == self.max_cycles:
+                return self._fail_and_halt(result)
+            result["cycles"] += 1
+            log.warning(
+                "account %s is OVER the position cap: %d counted (%d valued, %d unvalued) for a "
+                "cap of %d; cycle %d of %d liquidates the %d smallest valued",
+                self.account_id,
+                counted,
+                len(report.valued),
+                len(report.unvaluable),
+                self.max_positions,
+                result["cycles"],
+                self.max_cycles,
+                excess,
+            )
+            self._liquidate(report, excess, pending, result)
+            self._await_settlement(pending)
+            report = self._observe(result)  # verify on fresh positions
+        return False, self._finish(result)
+
+    # ------------------------------------------------------------------ steps
+
+    def _observe(self, result: dict[str, Any]) -> ValuationReport | None:
+        """Fetch and value the positions; None (result unverified) if they cannot be known."""
+        try:
+            positions = self.broker.get_positions()
+        except BrokerGuardError as exc:
+            result["status"] = "unverified"
+            result["reason"] = f"positions could not be fetched: {type(exc).__name__}: {exc}"
+            log.error(
+                "cap enforcement for account %s UNVERIFIED: %s; no order sent, new entries "
+                "stay blocked until positions are known",
+                self.account_id,
+                result["reason"],
+            )
+            return None
+        result["position_count"] = len(positions)
+        try:
+            report = self.valuator.value(positions)
+        except BrokerGuardError as exc:
+            # Prices unknown: every position is unvaluable this cycle (none invented).
+            log.error(
+                "prices for account %s could not be fetched (%s): no position can be ranked",
+                self.account_id,
+                exc,
+            )
+            report = ValuationReport(
+                tuple(
+                    Valuation(p.symbol, p.quantity, None, PriceProblem.MISSING)
+                    for p in sorted(positions, key=lambda p: p.symbol)
+                ),
+                self.clock.time(),
+            )
+        result["valued_count"] = len(report.valued)
+        result["unvalued_symbols"] = report.unvalued_symbols
+        return report
+
+    def _liquidate(
+        self,
+        report: ValuationReport,
+        excess: int,
+        pending: dict[str, str],
+        result: dict[str, Any],
+    ) -> None:
+        """Sell the smallest valued positions not already being sold, up to the excess."""
+        needed = excess - len(pending)
+        if needed <= 0:
+            return  # earlier sells, once settled, clear the excess: wait for them
+        paused = self.store.paused_symbols(self.account_id)
+        candidates = sorted(
+            (v for v in report.valued if v.symbol not in pending and v.symbol not in paused),
+            key=lambda v: (v.value, v.symbol),
+        )
+        if len(candidates) < needed:
+            result["reason"] = (
+                f"the excess of {excess} cannot be cleared from valued positions "
+                f"({len(candidates)} sellable; unvalued: {', '.join(report.unvalued_symbols)})"
+            )
+        for valuation in candidates[:needed]:
+            try:
+                live = self._sell(valuation.symbol, valuation.quantity, valuation.value, result)
+            except CircuitOpenError:
+                break  # the write circuit is open: nothing more can be sent this cycle
+            if live is not None:
+                pending[valuation.symbol] = live
+
+    def _sell(
+        self, symbol: str, quantity: Decimal, value: Decimal | None, result: dict[str, Any]
+    ) -> str | None:
+        """Journal, audit and send one liquidation; return its client order id if still open.
+
+        Raises CircuitOpenError (after journaling it as not sent) when the write circuit is open.
+        """
+        cid = self._new_order_id()
+        request = OrderRequest(symbol, Side.SELL, quantity, cid)
+        self.store.record_order_intent(self.account_id, request, purpose="cap_liquidation")
+        self.store.record_audit(
+            self.account_id,
+            "liquidation_order",
+            ENFORCER_SOURCE,
+            f"over the position cap of {self.max_positions}: selling the smallest position",
+            {
+                "symbol": symbol,
+                "quantity": str(quantity),
+                "value": str(value),
+                "client_order_id": cid,
+            },
+        )
+        result["orders"].append(cid)
+        try:
+            order = self.broker.place_market_order(symbol, Side.SELL, quantity, client_order_id=cid)
+        except CircuitOpenError as exc:
+            self.store.record_order_status(cid, "not_sent")
+            log.error("liquidation of %s on %s not sent: %s", symbol, self.account_id, exc)
+            raise
+        except BrokerRejection as exc:
+            self.store.record_order_status(cid, "rejected")
+            log.error("liquidation of %s on %s rejected: %s", symbol, self.account_id, exc)
+            return None
+        except OrderUnconfirmedError as exc:
+            self.store.record_order_status(cid, "unconfirmed")
+            log.critical(
+                "liquidation %s of %s on %s is UNCONFIRMED (%s): it will not be resent; "
+                "the next cycle's position fetch tells whether it happened",
+                cid,
+                symbol,
+                self.account_id,
+                exc,
+            )
+            result["liquidated"].append(symbol)
+            return cid
+        except BrokerGuardError as exc:
+            self.store.record_order_status(cid, "failed")
+            log.error("liquidation of %s on %s failed: %s", symbol, self.account_id, exc)
+            return None
+        self.store.record_order_status(
+            cid, order.status.value, broker_order_id=order.broker_order_id
+        )
+        result["liquidated"].append(symbol)
+        return None if order.is_final else cid
+
+    def _await_settlement(self, pending: dict[str, str]) -> None:
+        """Poll the cycle's open sells until they are final or ``settle_timeout`` passes."""
+        deadline = self.clock.monotonic() + self.settle_timeout
+        while pending:
+            for symbol, cid in list(pending.items()):
+                order = self._poll(cid)
+                if order is not None and order.is_final:
+                    self.store.record_order_status(cid, order.status.value)
+                    del pending[symbol]
+            if not pending or self.clock.monotonic() + self.poll_interval > deadline:
+                return
+            self.clock.sleep(self.poll_interval)
+
+    def _poll(self, cid: str) -> Order | None:
+        try:
+            return self.broker.get_order(cid)
+        except BrokerGuardError as exc:
+            log.warning("could not poll liquidation %s on %s: %s", cid, self.account_id, exc)
+            return None
+
+    def _fail_and_halt(self, result: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        reason = (
+            f"still over the position cap of {self.max_positions} after {self.max_cycles} "
+            f"cycle(s): {result['position_count']} open, {result['valued_count']} valued"
+        )
+        if result["reason"]:
+            reason = f"{reason}; {result['reason']}"
+        result["status"] = "failed_enforcement"
+        result["reason"] = reason
+        self.store.halt(self.account_id, reason, ENFORCER_SOURCE)
+        result["trading_halted"] = True
+        log.critical(
+            "TRADING HALTED until manual intervention for account %s: %s", self.account_id, reason
+        )
+        return False, result
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result["trading_halted"] = self.store.is_halted(self.account_id)
+        except BrokerGuardError:
+            result["trading_halted"] = True  # unknown: report the fail-closed reading
+        return result
+
+
+def _uuid_order_id() -> str:
+    # A UUID: the one client-id format every exchange accepts (Kraken's cl_ord_id included).
+    return str(uuid.uuid4())
+
+
+def _int_problem(name: str, value: object, *, minimum: int) -> list[str]:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        return [f"{name} must be an int >= {minimum}, got {value!r}"]
+    return []
