@@ -91,7 +91,10 @@ def _rebuild_unconfirmed(message: str, client_order_id: str) -> OrderUnconfirmed
 
 @dataclass(frozen=True, slots=True)
 class PositionSnapshot:
-    """The positions of an account as last fetched successfully, and when (monotonic seconds)."""
+    """The positions of an account as last fetched successfully, and when (monotonic seconds).
+
+    ``fetched_at`` is when the fetch started, so the content is at least that recent.
+    """
 
     positions: tuple[Position, ...]
     fetched_at: float
@@ -204,11 +207,16 @@ class BaseBroker(abc.ABC):
         Zero-quantity entries are dropped (they are not exposure); a duplicated symbol or a
         non-position in the payload makes the whole payload invalid.
         """
+        # Stamped with the time the fetch *started*: its content is at least that new, and a
+        # slower concurrent fetch that started earlier can never replace a newer snapshot.
+        started = self._bg_clock.monotonic()
         self._probe_if_due(self._bg_read, real_call_is_probe=True)
         positions = self._bg_read.call_with_circuit_breaker(self._fetch_positions_checked)
-        snapshot = PositionSnapshot(tuple(positions), self._bg_clock.monotonic())
+        snapshot = PositionSnapshot(tuple(positions), started)
         with self._bg_lock:
-            self._bg_last_positions = snapshot
+            last = self._bg_last_positions
+            if last is None or last.fetched_at <= started:
+                self._bg_last_positions = snapshot
         return list(positions)
 
     def last_position_snapshot(self) -> PositionSnapshot | None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.brokers.base import BaseBroker, OrderUnconfirmedError
 from brokerguard.clock import Clock
 from brokerguard.errors import (
@@ -73,13 +74,11 @@ class PositionCapEnforcer:
         order_id_factory: Callable[[], str] | None = None,
     ) -> None:
         problems = [
-            *_int_problem("max_positions", max_positions, minimum=0),
-            *_int_problem("max_cycles", max_cycles, minimum=1),
+            *int_problem("max_positions", max_positions, minimum=0),
+            *int_problem("max_cycles", max_cycles, minimum=1),
+            *seconds_problem("settle_timeout", settle_timeout),
+            *seconds_problem("poll_interval", poll_interval, allow_zero=False),
         ]
-        if not settle_timeout >= 0:
-            problems.append(f"settle_timeout must be >= 0 seconds, got {settle_timeout!r}")
-        if not poll_interval > 0:
-            problems.append(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
         if problems:
             raise ConfigurationError("invalid PositionCapEnforcer: " + "; ".join(problems))
         self.broker = broker
@@ -323,9 +322,3 @@ class PositionCapEnforcer:
 def _uuid_order_id() -> str:
     # A UUID: the one client-id format every exchange accepts (Kraken's cl_ord_id included).
     return str(uuid.uuid4())
-
-
-def _int_problem(name: str, value: object, *, minimum: int) -> list[str]:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return [f"{name} must be an int >= {minimum}, got {value!r}"]
-    return []

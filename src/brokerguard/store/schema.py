@@ -65,7 +65,10 @@ AUDIT_LOG = Table(
 ORDERS = Table(
     "bg_orders",
     METADATA,
-    Column("client_order_id", String(100), primary_key=True),
+    # The sequence keeps the journal in the order decisions were written, even within one
+    # clock tick (client order ids are random).
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("client_order_id", String(100), nullable=False, unique=True),
     Column("account_id", String(200), nullable=False, index=True),
     Column("symbol", String(100), nullable=False),
     Column("side", String(10), nullable=False),

@@ -361,7 +361,7 @@ class StateStore:
             query = select(ORDERS).where(ORDERS.c.account_id == account_id)
             if statuses is not None:
                 query = query.where(ORDERS.c.status.in_(sorted(statuses)))
-            rows = conn.execute(query.order_by(ORDERS.c.created_at, ORDERS.c.client_order_id))
+            rows = conn.execute(query.order_by(ORDERS.c.seq))
             return [
                 JournalEntry(
                     r.client_order_id,

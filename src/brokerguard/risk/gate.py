@@ -1,0 +1,350 @@
+"""The pre-trade gate: before any entry, is there a slot, and is everything known?
+
+:meth:`TradingGate.check_entry` answers with a :class:`Decision`: allowed, or refused with a
+stable reason code and details (``POSITION_CAP_REACHED: open=8 reserved=0 cap=8``). The same
+codes are metric labels and CLI text. Unknown means deny: a halt the store cannot confirm, a
+broker whose circuit is not closed, a paused symbol, positions that could not be fetched or are
+older than ``max_position_age``.
+
+:meth:`TradingGate.reserve_entry` takes a slot atomically for the duration of an entry, so 64
+threads racing for 8 slots get 8. A filled entry keeps its slot until a position snapshot
+fetched *after* the fill shows the position: a stale snapshot can never free a slot.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final
+
+from brokerguard._validation import int_problem, seconds_problem
+from brokerguard.brokers.base import BaseBroker, PositionSnapshot
+from brokerguard.clock import Clock
+from brokerguard.errors import BlockedError, BrokerGuardError, ConfigurationError
+from brokerguard.store.state import StateStore
+
+__all__ = [
+    "ACCOUNT_HALTED",
+    "ALLOWED",
+    "BROKER_OFFLINE",
+    "POSITIONS_UNKNOWN",
+    "POSITION_CAP_REACHED",
+    "RISK_REDUCING",
+    "STORE_UNAVAILABLE",
+    "SYMBOL_PAUSED",
+    "Decision",
+    "EntryDenied",
+    "Reservation",
+    "TradingGate",
+    "TradingState",
+]
+
+log = logging.getLogger("brokerguard.gate")
+
+ALLOWED: Final = "ALLOWED"
+RISK_REDUCING: Final = "RISK_REDUCING"
+ACCOUNT_HALTED: Final = "ACCOUNT_HALTED"
+BROKER_OFFLINE: Final = "BROKER_OFFLINE"
+SYMBOL_PAUSED: Final = "SYMBOL_PAUSED"
+POSITIONS_UNKNOWN: Final = "POSITIONS_UNKNOWN"
+POSITION_CAP_REACHED: Final = "POSITION_CAP_REACHED"
+STORE_UNAVAILABLE: Final = "STORE_UNAVAILABLE"
+
+
+class TradingState(StrEnum):
+    """What an account may do."""
+
+    ACTIVE = "active"
+    """Entries and exits."""
+    REDUCING = "reducing"
+    """Over the cap (or positions unknown): only risk-reducing orders."""
+    HALTED = "halted"
+    """Halted until an operator resumes: only risk-reducing orders."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An answer of the gate: allowed or not, with a stable reason code and its details.
+
+    ``reason`` reads ``"CODE: key=value key=value"``; ``code`` is the part before the colon.
+    A Decision is truthy when allowed.
+    """
+
+    allowed: bool
+    reason: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def allow(cls, code: str = "ALLOWED", **details: Any) -> Decision:
+        """Build an allowing decision whose reason renders `code` and `details`."""
+        return cls(allowed=True, reason=_render(code, details), details=details)
+
+    @classmethod
+    def deny(cls, code: str, **details: Any) -> Decision:
+        """Build a refusal whose reason renders `code` and `details`."""
+        return cls(allowed=False, reason=_render(code, details), details=details)
+
+    @property
+    def code(self) -> str:
+        """The stable reason code (``POSITION_CAP_REACHED`` ...)."""
+        return self.reason.split(":", 1)[0]
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def _render(code: str, details: Mapping[str, Any]) -> str:
+    text = " ".join(f"{k}={v}" for k, v in details.items())
+    return f"{code}: {text}" if text else code
+
+
+class EntryDenied(BlockedError):  # noqa: N818 (the name is the documented contract)
+    """An entry was refused by the gate; :attr:`decision` says why."""
+
+    def __init__(self, decision: Decision, *, account_id: str, symbol: str) -> None:
+        super().__init__(f"entry in {symbol} on account {account_id} refused: {decision.reason}")
+        self.decision = decision
+        self.account_id = account_id
+        self.symbol = symbol
+
+
+@dataclass
+class Reservation:
+    """A slot held for one entry. Call :meth:`cancel` if the order did not fill."""
+
+    symbol: str
+    token: int
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Give the slot back when leaving the ``with`` block (the entry did not happen)."""
+        self.cancelled = True
+
+
+class TradingGate:
+    """Refuse new positions when anything is unknown, stale, halted, paused or at the cap.
+
+    Args:
+        broker: the guarded broker of the account.
+        max_positions: the cap of open positions (plus reserved entries).
+        store: where halts and paused symbols are read (None: no halts, no pauses).
+        clock: the time source (default: the broker's).
+        max_position_age: seconds after which the broker's last position snapshot is too old
+            and the gate fetches a fresh one (a failed fetch means refuse).
+        pending_entry_ttl: seconds a filled entry keeps its slot while no snapshot shows it.
+        position_memory: seconds a symbol seen held keeps its slot after snapshots stop showing
+            it. A broker that answers with an older state (or a slow fetch landing last) must
+            not free a slot: a position disappears from the count only when no snapshot has
+            shown it for this long. The price is that a closed position's slot frees this much
+            later.
+    """
+
+    def __init__(
+        self,
+        broker: BaseBroker,
+        max_positions: int,
+        *,
+        store: StateStore | None = None,
+        clock: Clock | None = None,
+        max_position_age: float = 30.0,
+        pending_entry_ttl: float = 600.0,
+        position_memory: float = 60.0,
+    ) -> None:
+        problems = [
+            *int_problem("max_positions", max_positions, minimum=0),
+            *seconds_problem("max_position_age", max_position_age, allow_zero=False),
+            *seconds_problem("pending_entry_ttl", pending_entry_ttl, allow_zero=False),
+            *seconds_problem("position_memory", position_memory),
+        ]
+        if problems:
+            raise ConfigurationError("invalid TradingGate: " + "; ".join(problems))
+        self.broker = broker
+        self.max_positions = max_positions
+        self.store = store
+        self.clock = clock if clock is not None else broker.clock
+        self.max_position_age = float(max_position_age)
+        self.pending_entry_ttl = float(pending_entry_ttl)
+        self.position_memory = float(position_memory)
+        self._seen: dict[str, float] = {}  # symbol -> start of the latest fetch that showed it
+        self._lock = threading.Lock()
+        self._tokens = itertools.count(1)
+        self._reserved: dict[int, str] = {}
+        self._filled: dict[str, float] = {}  # symbol -> monotonic time the entry completed
+
+    @property
+    def account_id(self) -> str:
+        """The account this gate guards."""
+        return self.broker.account_id
+
+    # ------------------------------------------------------------------ decisions
+
+    def check_entry(self, symbol: str) -> Decision:
+        """Return whether a new position in `symbol` may be opened now (takes no slot)."""
+        decision, _ = self._decide(symbol, reserve=False)
+        return decision
+
+    @contextmanager
+    def reserve_entry(self, symbol: str) -> Iterator[Reservation]:
+        """Hold a slot while the entry is placed; raise EntryDenied if none is free.
+
+        The slot is released if the block raises (or :meth:`Reservation.cancel` was called);
+        otherwise the entry counts as an open position until a fresh snapshot shows it.
+        """
+        decision, token = self._decide(symbol, reserve=True)
+        if token is None:
+            raise EntryDenied(decision, account_id=self.account_id, symbol=symbol)
+        reservation = Reservation(symbol, token)
+        try:
+            yield reservation
+        except BaseException:
+            self._release(token, filled=False)
+            raise
+        self._release(token, filled=not reservation.cancelled)
+
+    def check_exit(self, symbol: str) -> Decision:
+        """Risk-reducing orders stay allowed when halted or over the cap, not when paused."""
+        paused = self._paused(symbol)
+        if paused is not None:
+            return paused
+        return Decision.allow(RISK_REDUCING, symbol=symbol)
+
+    def trading_state(self) -> TradingState:
+        """HALTED, REDUCING (over the cap, or positions unknown) or ACTIVE."""
+        try:
+            if self.store is not None and self.store.is_halted(self.account_id):
+                return TradingState.HALTED
+        except BrokerGuardError:
+            return TradingState.HALTED  # the halt cannot be ruled out
+        snapshot = self.broker.last_position_snapshot()
+        if snapshot is None or snapshot.count > self.max_positions:
+            return TradingState.REDUCING
+        return TradingState.ACTIVE
+
+    # ------------------------------------------------------------------ internals
+
+    def _decide(self, symbol: str, *, reserve: bool) -> tuple[Decision, int | None]:
+        for check in (self._halted, self._broker_offline, lambda: self._paused(symbol)):
+            denied = check()
+            if denied is not None:
+                return denied, None
+        snapshot = self._fresh_snapshot()
+        if isinstance(snapshot, Decision):
+            return snapshot, None
+        with self._lock:
+            self._absorb(snapshot)
+            held = set(self._seen) | set(self._filled)
+            reserved = set(self._reserved.values())
+            occupied = held | reserved
+            if symbol not in occupied and len(occupied) >= self.max_positions:
+                return (
+                    Decision.deny(
+                        POSITION_CAP_REACHED,
+                        open=len(held),
+                        reserved=len(reserved - held),
+                        cap=self.max_positions,
+                    ),
+                    None,
+                )
+            token = None
+            if reserve:
+                token = next(self._tokens)
+                self._reserved[token] = symbol
+            return (
+                Decision.allow(
+                    ALLOWED,
+                    open=len(held),
+                    reserved=len(reserved - held) + (reserve and symbol not in occupied),
+                    cap=self.max_positions,
+                ),
+                token,
+            )
+
+    def _halted(self) -> Decision | None:
+        if self.store is None:
+            return None
+        try:
+            halt = self.store.get_halt(self.account_id)
+        except BrokerGuardError as exc:
+            return Decision.deny(STORE_UNAVAILABLE, error=type(exc).__name__)
+        if halt is None:
+            return None
+        return Decision.deny(ACCOUNT_HALTED, source=halt.source, since=f"{halt.halted_at:.0f}")
+
+    def _broker_offline(self) -> Decision | None:
+        if self.broker.is_trading_allowed():
+            return None
+        return Decision.deny(
+            BROKER_OFFLINE,
+            broker=self.broker.broker_name,
+            health=self.broker.get_broker_health_state(),
+        )
+
+    def _paused(self, symbol: str) -> Decision | None:
+        if self.store is None:
+            return None
+        try:
+            paused = self.store.paused_symbol_reasons(self.account_id)
+        except BrokerGuardError as exc:
+            return Decision.deny(STORE_UNAVAILABLE, error=type(exc).__name__)
+        if symbol in paused:
+            return Decision.deny(SYMBOL_PAUSED, symbol=symbol)
+        return None
+
+    def _fresh_snapshot(self) -> PositionSnapshot | Decision:
+        snapshot = self.broker.last_position_snapshot()
+        now = self.clock.monotonic()
+        if snapshot is not None and snapshot.age(now) <= self.max_position_age:
+            return snapshot
+        try:
+            self.broker.get_positions()
+        except BrokerGuardError as exc:
+            log.warning(
+                "entry check on account %s: positions unknown (%s); refusing entries",
+                self.account_id,
+                exc,
+            )
+            return Decision.deny(POSITIONS_UNKNOWN, error=type(exc).__name__)
+        fresh = self.broker.last_position_snapshot()
+        if fresh is None:  # pragma: no cover (get_positions always records one)
+            return Decision.deny(POSITIONS_UNKNOWN, error="no_snapshot")
+        return fresh
+
+    def _absorb(self, snapshot: PositionSnapshot) -> None:
+        """Fold a snapshot into the gate's memory of held symbols (caller holds the lock).
+
+        A filled entry becomes an ordinary held symbol once a snapshot that started after the
+        fill shows it; a held symbol is forgotten only after ``position_memory`` seconds in
+        which no snapshot showed it.
+        """
+        now = self.clock.monotonic()
+        shown = {p.symbol for p in snapshot.positions}
+        for symbol in shown:
+            self._seen[symbol] = max(
+                self._seen.get(symbol, snapshot.fetched_at), snapshot.fetched_at
+            )
+        for symbol, seen_at in list(self._seen.items()):
+            if symbol not in shown and now - seen_at > self.position_memory:
+                del self._seen[symbol]
+        for symbol, filled_at in list(self._filled.items()):
+            if symbol in shown and snapshot.fetched_at > filled_at:
+                del self._filled[symbol]
+            elif now - filled_at > self.pending_entry_ttl:
+                del self._filled[symbol]
+                log.warning(
+                    "entry in %s on account %s never showed in a position snapshot within "
+                    "%.0fs; its slot is released",
+                    symbol,
+                    self.account_id,
+                    self.pending_entry_ttl,
+                )
+
+    def _release(self, token: int, *, filled: bool) -> None:
+        with self._lock:
+            symbol = self._reserved.pop(token, None)
+            if symbol is not None and filled:
+                self._filled[symbol] = self.clock.monotonic()
