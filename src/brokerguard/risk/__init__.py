@@ -1,6 +1,19 @@
 """Decisions about positions: valuation without fallback, the hard cap, the pre-trade gate."""
 
 from brokerguard.risk.cap import ENFORCER_SOURCE, PositionCapEnforcer
+from brokerguard.risk.exits import (
+    CapRestored,
+    CapViolationDetected,
+    ContinuousExitEnforcer,
+    EnforcementCrashed,
+    EnforcementEvent,
+    EnforcementUnverified,
+    EventListener,
+    PositionsLiquidated,
+    SymbolsRevalued,
+    SymbolsUnvaluable,
+    TradingHalted,
+)
 from brokerguard.risk.gate import (
     ACCOUNT_HALTED,
     ALLOWED,
@@ -28,11 +41,22 @@ __all__ = [
     "RISK_REDUCING",
     "STORE_UNAVAILABLE",
     "SYMBOL_PAUSED",
+    "CapRestored",
+    "CapViolationDetected",
+    "ContinuousExitEnforcer",
     "Decision",
+    "EnforcementCrashed",
+    "EnforcementEvent",
+    "EnforcementUnverified",
     "EntryDenied",
+    "EventListener",
     "PositionCapEnforcer",
+    "PositionsLiquidated",
     "Reservation",
+    "SymbolsRevalued",
+    "SymbolsUnvaluable",
     "TradingGate",
+    "TradingHalted",
     "TradingState",
     "Valuation",
     "ValuationReport",

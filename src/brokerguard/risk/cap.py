@@ -106,13 +106,15 @@ class PositionCapEnforcer:
         The result always has ``status`` (``compliant``, ``unverified`` or
         ``failed_enforcement``), ``trading_halted``, ``position_count``, ``valued_count``,
         ``max_positions``, ``cycles``, ``liquidated`` (symbols), ``unvalued_symbols`` and
-        ``orders`` (client order ids), plus ``reason`` and ``excess``.
+        ``orders`` (client order ids), plus ``reason``, ``excess`` and
+        ``initial_position_count`` (what the first fetch found).
         """
         result: dict[str, Any] = {
             "account_id": self.account_id,
             "status": "unverified",
             "trading_halted": False,
             "position_count": None,
+            "initial_position_count": None,
             "valued_count": None,
             "max_positions": self.max_positions,
             "excess": None,
@@ -171,6 +173,8 @@ class PositionCapEnforcer:
             )
             return None
         result["position_count"] = len(positions)
+        if result["initial_position_count"] is None:
+            result["initial_position_count"] = len(positions)
         try:
             report = self.valuator.value(positions)
         except BrokerGuardError as exc:

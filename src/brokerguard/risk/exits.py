@@ -1,0 +1,264 @@
+"""Keep enforcing: the cap enforcer (and its valuation sweep) on every account, every interval.
+
+:class:`ContinuousExitEnforcer` runs :meth:`PositionCapEnforcer.enforce_cap` for each account
+once per ``interval`` seconds on the clock, and tells listeners what happened as frozen,
+past-tense events (a cap violation detected, positions liquidated, trading halted, symbols that
+became unvaluable or valuable again, a cap restored, an enforcement left unverified). One
+account failing, even with a bug, never stops the others; a failing listener never stops the
+loop. :meth:`stop` lets the current enforcement step finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from brokerguard._validation import seconds_problem
+from brokerguard.clock import Clock
+from brokerguard.errors import ConfigurationError
+from brokerguard.risk.cap import PositionCapEnforcer
+
+__all__ = [
+    "CapRestored",
+    "CapViolationDetected",
+    "ContinuousExitEnforcer",
+    "EnforcementCrashed",
+    "EnforcementEvent",
+    "EnforcementUnverified",
+    "EventListener",
+    "PositionsLiquidated",
+    "SymbolsRevalued",
+    "SymbolsUnvaluable",
+    "TradingHalted",
+]
+
+log = logging.getLogger("brokerguard.exits")
+
+_SLEEP_STEP = 0.5
+"""The loop sleeps in steps this long (on the clock) so stop() is honoured promptly."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcementEvent:
+    """Something that happened to an account, at a wall-clock time (epoch seconds)."""
+
+    account_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CapViolationDetected(EnforcementEvent):
+    """The account held more positions than its cap."""
+
+    position_count: int
+    max_positions: int
+
+
+@dataclass(frozen=True, slots=True)
+class PositionsLiquidated(EnforcementEvent):
+    """Liquidation orders were sent."""
+
+    symbols: tuple[str, ...]
+    client_order_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TradingHalted(EnforcementEvent):
+    """The account is halted until an operator resumes it."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CapRestored(EnforcementEvent):
+    """The account is back within its cap after a violation or an unverified step."""
+
+    position_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolsUnvaluable(EnforcementEvent):
+    """These symbols became unvaluable (and were paused)."""
+
+    symbols: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolsRevalued(EnforcementEvent):
+    """These symbols have a valid price again."""
+
+    symbols: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcementUnverified(EnforcementEvent):
+    """The positions could not be known; nothing was sent and entries stay blocked."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcementCrashed(EnforcementEvent):
+    """The enforcement step raised unexpectedly; the other accounts carried on."""
+
+    error: str
+
+
+EventListener = Callable[[EnforcementEvent], object]
+"""Called with every event, on the enforcing thread; exceptions are logged and ignored."""
+
+
+class ContinuousExitEnforcer:
+    """Run cap enforcement for many accounts on an interval, isolating failures.
+
+    Args:
+        enforcers: one :class:`PositionCapEnforcer` per account (or a single one).
+        interval: seconds between the starts of two passes (on the clock).
+        clock: the time source (default: the first enforcer's).
+    """
+
+    def __init__(
+        self,
+        enforcers: PositionCapEnforcer | Iterable[PositionCapEnforcer],
+        *,
+        interval: float = 10.0,
+        clock: Clock | None = None,
+    ) -> None:
+        listed = [enforcers] if isinstance(enforcers, PositionCapEnforcer) else list(enforcers)
+        problems = seconds_problem("interval", interval, allow_zero=False)
+        if not listed:
+            problems.append("at least one account's enforcer is needed")
+        ids = [e.account_id for e in listed]
+        if len(set(ids)) != len(ids):
+            problems.append(f"each account must appear once, got {sorted(ids)}")
+        if problems:
+            raise ConfigurationError("invalid ContinuousExitEnforcer: " + "; ".join(problems))
+        self.enforcers = listed
+        self.interval = float(interval)
+        self.clock = clock if clock is not None else listed[0].clock
+        self._listeners: list[EventListener] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._results: dict[str, dict[str, Any]] = {}
+        self._unvalued: dict[str, set[str]] = {}
+        self.ticks = 0
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Receive every event."""
+        self._listeners.append(listener)
+
+    @property
+    def last_results(self) -> Mapping[str, dict[str, Any]]:
+        """The last enforcement result of each account (status page, metrics)."""
+        return dict(self._results)
+
+    # ------------------------------------------------------------------ running
+
+    def tick(self) -> dict[str, dict[str, Any]]:
+        """Enforce every account once; return each account's result."""
+        results = {}
+        for enforcer in self.enforcers:
+            if self._stop.is_set():
+                break
+            results[enforcer.account_id] = self._enforce_one(enforcer)
+        self.ticks += 1
+        return results
+
+    def run(self, *, max_ticks: int | None = None) -> None:
+        """Tick every ``interval`` seconds until :meth:`stop` (or `max_ticks` passes)."""
+        while not self._stop.is_set() and (max_ticks is None or self.ticks < max_ticks):
+            started = self.clock.monotonic()
+            self.tick()
+            remaining = self.interval - (self.clock.monotonic() - started)
+            while remaining > 0 and not self._stop.is_set():
+                step = min(remaining, _SLEEP_STEP)
+                self.clock.sleep(step)
+                remaining -= step
+
+    def start(self) -> None:
+        """Run in a background thread."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the enforcer is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="brokerguard-exits", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the loop to stop after the current enforcement step, and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ internals
+
+    def _enforce_one(self, enforcer: PositionCapEnforcer) -> dict[str, Any]:
+        account = enforcer.account_id
+        previous = self._results.get(account)
+        try:
+            ok, result = enforcer.enforce_cap()
+        except Exception as exc:
+            log.exception(
+                "cap enforcement for account %s crashed; the other accounts carry on and this "
+                "one is retried next pass",
+                account,
+            )
+            result = {
+                "account_id": account,
+                "status": "error",
+                "trading_halted": None,
+                "reason": f"{type(exc).__name__}: {exc}",
+            }
+            self._emit(EnforcementCrashed(account, self.clock.time(), result["reason"]))
+            self._results[account] = result
+            return result
+        self._results[account] = result
+        self._announce(enforcer, ok, result, previous)
+        return result
+
+    def _announce(
+        self,
+        enforcer: PositionCapEnforcer,
+        ok: bool,
+        result: dict[str, Any],
+        previous: dict[str, Any] | None,
+    ) -> None:
+        account, now = enforcer.account_id, self.clock.time()
+        if result["status"] == "unverified":
+            self._emit(EnforcementUnverified(account, now, result["reason"]))
+            return
+        if result["cycles"] > 0 or not ok:
+            self._emit(
+                CapViolationDetected(
+                    account, now, result["initial_position_count"] or 0, enforcer.max_positions
+                )
+            )
+        if result["orders"]:
+            self._emit(
+                PositionsLiquidated(
+                    account, now, tuple(result["liquidated"]), tuple(result["orders"])
+                )
+            )
+        if result["status"] == "failed_enforcement":
+            self._emit(TradingHalted(account, now, result["reason"]))
+        was_bad = previous is not None and previous.get("status") != "compliant"
+        if ok and (was_bad or result["cycles"] > 0):
+            self._emit(CapRestored(account, now, result["position_count"]))
+        unvalued = set(result.get("unvalued_symbols") or ())
+        before = self._unvalued.get(account, set())
+        if unvalued - before:
+            self._emit(SymbolsUnvaluable(account, now, tuple(sorted(unvalued - before))))
+        if before - unvalued:
+            self._emit(SymbolsRevalued(account, now, tuple(sorted(before - unvalued))))
+        self._unvalued[account] = unvalued
+
+    def _emit(self, event: EnforcementEvent) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception(
+                    "event listener %r failed on %r; enforcement goes on", listener, event
+                )
