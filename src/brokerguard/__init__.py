@@ -59,6 +59,15 @@ from brokerguard.resilience import (
     is_breaking_enabled,
     set_breaking_enabled,
 )
+from brokerguard.risk import (
+    ContinuousExitEnforcer,
+    Decision,
+    EntryDenied,
+    PositionCapEnforcer,
+    TradingGate,
+    TradingState,
+    Valuator,
+)
 from brokerguard.store import StateStore, open_store
 
 try:
@@ -82,6 +91,9 @@ __all__ = [
     "CircuitState",
     "Clock",
     "ConfigurationError",
+    "ContinuousExitEnforcer",
+    "Decision",
+    "EntryDenied",
     "FatalBrokerError",
     "FaultPlan",
     "InvalidBrokerData",
@@ -93,6 +105,7 @@ __all__ = [
     "Outcome",
     "PaperBroker",
     "Position",
+    "PositionCapEnforcer",
     "PositionSnapshot",
     "PriceCheck",
     "PriceProblem",
@@ -103,7 +116,10 @@ __all__ = [
     "StateStore",
     "StoreUnavailableError",
     "SystemClock",
+    "TradingGate",
+    "TradingState",
     "TransientBrokerError",
+    "Valuator",
     "__version__",
     "all_circuit_breakers",
     "circuit_breaker",
