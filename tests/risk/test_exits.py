@@ -170,3 +170,16 @@ class _RealSleepClock(FakeClock):
     def sleep(self, seconds: float) -> None:
         time.sleep(0.001)  # wall-clock-ok: let the test thread run
         super().sleep(seconds)
+
+
+def test_accounts_can_be_enforced_concurrently(clock, store):
+    """With max_concurrency, passes run accounts in parallel and report every result."""
+    enforcers = [enforcer_for(clock, store, f"acct{i}", held=10) for i in range(6)]
+    loop = ContinuousExitEnforcer(enforcers, max_concurrency=3)
+    events = []
+    loop.add_listener(events.append)
+    results = loop.tick()
+    assert {r["status"] for r in results.values()} == {"compliant"}
+    assert sum(isinstance(e, PositionsLiquidated) for e in events) == 6
+    with pytest.raises(ConfigurationError):
+        ContinuousExitEnforcer(enforcers, max_concurrency=0)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from brokerguard._validation import seconds_problem
+from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.clock import Clock
 from brokerguard.errors import ConfigurationError
 from brokerguard.risk.cap import PositionCapEnforcer
@@ -118,6 +119,7 @@ class ContinuousExitEnforcer:
         enforcers: one :class:`PositionCapEnforcer` per account (or a single one).
         interval: seconds between the starts of two passes (on the clock).
         clock: the time source (default: the first enforcer's).
+        max_concurrency: accounts enforced at once (1: one after the other).
     """
 
     def __init__(
@@ -126,9 +128,13 @@ class ContinuousExitEnforcer:
         *,
         interval: float = 10.0,
         clock: Clock | None = None,
+        max_concurrency: int = 1,
     ) -> None:
         listed = [enforcers] if isinstance(enforcers, PositionCapEnforcer) else list(enforcers)
-        problems = seconds_problem("interval", interval, allow_zero=False)
+        problems = [
+            *seconds_problem("interval", interval, allow_zero=False),
+            *int_problem("max_concurrency", max_concurrency, minimum=1),
+        ]
         if not listed:
             problems.append("at least one account's enforcer is needed")
         ids = [e.account_id for e in listed]
@@ -138,6 +144,8 @@ class ContinuousExitEnforcer:
             raise ConfigurationError("invalid ContinuousExitEnforcer: " + "; ".join(problems))
         self.enforcers = listed
         self.interval = float(interval)
+        self.max_concurrency = max_concurrency
+        self._lock = threading.Lock()
         self.clock = clock if clock is not None else listed[0].clock
         self._listeners: list[EventListener] = []
         self._stop = threading.Event()
@@ -153,17 +161,23 @@ class ContinuousExitEnforcer:
     @property
     def last_results(self) -> Mapping[str, dict[str, Any]]:
         """The last enforcement result of each account (status page, metrics)."""
-        return dict(self._results)
+        with self._lock:
+            return dict(self._results)
 
     # ------------------------------------------------------------------ running
 
     def tick(self) -> dict[str, dict[str, Any]]:
         """Enforce every account once; return each account's result."""
-        results = {}
-        for enforcer in self.enforcers:
-            if self._stop.is_set():
-                break
-            results[enforcer.account_id] = self._enforce_one(enforcer)
+        if self.max_concurrency == 1:
+            results = {}
+            for enforcer in self.enforcers:
+                if self._stop.is_set():
+                    break
+                results[enforcer.account_id] = self._enforce_one(enforcer)
+        else:
+            with ThreadPoolExecutor(self.max_concurrency, "brokerguard-enforce") as pool:
+                futures = {e.account_id: pool.submit(self._enforce_one, e) for e in self.enforcers}
+            results = {account: future.result() for account, future in futures.items()}
         self.ticks += 1
         return results
 
@@ -212,9 +226,11 @@ class ContinuousExitEnforcer:
                 "reason": f"{type(exc).__name__}: {exc}",
             }
             self._emit(EnforcementCrashed(account, self.clock.time(), result["reason"]))
-            self._results[account] = result
+            with self._lock:
+                self._results[account] = result
             return result
-        self._results[account] = result
+        with self._lock:
+            self._results[account] = result
         self._announce(enforcer, ok, result, previous)
         return result
 
@@ -247,12 +263,14 @@ class ContinuousExitEnforcer:
         if ok and (was_bad or result["cycles"] > 0):
             self._emit(CapRestored(account, now, result["position_count"]))
         unvalued = set(result.get("unvalued_symbols") or ())
-        before = self._unvalued.get(account, set())
+        with self._lock:
+            before = self._unvalued.get(account, set())
         if unvalued - before:
             self._emit(SymbolsUnvaluable(account, now, tuple(sorted(unvalued - before))))
         if before - unvalued:
             self._emit(SymbolsRevalued(account, now, tuple(sorted(before - unvalued))))
-        self._unvalued[account] = unvalued
+        with self._lock:
+            self._unvalued[account] = unvalued
 
     def _emit(self, event: EnforcementEvent) -> None:
         for listener in tuple(self._listeners):
