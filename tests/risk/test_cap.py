@@ -243,3 +243,26 @@ def test_invalid_settings_are_refused(clock, kwargs):
     broker = paper_account(clock, prices=coins(1), positions={})
     with pytest.raises(ConfigurationError):
         PositionCapEnforcer(broker, **kwargs)
+
+
+def test_a_dry_run_says_what_it_would_sell_and_sends_nothing(clock, store):
+    """plan() ranks like a real cycle, lists the sells, and places no order."""
+    prices = coins(11)
+    broker = paper_account(
+        clock,
+        prices=prices,
+        positions=dict.fromkeys(prices, "2"),
+        plan=FaultPlan(bad_prices={"C01/USD": "NaN"}),
+    )
+    enforcer = PositionCapEnforcer(broker, 8, store=store)
+    plan = enforcer.plan()
+    assert plan["status"] == "over_cap"
+    assert plan["excess"] == 3
+    assert plan["would_liquidate"] == [
+        {"symbol": "C02/USD", "quantity": "2", "value": "4"},
+        {"symbol": "C03/USD", "quantity": "2", "value": "6"},
+        {"symbol": "C04/USD", "quantity": "2", "value": "8"},
+    ]
+    assert plan["unvalued_symbols"] == ["C01/USD"]
+    assert broker.all_orders() == []
+    assert store.journal(broker.account_id) == []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -203,26 +203,75 @@ class PositionCapEnforcer:
         result: dict[str, Any],
     ) -> None:
         """Sell the smallest valued positions not already being sold, up to the excess."""
-        needed = excess - len(pending)
-        if needed <= 0:
-            return  # earlier sells, once settled, clear the excess: wait for them
-        paused = self.store.paused_symbols(self.account_id)
-        candidates = sorted(
-            (v for v in report.valued if v.symbol not in pending and v.symbol not in paused),
-            key=lambda v: (v.value, v.symbol),
-        )
-        if len(candidates) < needed:
-            result["reason"] = (
-                f"the excess of {excess} cannot be cleared from valued positions "
-                f"({len(candidates)} sellable; unvalued: {', '.join(report.unvalued_symbols)})"
-            )
-        for valuation in candidates[:needed]:
+        chosen, shortfall = self._select(report, excess, pending)
+        if shortfall:
+            result["reason"] = shortfall
+        for valuation in chosen:
             try:
                 live = self._sell(valuation.symbol, valuation.quantity, valuation.value, result)
             except CircuitOpenError:
                 break  # the write circuit is open: nothing more can be sent this cycle
             if live is not None:
                 pending[valuation.symbol] = live
+
+    def _select(
+        self, report: ValuationReport, excess: int, pending: Mapping[str, str]
+    ) -> tuple[list[Valuation], str]:
+        """Pick the smallest valued, unpaused positions not already being sold.
+
+        Returns the choice and, when it cannot cover the excess, why.
+        """
+        needed = excess - len(pending)
+        if needed <= 0:
+            return [], ""  # earlier sells, once settled, clear the excess: wait for them
+        paused = self.store.paused_symbols(self.account_id)
+        candidates = sorted(
+            (v for v in report.valued if v.symbol not in pending and v.symbol not in paused),
+            key=lambda v: (v.value, v.symbol),
+        )
+        shortfall = ""
+        if len(candidates) < needed:
+            shortfall = (
+                f"the excess of {excess} cannot be cleared from valued positions "
+                f"({len(candidates)} sellable; unvalued: {', '.join(report.unvalued_symbols)})"
+            )
+        return candidates[:needed], shortfall
+
+    def plan(self) -> dict[str, Any]:
+        """Say what one enforcement cycle would sell now, sending nothing (a dry run).
+
+        The result has ``status`` (``compliant``, ``over_cap`` or ``unverified``),
+        ``position_count``, ``valued_count``, ``unvalued_symbols``, ``excess``, ``reason`` and
+        ``would_liquidate``: a list of ``{"symbol", "quantity", "value"}`` (Decimals as strings).
+        """
+        result: dict[str, Any] = {
+            "account_id": self.account_id,
+            "status": "unverified",
+            "position_count": None,
+            "initial_position_count": None,
+            "valued_count": None,
+            "unvalued_symbols": [],
+            "max_positions": self.max_positions,
+            "excess": None,
+            "would_liquidate": [],
+            "reason": "",
+        }
+        report = self._observe(result)
+        if report is None:
+            return result
+        counted = len(report.valuations) if self.count_unpriced else len(report.valued)
+        excess = counted - self.max_positions
+        result["excess"] = max(0, excess)
+        if excess <= 0:
+            result["status"] = "compliant"
+            return result
+        chosen, shortfall = self._select(report, excess, {})
+        result["status"] = "over_cap"
+        result["reason"] = shortfall
+        result["would_liquidate"] = [
+            {"symbol": v.symbol, "quantity": str(v.quantity), "value": str(v.value)} for v in chosen
+        ]
+        return result
 
     def _sell(
         self, symbol: str, quantity: Decimal, value: Decimal | None, result: dict[str, Any]
