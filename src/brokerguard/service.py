@@ -1,0 +1,483 @@
+"""The guard service: a configuration turned into running brokers, enforcers and gates.
+
+:class:`GuardService` builds, from a :class:`~brokerguard.config.BrokerGuardConfig`, one pair
+of breakers (read, write) per broker shared by all its accounts, one guarded broker, cap
+enforcer and trading gate per account, and one :class:`ContinuousExitEnforcer` over all of them
+(bounded concurrency, failures isolated). It only wires and reports: every decision is taken by
+the risk layer. :meth:`status` is what the CLI, the HTTP server and the metrics show.
+
+The embedded default (:func:`embedded_default_config`) is a paper broker with a realistic fault
+plan and a demo strategy that keeps trying to open positions, so that the gate, the enforcer
+and the breakers are visibly at work without any secret or network.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from brokerguard.brokers.base import BaseBroker
+from brokerguard.brokers.paper import MISSING, FaultPlan, OutageWindow, PaperBroker
+from brokerguard.clock import SYSTEM_CLOCK, Clock
+from brokerguard.config import (
+    AccountConfig,
+    BrokerConfig,
+    BrokerGuardConfig,
+    parse_config,
+    resolve_secret,
+)
+from brokerguard.errors import BrokerGuardError, ConfigurationError
+from brokerguard.models import Side
+from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_enabled
+from brokerguard.resilience.state import CircuitState
+from brokerguard.risk.cap import PositionCapEnforcer
+from brokerguard.risk.exits import ContinuousExitEnforcer, EnforcementEvent
+from brokerguard.risk.gate import EntryDenied, TradingGate
+from brokerguard.risk.valuation import Valuator
+from brokerguard.store.state import StateStore, open_store
+
+__all__ = [
+    "AccountRuntime",
+    "BreakerTransitioned",
+    "GuardService",
+    "embedded_default_config",
+]
+
+log = logging.getLogger("brokerguard.service")
+
+_DEMO_SYMBOLS = [
+    "BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOGE/USD",
+    "AVAX/USD", "DOT/USD", "LINK/USD", "LTC/USD", "ATOM/USD", "UNI/USD",
+]  # fmt: skip
+
+
+def embedded_default_config(data_dir: str | Path = "brokerguard-data") -> BrokerGuardConfig:
+    """The configuration ``brokerguard run`` uses when given none: paper broker, SQLite."""
+    return parse_config(
+        {
+            "store": {"url": f"sqlite:///{Path(data_dir) / 'state.db'}"},
+            "enforcement": {"interval_s": 5},
+            "breaker": {"failure_threshold": 3, "recovery_timeout_s": 20},
+            "brokers": {
+                "paper": {
+                    "kind": "paper",
+                    "seed": 7,
+                    "settle_delay_s": 0.5,
+                    "faults": {
+                        "error_rate": {"fetch_positions": 0.05, "fetch_prices": 0.03},
+                        "outages_s": [[90, 150], [400, 430]],
+                        "bad_prices": {"DOGE/USD": "NaN"},
+                        "rate_limit_rate": 0.01,
+                        "rate_limit_retry_after_s": 3,
+                    },
+                }
+            },
+            "accounts": [
+                {
+                    "id": "paper-main",
+                    "broker": "paper",
+                    "max_positions": 8,
+                    "symbols": _DEMO_SYMBOLS,
+                },
+                {
+                    "id": "paper-small",
+                    "broker": "paper",
+                    "max_positions": 3,
+                    "symbols": _DEMO_SYMBOLS,
+                },
+            ],
+        },
+        source="embedded default",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerTransitioned(EnforcementEvent):
+    """A broker's circuit changed state (account_id is the broker's name here)."""
+
+    scope: str
+    old_state: str
+    new_state: str
+
+
+@dataclass
+class AccountRuntime:
+    """Everything the service runs for one account."""
+
+    config: AccountConfig
+    broker: BaseBroker
+    enforcer: PositionCapEnforcer
+    gate: TradingGate
+
+
+class GuardService:
+    """Run brokerguard for every configured account.
+
+    Args:
+        config: the deployment.
+        clock: the time source (default: the system clock).
+        store: an already open store (default: opened from ``config.store.url``).
+        seed: seeds the demo strategy (and jitter) for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        config: BrokerGuardConfig,
+        *,
+        clock: Clock | None = None,
+        store: StateStore | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.config = config
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self.store = store if store is not None else _open_store(config, self.clock)
+        self.started_at = self.clock.time()
+        self._started_mono = self.clock.monotonic()
+        self._rng = random.Random(seed)  # noqa: S311 (a demo strategy, not a secret)
+        self._events: deque[EnforcementEvent] = deque(maxlen=500)
+        self._events_lock = threading.Lock()
+        self._listeners: list[Callable[[EnforcementEvent], object]] = []
+        self._stop = threading.Event()
+        self.breakers: dict[str, dict[str, BrokerCircuitBreaker]] = {
+            name: self._breakers_for(name) for name in config.brokers
+        }
+        self.accounts: dict[str, AccountRuntime] = {
+            account.id: self._account(index, account)
+            for index, account in enumerate(config.accounts)
+        }
+        self.exits = ContinuousExitEnforcer(
+            [a.enforcer for a in self.accounts.values()],
+            interval=config.enforcement.interval_s,
+            clock=self.clock,
+            max_concurrency=config.enforcement.max_concurrency,
+        )
+        self.exits.add_listener(self._record)
+
+    # ------------------------------------------------------------------ building
+
+    def _breakers_for(self, name: str) -> dict[str, BrokerCircuitBreaker]:
+        settings = self.config.breaker_for(name)
+        breakers = {}
+        for scope in ("read", "write"):
+            breaker = BrokerCircuitBreaker(
+                name,
+                settings.failure_threshold,
+                settings.recovery_timeout_s,
+                settings.success_threshold,
+                max_attempts=settings.max_attempts,
+                max_total_delay=settings.max_total_delay_s,
+                max_recovery_timeout=settings.max_recovery_timeout_s,
+                backoff=self.config.backoff.policy(),
+                scope=scope,
+                clock=self.clock,
+                rng=random.Random(f"{name}:{scope}"),  # noqa: S311 (jitter)
+            )
+            breaker.add_listener(self._on_transition)
+            breakers[scope] = breaker
+        return breakers
+
+    def _account(self, index: int, account: AccountConfig) -> AccountRuntime:
+        broker_config = self.config.brokers[account.broker]
+        breakers = self.breakers[account.broker]
+        broker = _make_broker(
+            account,
+            broker_config,
+            index,
+            read=breakers["read"],
+            write=breakers["write"],
+            clock=self.clock,
+        )
+        valuator = Valuator(
+            broker, store=self.store, clock=self.clock, max_quote_age=account.max_quote_age_s
+        )
+        enforcer = PositionCapEnforcer(
+            broker,
+            account.max_positions,
+            max_cycles=account.max_cycles,
+            settle_timeout=account.settle_timeout_s,
+            store=self.store,
+            clock=self.clock,
+            count_unpriced=account.count_unpriced,
+            valuator=valuator,
+        )
+        gate = TradingGate(
+            broker,
+            account.max_positions,
+            store=self.store,
+            clock=self.clock,
+            max_position_age=account.max_position_age_s,
+        )
+        return AccountRuntime(account, broker, enforcer, gate)
+
+    # ------------------------------------------------------------------ events
+
+    def add_listener(self, listener: Callable[[EnforcementEvent], object]) -> None:
+        """Receive every event (enforcement and breaker transitions): alerts, metrics."""
+        self._listeners.append(listener)
+
+    def recent_events(self, limit: int = 50) -> list[EnforcementEvent]:
+        """The newest events, newest first."""
+        with self._events_lock:
+            return list(self._events)[-limit:][::-1]
+
+    def _on_transition(
+        self, breaker: BrokerCircuitBreaker, old: CircuitState, new: CircuitState
+    ) -> None:
+        self._record(
+            BreakerTransitioned(
+                breaker.broker_name, self.clock.time(), breaker.scope, old.value, new.value
+            )
+        )
+
+    def _record(self, event: EnforcementEvent) -> None:
+        with self._events_lock:
+            self._events.append(event)
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("service listener %r failed on %r", listener, event)
+
+    # ------------------------------------------------------------------ operating
+
+    def account(self, account_id: str) -> AccountRuntime:
+        """The runtime of an account; ConfigurationError if there is none."""
+        try:
+            return self.accounts[account_id]
+        except KeyError:
+            known = ", ".join(sorted(self.accounts))
+            raise ConfigurationError(f"no account {account_id!r} (known: {known})") from None
+
+    def tick(self) -> dict[str, dict[str, Any]]:
+        """One enforcement pass over every account."""
+        return self.exits.tick()
+
+    def strategy_step(self, account_id: str) -> str:
+        """One move of the demo strategy: try to open a position, through the gate.
+
+        One try in seven is a *rogue* entry that bypasses the gate (as a second bot or a human
+        would), so the cap enforcer has real excess to clear.
+        """
+        runtime = self.account(account_id)
+        symbols = runtime.config.symbols or _DEMO_SYMBOLS
+        symbol = self._rng.choice(symbols)
+        rogue = self._rng.random() < 1 / 7
+        try:
+            price = runtime.broker.get_current_price(symbol)
+            if price is None:
+                return f"{symbol}: no usable price, no entry"
+            quantity = (Decimal(100) / price).quantize(Decimal("1e-6"))
+            if rogue:
+                runtime.broker.place_market_order(symbol, Side.BUY, quantity)
+                return f"{symbol}: ROGUE entry (bypassed the gate)"
+            with runtime.gate.reserve_entry(symbol):
+                runtime.broker.place_market_order(symbol, Side.BUY, quantity)
+        except EntryDenied as exc:
+            return f"{symbol}: refused {exc.decision.reason}"
+        except BrokerGuardError as exc:
+            return f"{symbol}: {type(exc).__name__}"
+        return f"{symbol}: entered"
+
+    def halt(self, account_id: str, reason: str, operator: str) -> None:
+        """Halt an account by hand (audited)."""
+        self.account(account_id)
+        self.store.halt(account_id, reason, f"operator:{operator}")
+
+    def resume(self, account_id: str, operator: str, reason: str) -> bool:
+        """Lift an account's halt (operator and reason required; audited)."""
+        self.account(account_id)
+        return self.store.resume(account_id, operator, reason)
+
+    def run(self, *, demo_strategy: bool = False, strategy_interval: float = 2.0) -> None:
+        """Enforce every interval (and move the demo strategy) until :meth:`stop`."""
+        next_pass = self.clock.monotonic()
+        while not self._stop.is_set():
+            now = self.clock.monotonic()
+            if now >= next_pass:
+                self.tick()  # a stop request lets this pass finish
+                next_pass = now + self.config.enforcement.interval_s
+            if demo_strategy:
+                for account_id in self.accounts:
+                    if self._stop.is_set():
+                        break
+                    log.info("strategy %s: %s", account_id, self.strategy_step(account_id))
+            self._sleep(strategy_interval if demo_strategy else max(0.0, next_pass - now))
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return once the current step is done."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Release the store."""
+        self.store.close()
+
+    def _sleep(self, seconds: float) -> None:
+        remaining = seconds
+        while remaining > 0 and not self._stop.is_set():
+            step = min(remaining, 0.25)
+            self.clock.sleep(step)
+            remaining -= step
+
+    # ------------------------------------------------------------------ status
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """Ready unless a broker is OFFLINE or the store is unreachable; with the reasons."""
+        reasons = []
+        if not self.store.ping():
+            reasons.append("store unreachable")
+        for name, breakers in self.breakers.items():
+            for scope, breaker in breakers.items():
+                if breaker.state is CircuitState.OPEN:
+                    reasons.append(f"broker {name} offline ({scope} circuit open)")
+        return not reasons, reasons
+
+    def status(self) -> dict[str, Any]:
+        """Everything an operator sees: brokers, accounts, halts, recent events. No secrets."""
+        store_ok = self.store.ping()
+        halts = {h.account_id: asdict(h) for h in self.store.halts()} if store_ok else {}
+        results = self.exits.last_results
+        accounts = {}
+        for account_id, runtime in self.accounts.items():
+            snapshot = runtime.broker.last_position_snapshot()
+            accounts[account_id] = {
+                "broker": runtime.config.broker,
+                "trading_state": runtime.gate.trading_state().value,
+                "max_positions": runtime.config.max_positions,
+                "positions": None if snapshot is None else snapshot.count,
+                "symbols_held": [] if snapshot is None else [p.symbol for p in snapshot.positions],
+                "positions_age_seconds": (
+                    None if snapshot is None else snapshot.age(self.clock.monotonic())
+                ),
+                "halt": halts.get(account_id),
+                "paused_symbols": (
+                    self.store.paused_symbol_reasons(account_id) if store_ok else None
+                ),
+                "last_enforcement": results.get(account_id),
+                "data_quality": runtime.broker.data_quality(),
+            }
+        brokers = {}
+        for name, breakers in self.breakers.items():
+            reports = {scope: b.get_status() for scope, b in breakers.items()}
+            states = [b.get_broker_health_state().value for b in breakers.values()]
+            worst = max(states, key=["healthy", "degraded", "offline"].index)
+            brokers[name] = {
+                "kind": self.config.brokers[name].kind,
+                "health_state": worst,
+                "trading_allowed": all(b.is_trading_allowed() for b in breakers.values()),
+                "breakers": reports,
+            }
+        ready, reasons = self.ready()
+        return {
+            "service": {
+                "started_at": self.started_at,
+                "uptime_seconds": self.clock.monotonic() - self._started_mono,
+                "store": self.store.safe_url,
+                "store_ok": store_ok,
+                "ready": ready,
+                "not_ready_reasons": reasons,
+                "breaking_enabled": is_breaking_enabled(),
+                "enforcement_passes": self.exits.ticks,
+            },
+            "brokers": brokers,
+            "accounts": accounts,
+            "halts": list(halts.values()),
+            "events": [event_to_dict(e) for e in self.recent_events(50)],
+        }
+
+
+def event_to_dict(event: EnforcementEvent) -> dict[str, Any]:
+    """An event as JSON-ready data, with its kind."""
+    return {"kind": type(event).__name__, **asdict(event)}
+
+
+def _open_store(config: BrokerGuardConfig, clock: Clock) -> StateStore:
+    url = config.store.url
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return open_store(url, clock=clock)
+
+
+def _make_broker(
+    account: AccountConfig,
+    config: BrokerConfig,
+    index: int,
+    *,
+    read: BrokerCircuitBreaker,
+    write: BrokerCircuitBreaker,
+    clock: Clock,
+) -> BaseBroker:
+    name = read.broker_name
+    if config.kind == "paper":
+        start = clock.monotonic()
+        faults = config.faults
+        plan = FaultPlan(
+            error_rate=faults.error_rate,
+            latency=faults.latency_s,
+            outages=[OutageWindow(start + a, start + b) for a, b in faults.outages_s],
+            bad_prices={s: MISSING if v == "MISSING" else v for s, v in faults.bad_prices.items()},
+            stale_positions_rate=faults.stale_positions_rate,
+            stale_positions_age=faults.stale_positions_age_s,
+            unsettled_sells=(
+                faults.unsettled_sells
+                if isinstance(faults.unsettled_sells, bool)
+                else frozenset(faults.unsettled_sells)
+            ),
+            rate_limit_rate=faults.rate_limit_rate,
+            rate_limit_retry_after=faults.rate_limit_retry_after_s,
+            fail_after_accept_rate=faults.fail_after_accept_rate,
+        )
+        return PaperBroker(
+            name,
+            account_id=account.id,
+            prices=config.prices or None,
+            positions=account.positions,
+            seed=config.seed + index,
+            clock=clock,
+            settle_delay=config.settle_delay_s,
+            fault_plan=plan,
+            read_breaker=read,
+            write_breaker=write,
+        )
+    return _make_ccxt_broker(account, config, read=read, write=write, clock=clock)
+
+
+def _make_ccxt_broker(
+    account: AccountConfig,
+    config: BrokerConfig,
+    *,
+    read: BrokerCircuitBreaker,
+    write: BrokerCircuitBreaker,
+    clock: Clock,
+) -> BaseBroker:
+    try:
+        import ccxt  # noqa: PLC0415 (optional dependency)
+
+        from brokerguard.brokers.ccxt import CcxtBroker  # noqa: PLC0415
+    except ImportError:
+        raise ConfigurationError(
+            "a ccxt broker needs ccxt: pip install 'brokerguard[ccxt]'"
+        ) from None
+    exchange_class = getattr(ccxt, str(config.exchange), None)
+    if exchange_class is None:
+        raise ConfigurationError(f"ccxt has no exchange {config.exchange!r}")
+    settings: Mapping[str, Any] = {
+        "apiKey": resolve_secret(config.api_key_env),
+        "secret": resolve_secret(config.api_secret_env),
+        "enableRateLimit": True,
+    }
+    return CcxtBroker(
+        exchange_class(dict(settings)),
+        read.broker_name,
+        account_id=account.id,
+        quote_currency=config.quote_currency,
+        clock=clock,
+        read_breaker=read,
+        write_breaker=write,
+    )

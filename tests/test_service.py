@@ -1,0 +1,137 @@
+"""The guard service: config in, shared breakers, every account enforced, status without secrets."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from brokerguard import ConfigurationError, PaperBroker
+from brokerguard.brokers.ccxt import CcxtBroker
+from brokerguard.config import parse_config
+from brokerguard.service import GuardService, embedded_default_config
+from brokerguard.sim.kraken import DEFAULT_API_KEY, DEFAULT_API_SECRET, running_kraken
+from brokerguard.testing import FakeClock
+
+
+@pytest.fixture
+def service(tmp_path):
+    clock = FakeClock(start=1_795_000_000.0)
+    svc = GuardService(embedded_default_config(tmp_path), clock=clock, seed=3)
+    yield svc
+    svc.close()
+
+
+def test_the_embedded_default_is_a_paper_broker_on_sqlite(service, tmp_path):
+    """Two paper accounts on one broker, sharing its two breakers; the store is a file."""
+    assert set(service.accounts) == {"paper-main", "paper-small"}
+    main, small = service.accounts["paper-main"], service.accounts["paper-small"]
+    assert isinstance(main.broker, PaperBroker)
+    assert main.broker.read_breaker is small.broker.read_breaker
+    assert main.broker.write_breaker is small.broker.write_breaker
+    assert (tmp_path / "state.db").exists()
+
+
+def test_the_demo_strategy_is_held_at_the_cap_by_gate_and_enforcer(service):
+    """Entries stop at the cap; rogue entries past it are liquidated by the next pass."""
+    outcomes = []
+    for step in range(40):
+        outcomes.extend(service.strategy_step(account_id) for account_id in service.accounts)
+        if step % 4 == 3:
+            service.tick()
+        service.clock.advance(2.0)
+    service.tick()
+    assert any("POSITION_CAP_REACHED" in o for o in outcomes)
+    for account_id, runtime in service.accounts.items():
+        held = runtime.broker.true_positions()
+        assert len(held) <= runtime.config.max_positions, account_id
+    assert all(not o.endswith("entered") or "DOGE" not in o for o in outcomes)  # NaN price
+
+
+def test_status_reports_everything_and_is_json(service):
+    """Brokers, accounts, halts and events; JSON-serialisable."""
+    service.tick()
+    status = json.loads(json.dumps(service.status()))
+    assert status["service"]["store_ok"] is True
+    assert status["brokers"]["paper"]["health_state"] in {"healthy", "degraded"}
+    assert set(status["brokers"]["paper"]["breakers"]) == {"read", "write"}
+    account = status["accounts"]["paper-main"]
+    assert account["max_positions"] == 8
+    assert account["last_enforcement"]["status"] == "compliant"
+    assert account["trading_state"] == "active"
+
+
+def test_operators_halt_and_resume_through_the_service(service):
+    """A manual halt is audited with the operator; unknown accounts are a clear error."""
+    service.halt("paper-main", "suspicious fills", "alice")
+    assert service.status()["accounts"]["paper-main"]["halt"]["source"] == "operator:alice"
+    assert service.accounts["paper-main"].gate.check_entry("BTC/USD").code == "ACCOUNT_HALTED"
+    assert service.resume("paper-main", "alice", "checked")
+    assert service.status()["halts"] == []
+    with pytest.raises(ConfigurationError, match="no account"):
+        service.halt("nope", "x", "alice")
+
+
+def test_readiness_fails_while_a_broker_is_offline(service):
+    """Not ready while a circuit is open, and says why."""
+    assert service.ready() == (True, [])
+    service.breakers["paper"]["read"].force_open("drill")
+    ready, reasons = service.ready()
+    assert not ready
+    assert reasons == ["broker paper offline (read circuit open)"]
+
+
+def test_run_stops_cleanly_after_the_current_pass(service):
+    """run() returns once stop() is called; the pass in progress completes."""
+    passes = []
+    service.exits.add_listener(lambda event: None)
+    original = service.tick
+
+    def tick():
+        result = original()
+        passes.append(result)
+        if len(passes) == 3:
+            service.stop()
+        return result
+
+    service.tick = tick  # type: ignore[method-assign]
+    runner = threading.Thread(target=service.run, kwargs={"demo_strategy": True})
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert len(passes) == 3
+    assert all(set(p) == {"paper-main", "paper-small"} for p in passes)
+
+
+def test_a_ccxt_broker_takes_its_keys_from_the_environment_only(tmp_path, monkeypatch):
+    """Keys come from the named variables; the status never shows them."""
+    monkeypatch.setenv("BG_TEST_KRAKEN_KEY", DEFAULT_API_KEY)
+    monkeypatch.setenv("BG_TEST_KRAKEN_SECRET", DEFAULT_API_SECRET)
+    config = parse_config(
+        {
+            "store": {"url": "sqlite://"},
+            "brokers": {
+                "kraken": {
+                    "kind": "ccxt",
+                    "exchange": "kraken",
+                    "api_key_env": "BG_TEST_KRAKEN_KEY",
+                    "api_secret_env": "BG_TEST_KRAKEN_SECRET",
+                }
+            },
+            "accounts": [{"id": "kraken-1", "broker": "kraken", "max_positions": 2}],
+        }
+    )
+    with running_kraken(balances={"ZUSD": "1000", "XXBT": "0.1"}) as kraken:
+        service = GuardService(config, clock=FakeClock(start=1_795_000_000.0))
+        broker = service.accounts["kraken-1"].broker
+        assert isinstance(broker, CcxtBroker)
+        broker.exchange.urls["api"] = {"public": kraken.url, "private": kraken.url}
+        broker.exchange.enableRateLimit = False
+        results = service.tick()
+        assert results["kraken-1"]["status"] == "compliant"
+        assert results["kraken-1"]["position_count"] == 1
+        text = json.dumps(service.status())
+        assert DEFAULT_API_SECRET not in text
+        assert DEFAULT_API_KEY not in text
+        service.close()
