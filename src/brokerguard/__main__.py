@@ -1,7 +1,7 @@
-"""Entry point for ``python -m brokerguard``."""
+"""Entry point for ``python -m brokerguard`` (the same as the ``brokerguard`` command)."""
 
 import sys
 
-from brokerguard.demo import main
+from brokerguard.cli import main
 
 sys.exit(main())

@@ -1,0 +1,491 @@
+"""The ``brokerguard`` command: run the guard service and operate it.
+
+Exit codes mean something: 0 all is well, 1 a problem was found (an account halted, over its cap,
+unverified, a broker offline, nothing to resume), 2 a usage or configuration error. Every command
+takes ``--json`` for machines. The CLI only wires and shows: decisions stay in the risk layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from brokerguard.config import BrokerGuardConfig, load_config
+from brokerguard.errors import ConfigurationError
+from brokerguard.service import GuardService, embedded_default_config
+from brokerguard.store.state import open_store
+
+__all__ = ["main"]
+
+OK, PROBLEM, USAGE = 0, 1, 2
+_HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "offline": "bold red"}
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML configuration (default: the embedded paper-broker setup).",
+)
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("brokerguard-data"),
+    show_default=True,
+    help="Where the embedded default keeps its SQLite store.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="brokerguard")
+def cli() -> None:
+    """Brokerguard: make a trading bot fail closed."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return its exit code (configuration errors are exit code 2, no traceback)."""
+    try:
+        cli.main(args=argv, prog_name="brokerguard", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return USAGE
+    except click.exceptions.Abort:
+        return PROBLEM
+    except ConfigurationError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        return USAGE
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return OK
+
+
+def _config(config_path: Path | None, data_dir: Path) -> BrokerGuardConfig:
+    return load_config(config_path) if config_path else embedded_default_config(data_dir)
+
+
+def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        human()
+
+
+def _done(code: int) -> NoReturn:
+    raise SystemExit(code)
+
+
+# ---------------------------------------------------------------------- run
+
+
+@cli.command()
+@config_option
+@data_dir_option
+@click.option("--host", default=None, help="Status server address (default from config).")
+@click.option("--port", type=int, default=None, help="Status server port (default from config).")
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    help="Stop after this many seconds (default: until SIGINT/SIGTERM).",
+)
+@click.option("--no-demo", is_flag=True, help="Do not run the demo strategy.")
+def run(
+    config_path: Path | None,
+    data_dir: Path,
+    host: str | None,
+    port: int | None,
+    duration: float | None,
+    no_demo: bool,
+) -> None:
+    """Run the guard service (the main job)."""
+    config = _config(config_path, data_dir)
+    if host or port is not None:
+        server = config.server.model_copy(
+            update={
+                "host": host or config.server.host,
+                "port": config.server.port if port is None else port,
+            }
+        )
+        config = config.model_copy(update={"server": server})
+    embedded = config_path is None
+    demo = embedded and not no_demo
+    console = Console(stderr=True)
+    interactive = console.is_terminal
+    _configure_logging(interactive)
+    service = GuardService(config)
+    if embedded:
+        console.print(
+            f"[bold]brokerguard[/bold]: no --config given, running the embedded default: a paper "
+            f"broker with a realistic fault plan, a demo strategy that keeps trying to open "
+            f"positions, and SQLite at {service.store.safe_url}"
+        )
+    runner = threading.Thread(
+        target=service.run, kwargs={"demo_strategy": demo}, name="brokerguard-service"
+    )
+    with _stop_on_signals(service):
+        runner.start()
+        deadline = None if duration is None else time.monotonic() + duration  # wall-clock-ok
+        if interactive:
+            with Live(_view(service), console=console, refresh_per_second=2) as live:
+                while runner.is_alive() and not _expired(deadline):
+                    runner.join(0.5)
+                    live.update(_view(service))
+        else:
+            while runner.is_alive() and not _expired(deadline):
+                runner.join(0.5)
+        service.stop()
+        runner.join()
+    summary = service.status()
+    service.close()
+    problems = _problems(summary)
+    console.print(
+        f"brokerguard stopped after {summary['service']['enforcement_passes']} enforcement "
+        f"pass(es); {len(problems)} problem(s) outstanding"
+    )
+    for problem in problems:
+        console.print(f"  - {problem}")
+    _done(OK)
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline  # wall-clock-ok
+
+
+@contextmanager
+def _stop_on_signals(service: GuardService) -> Iterator[None]:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("brokerguard.cli").warning(
+            "received %s: finishing the current enforcement step, then stopping",
+            signal.Signals(signum).name,
+        )
+        service.stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _configure_logging(interactive: bool) -> None:
+    if interactive:
+        logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
+        )
+
+
+def _view(service: GuardService) -> Group:
+    status = service.status()
+    brokers = Table(title="brokers", expand=True)
+    for column in ("broker", "health", "read circuit", "write circuit", "trading"):
+        brokers.add_column(column)
+    for name, broker in status["brokers"].items():
+        health = broker["health_state"]
+        brokers.add_row(
+            name,
+            f"[{_HEALTH_STYLE[health]}]{health}[/]",
+            _circuit(broker["breakers"]["read"]),
+            _circuit(broker["breakers"]["write"]),
+            "allowed" if broker["trading_allowed"] else "[red]blocked[/]",
+        )
+    accounts = Table(title="accounts", expand=True)
+    for column in ("account", "positions / cap", "state", "last enforcement", "paused"):
+        accounts.add_column(column)
+    for account_id, account in status["accounts"].items():
+        last = account["last_enforcement"] or {}
+        held = "?" if account["positions"] is None else str(account["positions"])
+        accounts.add_row(
+            account_id,
+            f"{held} / {account['max_positions']}",
+            account["trading_state"],
+            f"{last.get('status', '-')} {last.get('reason', '')[:60]}",
+            ", ".join(account["paused_symbols"] or {}) or "-",
+        )
+    events = Table(title="recent events", expand=True)
+    events.add_column("event")
+    events.add_column("details")
+    for event in status["events"][:8]:
+        kind = event.pop("kind")
+        event.pop("at", None)
+        events.add_row(kind, ", ".join(f"{k}={v}" for k, v in event.items())[:100])
+    return Group(brokers, accounts, events)
+
+
+def _circuit(report: Mapping[str, Any]) -> str:
+    state = report["circuit_state"]
+    wait = report["next_probe_in_seconds"]
+    return state if wait is None else f"{state} (probe in {wait:.0f}s)"
+
+
+def _problems(status: Mapping[str, Any]) -> list[str]:
+    problems = [f"account {h['account_id']} halted: {h['reason']}" for h in status["halts"]]
+    for name, broker in status["brokers"].items():
+        if broker["health_state"] == "offline":
+            problems.append(f"broker {name} offline")
+    for account_id, account in status["accounts"].items():
+        last = account.get("last_enforcement") or {}
+        if last.get("status") in {"unverified", "failed_enforcement", "error"}:
+            problems.append(f"account {account_id}: {last['status']}")
+    if not status["service"]["store_ok"]:
+        problems.append("store unreachable")
+    return problems
+
+
+# ---------------------------------------------------------------------- status
+
+
+@cli.command()
+@config_option
+@data_dir_option
+@json_option
+def status(config_path: Path | None, data_dir: Path, as_json: bool) -> None:
+    """Show halts, paused symbols and recent decisions from the store (exit 1 if any halt)."""
+    config = _config(config_path, data_dir)
+    store = open_store(config.store.url)
+    try:
+        halts = store.halts()
+        accounts: dict[str, dict[str, Any]] = {
+            a.id: {
+                "halted": store.get_halt(a.id) is not None,
+                "paused_symbols": store.paused_symbol_reasons(a.id),
+                "max_positions": a.max_positions,
+                "broker": a.broker,
+            }
+            for a in config.accounts
+        }
+        recent = store.audit_log(limit=10)
+    finally:
+        store.close()
+    data = {
+        "store": store.safe_url,
+        "accounts": accounts,
+        "halts": [_as_dict(h) for h in halts],
+        "recent_audit": [_as_dict(r) for r in recent],
+    }
+
+    def human() -> None:
+        console = Console()
+        table = Table(title=f"accounts ({store.safe_url})")
+        for column in ("account", "broker", "cap", "halted", "paused"):
+            table.add_column(column)
+        for account_id, account in accounts.items():
+            table.add_row(
+                account_id,
+                account["broker"],
+                str(account["max_positions"]),
+                "[bold red]HALTED[/]" if account["halted"] else "no",
+                ", ".join(account["paused_symbols"]) or "-",
+            )
+        console.print(table)
+        for halt in halts:
+            console.print(f"[red]halt[/] {halt.account_id}: {halt.reason} (by {halt.source})")
+
+    _emit(as_json, data, human)
+    _done(PROBLEM if halts else OK)
+
+
+# ---------------------------------------------------------------------- halt / resume
+
+
+@cli.command()
+@click.argument("account")
+@click.option("--reason", required=True, help="Why trading must stop (audited).")
+@click.option("--operator", default="cli", show_default=True, help="Who is halting.")
+@config_option
+@data_dir_option
+@json_option
+def halt(
+    account: str,
+    reason: str,
+    operator: str,
+    config_path: Path | None,
+    data_dir: Path,
+    as_json: bool,
+) -> None:
+    """Halt ACCOUNT until an operator resumes it (durable, audited)."""
+    config = _config(config_path, data_dir)
+    _known_account(config, account)
+    store = open_store(config.store.url)
+    try:
+        record = store.halt(account, reason, f"operator:{operator}")
+    finally:
+        store.close()
+    _emit(
+        as_json,
+        _as_dict(record),
+        lambda: click.echo(f"{account} HALTED: {record.reason} (by {record.source})"),
+    )
+    _done(OK)
+
+
+@cli.command()
+@click.argument("account")
+@click.option("--operator", required=True, help="Who takes responsibility (audited).")
+@click.option("--reason", required=True, help="Why it is safe to trade again (audited).")
+@config_option
+@data_dir_option
+@json_option
+def resume(
+    account: str,
+    operator: str,
+    reason: str,
+    config_path: Path | None,
+    data_dir: Path,
+    as_json: bool,
+) -> None:
+    """Lift the halt of ACCOUNT (exit 1 if it was not halted)."""
+    config = _config(config_path, data_dir)
+    _known_account(config, account)
+    store = open_store(config.store.url)
+    try:
+        lifted = store.resume(account, operator, reason)
+    finally:
+        store.close()
+    message = f"{account} resumed by {operator}" if lifted else f"{account} was not halted"
+    _emit(as_json, {"account_id": account, "resumed": lifted}, lambda: click.echo(message))
+    _done(OK if lifted else PROBLEM)
+
+
+# ---------------------------------------------------------------------- enforce / audit
+
+
+@cli.command()
+@click.argument("account")
+@click.option("--dry-run", is_flag=True, help="Print what would be liquidated; send nothing.")
+@config_option
+@data_dir_option
+@json_option
+def enforce(
+    account: str, dry_run: bool, config_path: Path | None, data_dir: Path, as_json: bool
+) -> None:
+    """Run the position cap on ACCOUNT once (exit 1 unless it ends compliant)."""
+    config = _config(config_path, data_dir)
+    _known_account(config, account)
+    service = GuardService(config)
+    try:
+        enforcer = service.account(account).enforcer
+        result = enforcer.plan() if dry_run else enforcer.enforce_cap()[1]
+    finally:
+        service.close()
+
+    def human() -> None:
+        click.echo(
+            f"{account}: {result['status']} ({result['position_count']} positions, cap "
+            f"{result['max_positions']}){' ' + result['reason'] if result['reason'] else ''}"
+        )
+        for item in result.get("would_liquidate", []):
+            click.echo(f"  would sell {item['quantity']} {item['symbol']} (value {item['value']})")
+        for symbol in result.get("liquidated", []):
+            click.echo(f"  sold {symbol}")
+
+    _emit(as_json, result, human)
+    _done(OK if result["status"] == "compliant" else PROBLEM)
+
+
+@cli.command()
+@click.argument("account", required=False)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@config_option
+@data_dir_option
+@json_option
+def audit(
+    account: str | None, limit: int, config_path: Path | None, data_dir: Path, as_json: bool
+) -> None:
+    """Show the audit log (newest first), for one ACCOUNT or all."""
+    config = _config(config_path, data_dir)
+    store = open_store(config.store.url)
+    try:
+        records = store.audit_log(account, limit=limit)
+    finally:
+        store.close()
+
+    def human() -> None:
+        table = Table(title="audit log (newest first)")
+        for column in ("at", "account", "action", "actor", "reason", "details"):
+            table.add_column(column)
+        for r in records:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.at))
+            details = ", ".join(f"{k}={v}" for k, v in r.details.items())
+            table.add_row(when, r.account_id or "-", r.action, r.actor, r.reason, details)
+        Console().print(table)
+
+    _emit(as_json, [_as_dict(r) for r in records], human)
+    _done(OK)
+
+
+@cli.command()
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--duration", type=float, default=600.0, show_default=True, help="Simulated s.")
+def demo(seed: int, duration: float) -> None:
+    """Replay a paper-broker outage on simulated time and print what the breaker did."""
+    from brokerguard.demo import run_demo  # noqa: PLC0415 (only this command needs it)
+
+    for line in run_demo(seed=seed, duration=duration):
+        click.echo(line)
+    _done(OK)
+
+
+@cli.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def check_config(file: Path, as_json: bool) -> None:
+    """Validate FILE; list every problem by field (exit 2 if any)."""
+    try:
+        config = load_config(file)
+    except ConfigurationError as exc:
+        problems = str(exc)
+        _emit(
+            as_json, {"valid": False, "problems": problems}, lambda: click.echo(problems, err=True)
+        )
+        _done(USAGE)
+    summary = {
+        "valid": True,
+        "brokers": {name: b.kind for name, b in config.brokers.items()},
+        "accounts": [a.id for a in config.accounts],
+        "store": config.store.url,
+        "server": f"{config.server.host}:{config.server.port}",
+    }
+    _emit(
+        as_json,
+        summary,
+        lambda: click.echo(
+            f"{file}: valid — {len(config.brokers)} broker(s), {len(config.accounts)} "
+            f"account(s), store {config.store.url}, server {summary['server']}"
+        ),
+    )
+    _done(OK)
+
+
+def _known_account(config: BrokerGuardConfig, account: str) -> None:
+    if account not in {a.id for a in config.accounts}:
+        known = ", ".join(a.id for a in config.accounts)
+        raise ConfigurationError(f"no account {account!r} in the configuration (known: {known})")
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    raise TypeError(f"not a record: {value!r}")

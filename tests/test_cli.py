@@ -1,0 +1,169 @@
+"""The brokerguard command: exit codes that mean something, --json for machines, clean stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from brokerguard.cli import main
+
+EXAMPLE = pathlib.Path(__file__).parents[1] / "examples" / "paper.toml"
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def over_cap_config(tmp_path) -> pathlib.Path:
+    """A paper account holding 10 positions for a cap of 8, stored under tmp_path."""
+    path = tmp_path / "over.toml"
+    coins = {f"C{i:02d}/USD": str(i) for i in range(1, 11)}
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [store]
+            url = "sqlite:///{tmp_path / "state.db"}"
+            [brokers.paper]
+            kind = "paper"
+            settle_delay_s = 0
+            prices = {json.dumps(coins).replace(":", " =")}
+            [[accounts]]
+            id = "acct"
+            broker = "paper"
+            max_positions = 8
+            positions = {json.dumps(dict.fromkeys(coins, "1")).replace(":", " =")}
+            """
+        )
+    )
+    return path
+
+
+def test_check_config_accepts_the_example(capsys):
+    """A valid file: exit 0 and a one-line summary."""
+    code, out, _ = run_cli(capsys, "check-config", str(EXAMPLE))
+    assert code == 0
+    assert "valid" in out
+    code, out, _ = run_cli(capsys, "check-config", str(EXAMPLE), "--json")
+    assert json.loads(out)["accounts"] == ["paper-main"]
+
+
+def test_check_config_lists_every_problem_and_exits_2(capsys, tmp_path):
+    """An invalid file: exit 2, every problem by field, no traceback."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[accounts]]\nid = "a"\nbroker = "nope"\nmax_positions = -1\n[brokers]\n')
+    code, _, err = run_cli(capsys, "check-config", str(bad))
+    assert code == 2
+    assert "accounts[0].max_positions" in err
+    assert "Traceback" not in err
+
+
+def test_halt_status_resume_and_audit_round_trip(capsys, tmp_path):
+    """Halt (0), status shows it (1), resume (0), resume again (1), all audited."""
+    data = ["--data-dir", str(tmp_path)]
+    assert (
+        run_cli(capsys, "halt", "paper-main", "--reason", "drill", "--operator", "bob", *data)[0]
+        == 0
+    )
+    code, out, _ = run_cli(capsys, "status", "--json", *data)
+    assert code == 1
+    status = json.loads(out)
+    assert status["accounts"]["paper-main"]["halted"] is True
+    assert status["halts"][0]["source"] == "operator:bob"
+    code, out, _ = run_cli(
+        capsys, "resume", "paper-main", "--operator", "bob", "--reason", "ok", *data
+    )
+    assert (code, "resumed" in out) == (0, True)
+    assert (
+        run_cli(capsys, "resume", "paper-main", "--operator", "bob", "--reason", "ok", *data)[0]
+        == 1
+    )
+    assert run_cli(capsys, "status", *data)[0] == 0
+    code, out, _ = run_cli(capsys, "audit", "paper-main", "--json", *data)
+    assert [r["action"] for r in json.loads(out)] == ["resume_not_halted", "resume", "halt"]
+
+
+def test_resume_needs_operator_and_reason(capsys, tmp_path):
+    """Missing options are a usage error (exit 2)."""
+    assert (
+        run_cli(capsys, "resume", "paper-main", "--reason", "x", "--data-dir", str(tmp_path))[0]
+        == 2
+    )
+
+
+def test_unknown_accounts_are_a_usage_error(capsys, tmp_path):
+    """Exit 2 with the known accounts named."""
+    code, _, err = run_cli(capsys, "halt", "ghost", "--reason", "x", "--data-dir", str(tmp_path))
+    assert code == 2
+    assert "paper-main" in err
+
+
+def test_enforce_dry_run_lists_and_sends_nothing_then_enforce_sells(capsys, over_cap_config):
+    """--dry-run prints the two smallest and exits 1; a real run liquidates them and exits 0."""
+    code, out, _ = run_cli(capsys, "enforce", "acct", "--dry-run", "--config", str(over_cap_config))
+    assert code == 1
+    assert "would sell 1 C01/USD" in out
+    assert "would sell 1 C02/USD" in out
+    code, out, _ = run_cli(capsys, "audit", "--json", "--config", str(over_cap_config))
+    assert json.loads(out) == []  # the dry run sent and recorded nothing
+    code, out, _ = run_cli(capsys, "enforce", "acct", "--json", "--config", str(over_cap_config))
+    assert code == 0
+    assert sorted(json.loads(out)["liquidated"]) == ["C01/USD", "C02/USD"]
+
+
+def test_run_for_a_while_then_stop_by_itself(tmp_path):
+    """`brokerguard run --duration` runs the embedded default and exits 0 with a summary."""
+    done = subprocess.run(  # noqa: S603 (our interpreter, our module)
+        [
+            sys.executable,
+            "-m",
+            "brokerguard",
+            "run",
+            "--duration",
+            "3",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "running the embedded default" in done.stderr
+    assert "stopped after" in done.stderr
+    assert "level=INFO" in done.stderr  # not a terminal: structured log lines
+
+
+def test_sigterm_stops_run_cleanly(tmp_path):
+    """SIGTERM lets the current step finish, then run exits 0."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "brokerguard", "run", "--data-dir", str(tmp_path)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
+        time.sleep(2.5)  # wall-clock-ok: let it start for real
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "received SIGTERM" in err
+    assert "stopped after" in err
+
+
+def test_the_old_demo_is_a_subcommand(capsys):
+    """`brokerguard demo` still tells the outage story."""
+    code, out, _ = run_cli(capsys, "demo", "--duration", "300")
+    assert code == 0
+    assert "read circuit closed -> open" in out
