@@ -133,6 +133,8 @@ def test_run_for_a_while_then_stop_by_itself(tmp_path):
             "3",
             "--data-dir",
             str(tmp_path),
+            "--port",
+            "0",
         ],
         capture_output=True,
         text=True,
@@ -141,6 +143,8 @@ def test_run_for_a_while_then_stop_by_itself(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "running the embedded default" in done.stderr
+    assert "status page http://127.0.0.1:" in done.stderr
+    assert "control endpoints OFF" in done.stderr
     assert "stopped after" in done.stderr
     assert "level=INFO" in done.stderr  # not a terminal: structured log lines
 
@@ -149,7 +153,7 @@ def test_sigterm_stops_run_cleanly(tmp_path):
     """SIGTERM lets the current step finish, then run exits 0."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "brokerguard", "run", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "brokerguard", "run", "--data-dir", str(tmp_path), "--port", "0"],
         stderr=subprocess.PIPE,
         text=True,
         env=env,

@@ -25,8 +25,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from brokerguard.config import BrokerGuardConfig, load_config
+from brokerguard.config import BrokerGuardConfig, load_config, resolve_secret
 from brokerguard.errors import ConfigurationError
+from brokerguard.server import StatusServer, create_app
 from brokerguard.service import GuardService, embedded_default_config
 from brokerguard.store.state import open_store
 
@@ -118,19 +119,32 @@ def run(
     """Run the guard service (the main job)."""
     config = _config(config_path, data_dir)
     if host or port is not None:
-        server = config.server.model_copy(
+        overridden = config.server.model_copy(
             update={
                 "host": host or config.server.host,
                 "port": config.server.port if port is None else port,
             }
         )
-        config = config.model_copy(update={"server": server})
+        config = config.model_copy(update={"server": overridden})
     embedded = config_path is None
     demo = embedded and not no_demo
     console = Console(stderr=True)
     interactive = console.is_terminal
     _configure_logging(interactive)
     service = GuardService(config)
+    token = resolve_secret(config.server.control_token_env)
+    server = StatusServer(
+        create_app(service, control_token=token), host=config.server.host, port=config.server.port
+    )
+    server.start()
+    console.print(
+        f"status page {server.url}/ · JSON {server.url}/status · metrics {server.url}/metrics · "
+        + (
+            f"control endpoints ON (bearer token from {config.server.control_token_env})"
+            if token
+            else f"control endpoints OFF (set {config.server.control_token_env} to enable)"
+        )
+    )
     if embedded:
         console.print(
             f"[bold]brokerguard[/bold]: no --config given, running the embedded default: a paper "
@@ -153,6 +167,7 @@ def run(
                 runner.join(0.5)
         service.stop()
         runner.join()
+    server.stop()
     summary = service.status()
     service.close()
     problems = _problems(summary)

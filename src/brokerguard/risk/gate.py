@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -171,6 +171,7 @@ class TradingGate:
         self.pending_entry_ttl = float(pending_entry_ttl)
         self.position_memory = float(position_memory)
         self._seen: dict[str, float] = {}  # symbol -> start of the latest fetch that showed it
+        self._listeners: list[Callable[[str, Decision], object]] = []
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._reserved: dict[int, str] = {}
@@ -181,11 +182,16 @@ class TradingGate:
         """The account this gate guards."""
         return self.broker.account_id
 
+    def add_listener(self, listener: Callable[[str, Decision], object]) -> None:
+        """Call ``listener(account_id, decision)`` for every entry decision (metrics, audit)."""
+        self._listeners.append(listener)
+
     # ------------------------------------------------------------------ decisions
 
     def check_entry(self, symbol: str) -> Decision:
         """Return whether a new position in `symbol` may be opened now (takes no slot)."""
         decision, _ = self._decide(symbol, reserve=False)
+        self._announce(decision)
         return decision
 
     @contextmanager
@@ -196,6 +202,7 @@ class TradingGate:
         otherwise the entry counts as an open position until a fresh snapshot shows it.
         """
         decision, token = self._decide(symbol, reserve=True)
+        self._announce(decision)
         if token is None:
             raise EntryDenied(decision, account_id=self.account_id, symbol=symbol)
         reservation = Reservation(symbol, token)
@@ -226,6 +233,13 @@ class TradingGate:
         return TradingState.ACTIVE
 
     # ------------------------------------------------------------------ internals
+
+    def _announce(self, decision: Decision) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(self.account_id, decision)
+            except Exception:
+                log.exception("gate listener %r failed", listener)
 
     def _decide(self, symbol: str, *, reserve: bool) -> tuple[Decision, int | None]:
         for check in (self._halted, self._broker_offline, lambda: self._paused(symbol)):
