@@ -23,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from brokerguard.alerts import AlertRouter, sinks_from_config
 from brokerguard.brokers.base import BaseBroker
 from brokerguard.brokers.paper import MISSING, FaultPlan, OutageWindow, PaperBroker
 from brokerguard.clock import SYSTEM_CLOCK, Clock
@@ -159,6 +160,8 @@ class GuardService:
             max_concurrency=config.enforcement.max_concurrency,
         )
         self.exits.add_listener(self._record)
+        self.alerts = AlertRouter(sinks_from_config(config.alerts), clock=self.clock)
+        self.add_listener(self.alerts)
 
     # ------------------------------------------------------------------ building
 

@@ -197,13 +197,17 @@ def test_unknown_urls_are_refused():
         open_store("mysql://root@localhost/test")
 
 
-def test_concurrent_writers_lose_nothing(tmp_path):
-    """8 threads halting, pausing and auditing on one SQLite file: every record lands."""
-    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+@pytest.mark.parametrize("kind", ["file", "memory"])
+def test_concurrent_writers_and_readers_lose_nothing(tmp_path, kind):
+    """8 threads halting, pausing, reading and auditing at once: every record lands."""
+    url = f"sqlite:///{tmp_path / 'state.db'}" if kind == "file" else "sqlite://"
+    store = open_store(url)
 
     def work(n: int) -> None:
         for i in range(25):
             store.pause_symbol(f"acct-{n}", f"S{i}/USD", "nan")
+            store.paused_symbols(f"acct-{n}")
+            store.is_halted(f"acct-{n}")
             store.record_audit(f"acct-{n}", "liquidation_order", "enforcer", f"{i}")
         store.halt(f"acct-{n}", "over cap", "enforcer")
 

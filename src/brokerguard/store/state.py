@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -107,9 +108,15 @@ class StateStore:
         self._clock = clock if clock is not None else SYSTEM_CLOCK
         self.url = url
         self._engine = _make_engine(url)
+        # The in-memory store has ONE connection shared by every thread: every statement must
+        # take turns on it. A file-based SQLite has one connection per thread and one writer
+        # at a time (queueing here beats SQLite's busy-wait). PostgreSQL needs neither.
+        in_memory = isinstance(self._engine.pool, StaticPool)
+        self._any_lock = threading.RLock() if in_memory else None
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         try:
-            self._guard(self._create_or_migrate)
+            with _held(self._any_lock):
+                self._guard(self._create_or_migrate)
         except BaseException:
             self._engine.dispose()
             raise
@@ -434,10 +441,7 @@ class StateStore:
             with self._engine.begin() as conn:
                 return work(conn)
 
-        if self._write_lock is None:
-            return self._guard(run)
-        # SQLite has one writer at a time; queueing here beats its busy-wait.
-        with self._write_lock:
+        with _held(self._any_lock), _held(self._write_lock):
             return self._guard(run)
 
     def _read(self, work: Callable[[Connection], T]) -> T:
@@ -445,7 +449,8 @@ class StateStore:
             with self._engine.connect() as conn:
                 return work(conn)
 
-        return self._guard(run)
+        with _held(self._any_lock):
+            return self._guard(run)
 
     def _guard(self, run: Callable[[], T]) -> T:
         try:
@@ -493,6 +498,10 @@ def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
         cursor.execute("PRAGMA synchronous=FULL")  # a committed halt survives a power cut
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+
+
+def _held(lock: threading.Lock | threading.RLock | None) -> AbstractContextManager[object]:
+    return nullcontext() if lock is None else lock
 
 
 def _require(name: str, value: object) -> None:
