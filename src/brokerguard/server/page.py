@@ -31,7 +31,6 @@ async function control(path, form) {
   const text = await r.text();
   document.getElementById('msg').textContent = r.status + ' ' + text;
   if (r.ok) { setTimeout(() => location.reload(), 300); }
-  return false;
 }
 """
 
@@ -87,7 +86,8 @@ def _account_row(account_id: str, a: dict[str, Any]) -> str:
 def _halt_row(h: dict[str, Any], *, control_enabled: bool) -> str:
     account = escape(h["account_id"])
     form = (
-        f"<form onsubmit=\"return control('/resume', this)\" data-resume='{account}'>"
+        # control() is async: return false here, or the browser also submits the form itself.
+        f"<form onsubmit=\"control('/resume', this); return false;\" data-resume='{account}'>"
         f"<input type='hidden' name='account_id' value='{account}'>"
         "<input name='operator' placeholder='operator' required>"
         "<input name='reason' placeholder='reason' required>"
