@@ -9,10 +9,10 @@ strings the CLI prints.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from brokerguard.risk.exits import EnforcementEvent
@@ -29,7 +29,17 @@ _HEALTH = {"healthy": 0, "degraded": 1, "offline": 2}
 
 
 class ServiceMetrics:
-    """The metrics of one :class:`GuardService`; :meth:`render` is the ``/metrics`` body."""
+    """The metrics of one :class:`GuardService`; :meth:`render` is the ``/metrics`` body.
+
+    Contract names: ``brokerguard_circuit_state{broker,scope}``,
+    ``brokerguard_broker_calls_total{broker,scope,outcome}``,
+    ``brokerguard_broker_call_seconds{broker,scope}`` (histogram), ``brokerguard_positions``,
+    ``brokerguard_position_cap``, ``brokerguard_trading_halted``,
+    ``brokerguard_unvalued_positions`` (all ``{account}``),
+    ``brokerguard_enforcement_cycles_total{account,status}`` and
+    ``brokerguard_liquidations_total{account}``; plus readiness, health, gate decisions by
+    reason code, events by kind, paused symbols and bad broker data.
+    """
 
     def __init__(self, service: GuardService) -> None:
         self.registry = CollectorRegistry()
@@ -45,10 +55,34 @@ class ServiceMetrics:
             ["account", "code"],
             registry=self.registry,
         )
+        self.enforcement_cycles = Counter(
+            "brokerguard_enforcement_cycles",
+            "Enforcement steps, by account and resulting status.",
+            ["account", "status"],
+            registry=self.registry,
+        )
+        self.liquidations = Counter(
+            "brokerguard_liquidations",
+            "Liquidation orders sent by the cap enforcer.",
+            ["account"],
+            registry=self.registry,
+        )
+        self.call_seconds = Histogram(
+            "brokerguard_broker_call_seconds",
+            "Duration of guarded broker calls (retries included), by broker and scope.",
+            ["broker", "scope"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
         self.registry.register(_StatusCollector(service))
         service.add_listener(self._on_event)
-        for runtime in service.accounts.values():
+        service.exits.add_result_listener(self._on_result)
+        for account_id, runtime in service.accounts.items():
             runtime.gate.add_listener(self._on_decision)
+            runtime.broker.add_call_observer(self._on_call)
+            for status in ("compliant", "unverified", "failed_enforcement", "error"):
+                self.enforcement_cycles.labels(account_id, status)  # every series exists at 0
+            self.liquidations.labels(account_id)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
@@ -59,6 +93,15 @@ class ServiceMetrics:
 
     def _on_decision(self, account_id: str, decision: Decision) -> None:
         self.gate_decisions.labels(account_id, decision.code).inc()
+
+    def _on_result(self, account_id: str, result: dict[str, Any]) -> None:
+        self.enforcement_cycles.labels(account_id, str(result.get("status"))).inc()
+        self.liquidations.labels(account_id).inc(len(result.get("orders") or ()))
+
+    def _on_call(
+        self, broker: str, scope: str, _method: str, seconds: float, _outcome: str
+    ) -> None:
+        self.call_seconds.labels(broker, scope).observe(seconds)
 
 
 class _StatusCollector(Collector):
@@ -87,28 +130,33 @@ class _StatusCollector(Collector):
             for scope, report in broker["breakers"].items()
         ]
         yield _gauge(
-            "brokerguard_breaker_state",
+            "brokerguard_circuit_state",
             "Circuit state: 0 closed, 1 half-open, 2 open.",
             ["broker", "scope"],
             [([n, s], _CIRCUIT[r["circuit_state"]]) for n, s, r in breaker_rows],
         )
+        calls = CounterMetricFamily(
+            "brokerguard_broker_calls",
+            "Calls through a breaker by outcome: success, failure, ignored (a business "
+            "rejection) and rejected (refused by the open circuit, never sent).",
+            labels=["broker", "scope", "outcome"],
+        )
+        for name, breakers in self._service.breakers.items():
+            for scope, breaker in breakers.items():
+                snap = breaker.snapshot()
+                for outcome, value in (
+                    ("success", snap.total_successes),
+                    ("failure", snap.total_failures),
+                    ("ignored", snap.total_ignored),
+                    ("rejected", snap.total_rejected),
+                ):
+                    calls.add_metric([name, scope, outcome], value)
+        yield calls
         yield _gauge(
             "brokerguard_breaker_consecutive_failures",
             "Current streak of consecutive failures.",
             ["broker", "scope"],
             [([n, s], r["failure_count"]) for n, s, r in breaker_rows],
-        )
-        yield _gauge(
-            "brokerguard_breaker_calls",
-            "Calls that reached the broker since start.",
-            ["broker", "scope"],
-            [([n, s], r["total_calls"]) for n, s, r in breaker_rows],
-        )
-        yield _gauge(
-            "brokerguard_breaker_failures",
-            "Counted failures since start.",
-            ["broker", "scope"],
-            [([n, s], r["total_failures"]) for n, s, r in breaker_rows],
         )
         yield _gauge(
             "brokerguard_broker_health",
@@ -118,44 +166,43 @@ class _StatusCollector(Collector):
         )
         accounts = status["accounts"].items()
         yield _gauge(
-            "brokerguard_account_positions",
-            "Open positions in the last snapshot (absent when unknown).",
+            "brokerguard_positions",
+            "Open positions in the last snapshot (absent while unknown).",
             ["account"],
             [([a], s["positions"]) for a, s in accounts if s["positions"] is not None],
         )
         yield _gauge(
-            "brokerguard_account_max_positions",
+            "brokerguard_position_cap",
             "The account's position cap.",
             ["account"],
             [([a], s["max_positions"]) for a, s in accounts],
         )
         yield _gauge(
-            "brokerguard_account_halted",
+            "brokerguard_trading_halted",
             "1 while the account is halted.",
             ["account"],
             [([a], int(s["halt"] is not None)) for a, s in accounts],
         )
         yield _gauge(
-            "brokerguard_account_paused_symbols",
+            "brokerguard_unvalued_positions",
+            "Positions without a usable price at the last enforcement.",
+            ["account"],
+            [
+                ([a], len((s["last_enforcement"] or {}).get("unvalued_symbols") or ()))
+                for a, s in accounts
+            ],
+        )
+        yield _gauge(
+            "brokerguard_paused_symbols",
             "Symbols paused for the account.",
             ["account"],
             [([a], len(s["paused_symbols"] or {})) for a, s in accounts],
         )
         yield _gauge(
-            "brokerguard_account_trading_state",
+            "brokerguard_trading_state",
             "1 for the account's current trading state.",
             ["account", "state"],
             [([a, s["trading_state"]], 1) for a, s in accounts],
-        )
-        yield _gauge(
-            "brokerguard_account_enforcement_status",
-            "1 for the status of the account's last enforcement.",
-            ["account", "status"],
-            [
-                ([a, s["last_enforcement"]["status"]], 1)
-                for a, s in accounts
-                if s["last_enforcement"]
-            ],
         )
         yield _gauge(
             "brokerguard_data_quality",

@@ -21,7 +21,8 @@ import logging
 import threading
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -66,6 +67,11 @@ _HEALTH_RANK = {
     BrokerHealthState.DEGRADED: 1,
     BrokerHealthState.OFFLINE: 2,
 }
+CallObserver = Callable[[str, str, str, float, str], object]
+"""Called as ``observer(broker, scope, method, seconds, outcome)`` after each guarded call;
+outcome is ``success``, ``error``, ``refused`` (a business rejection) or ``rejected`` (an open
+circuit: nothing was sent)."""
+
 _REMEMBERED_ORDER_IDS = 100_000
 """Client order ids this process has sent, remembered so a caller's retry is looked up first."""
 
@@ -167,6 +173,7 @@ class BaseBroker(abc.ABC):
         self._bg_data_quality: Counter[str] = Counter()
         self._bg_sent_ids: OrderedDict[str, None] = OrderedDict()
         self._bg_last_positions: PositionSnapshot | None = None
+        self._bg_observers: list[CallObserver] = []
 
     # ------------------------------------------------------------------ the adapter's SPI
 
@@ -210,8 +217,9 @@ class BaseBroker(abc.ABC):
         # Stamped with the time the fetch *started*: its content is at least that new, and a
         # slower concurrent fetch that started earlier can never replace a newer snapshot.
         started = self._bg_clock.monotonic()
-        self._probe_if_due(self._bg_read, real_call_is_probe=True)
-        positions = self._bg_read.call_with_circuit_breaker(self._fetch_positions_checked)
+        with self._observed("read", "get_positions"):
+            self._probe_if_due(self._bg_read, real_call_is_probe=True)
+            positions = self._bg_read.call_with_circuit_breaker(self._fetch_positions_checked)
         snapshot = PositionSnapshot(tuple(positions), started)
         with self._bg_lock:
             last = self._bg_last_positions
@@ -233,8 +241,9 @@ class BaseBroker(abc.ABC):
         wanted = list(dict.fromkeys(parse_symbol(s) for s in symbols))
         if not wanted:
             return PriceCheck({}, {})
-        self._probe_if_due(self._bg_read, real_call_is_probe=False)
-        raw = self._bg_read.call_with_circuit_breaker(self._fetch_prices_checked, wanted)
+        with self._observed("read", "check_prices"):
+            self._probe_if_due(self._bg_read, real_call_is_probe=False)
+            raw = self._bg_read.call_with_circuit_breaker(self._fetch_prices_checked, wanted)
         now = self._bg_clock.time()
         quotes: dict[str, Quote] = {}
         problems: dict[str, PriceProblem] = {}
@@ -271,8 +280,11 @@ class BaseBroker(abc.ABC):
     def get_order(self, client_order_id: str) -> Order | None:
         """Look an order up by its client order id (reads breaker, with retries)."""
         client_order_id = parse_symbol(client_order_id, field="client_order_id")
-        self._probe_if_due(self._bg_read, real_call_is_probe=False)
-        return self._bg_read.call_with_circuit_breaker(self._fetch_order_checked, client_order_id)
+        with self._observed("read", "get_order"):
+            self._probe_if_due(self._bg_read, real_call_is_probe=False)
+            return self._bg_read.call_with_circuit_breaker(
+                self._fetch_order_checked, client_order_id
+            )
 
     # ------------------------------------------------------------------ guarded writes
 
@@ -291,6 +303,18 @@ class BaseBroker(abc.ABC):
         is looked up first; it is (re)sent only when the broker proves it absent. If the broker
         cannot be asked, :class:`OrderUnconfirmedError` is raised: never resend then.
         """
+        with self._observed("write", "place_market_order"):
+            return self._place_market_order(symbol, side, quantity, client_order_id=client_order_id)
+
+    def _place_market_order(
+        self,
+        symbol: str,
+        side: Side | str,
+        quantity: Decimal | int | str,
+        *,
+        client_order_id: str | None,
+    ) -> Order:
+        """The body of :meth:`place_market_order` (observed by the wrapper)."""
         symbol = parse_symbol(symbol)
         request = OrderRequest(
             symbol,
@@ -387,6 +411,36 @@ class BaseBroker(abc.ABC):
     def is_trading_allowed(self) -> bool:
         """Return whether new risk may be taken: both breakers must be closed."""
         return self._bg_read.is_trading_allowed() and self._bg_write.is_trading_allowed()
+
+    def add_call_observer(self, observer: CallObserver) -> None:
+        """Observe every guarded call's duration and outcome (latency metrics)."""
+        self._bg_observers.append(observer)
+
+    @contextmanager
+    def _observed(self, scope: str, method: str) -> Iterator[None]:
+        if not self._bg_observers:
+            yield
+            return
+        started = self._bg_clock.monotonic()
+        outcome = "success"
+        try:
+            yield
+        except CircuitOpenError:
+            outcome = "rejected"
+            raise
+        except BrokerRejection:
+            outcome = "refused"
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            elapsed = self._bg_clock.monotonic() - started
+            for observer in tuple(self._bg_observers):
+                try:
+                    observer(self.broker_name, scope, method, elapsed, outcome)
+                except Exception:
+                    log.exception("call observer %r failed", observer)
 
     def data_quality(self) -> dict[str, int]:
         """Return the counts of bad data received, by ``"<what>.<reason>"``."""

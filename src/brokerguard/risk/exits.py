@@ -148,6 +148,7 @@ class ContinuousExitEnforcer:
         self._lock = threading.Lock()
         self.clock = clock if clock is not None else listed[0].clock
         self._listeners: list[EventListener] = []
+        self._result_listeners: list[Callable[[str, dict[str, Any]], object]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._results: dict[str, dict[str, Any]] = {}
@@ -157,6 +158,10 @@ class ContinuousExitEnforcer:
     def add_listener(self, listener: EventListener) -> None:
         """Receive every event."""
         self._listeners.append(listener)
+
+    def add_result_listener(self, listener: Callable[[str, dict[str, Any]], object]) -> None:
+        """Receive ``(account_id, result)`` after every enforcement step (metrics)."""
+        self._result_listeners.append(listener)
 
     @property
     def last_results(self) -> Mapping[str, dict[str, Any]]:
@@ -209,6 +214,15 @@ class ContinuousExitEnforcer:
     # ------------------------------------------------------------------ internals
 
     def _enforce_one(self, enforcer: PositionCapEnforcer) -> dict[str, Any]:
+        result = self._enforce_and_announce(enforcer)
+        for listener in tuple(self._result_listeners):
+            try:
+                listener(enforcer.account_id, result)
+            except Exception:
+                log.exception("result listener %r failed", listener)
+        return result
+
+    def _enforce_and_announce(self, enforcer: PositionCapEnforcer) -> dict[str, Any]:
         account = enforcer.account_id
         previous = self._results.get(account)
         try:
