@@ -12,6 +12,7 @@ import pytest
 from brokerguard.alerts import (
     AlertLevel,
     AlertRouter,
+    AppriseAlertSink,
     LogAlertSink,
     WebhookAlertSink,
     alert_for,
@@ -24,6 +25,7 @@ from brokerguard.risk.exits import (
     PositionsLiquidated,
     SymbolsUnvaluable,
     TradingHalted,
+    TradingResumed,
 )
 from brokerguard.service import BreakerTransitioned
 from brokerguard.testing import FakeClock
@@ -31,14 +33,16 @@ from brokerguard.testing import FakeClock
 
 @pytest.fixture
 def receiver():
-    """A webhook receiver on 127.0.0.1 recording every JSON body (or failing on demand)."""
+    """A webhook receiver on 127.0.0.1 recording every JSON body; `statuses` scripts answers."""
     bodies: list[dict] = []
-    state = {"status": 200}
+    state: dict = {"status": 200, "statuses": []}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(state["status"])
+            status = state["statuses"].pop(0) if state["statuses"] else state["status"]
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
             self.end_headers()
 
         def log_message(self, *args):
@@ -71,6 +75,7 @@ def test_a_webhook_receives_the_alert_as_json(receiver, monkeypatch):
     monkeypatch.setenv("BG_TEST_WEBHOOK", url)
     router = AlertRouter([WebhookAlertSink("BG_TEST_WEBHOOK")], clock=FakeClock())
     router(TradingHalted("acct", 5.0, "still over cap after 3 cycles"))
+    assert router.flush()
     [body] = bodies
     assert body["level"] == "critical"
     assert body["kind"] == "trading_halted"
@@ -85,6 +90,7 @@ def test_levels_filter_per_sink_and_repeats_are_dropped(receiver, monkeypatch, c
     router = AlertRouter(
         [WebhookAlertSink("BG_TEST_WEBHOOK", AlertLevel.WARNING), LogAlertSink(AlertLevel.INFO)],
         clock=clock,
+        background=False,
     )
     with caplog.at_level(logging.INFO, logger="brokerguard.alerts"):
         router(CapRestored("acct", 1.0, 8))
@@ -101,7 +107,8 @@ def test_a_failing_webhook_is_logged_without_its_url(receiver, monkeypatch, capl
     url, _, state = receiver
     state["status"] = 500
     monkeypatch.setenv("BG_TEST_WEBHOOK", url)
-    router = AlertRouter([WebhookAlertSink("BG_TEST_WEBHOOK")], clock=FakeClock())
+    sink = WebhookAlertSink("BG_TEST_WEBHOOK", clock=FakeClock())
+    router = AlertRouter([sink], clock=FakeClock(), background=False)
     with caplog.at_level(logging.ERROR, logger="brokerguard.alerts"):
         router(TradingHalted("acct", 1.0, "x"))
         monkeypatch.setenv("BG_TEST_WEBHOOK", "http://127.0.0.1:1/hook/SECRET-TOKEN-42")
@@ -119,3 +126,73 @@ def test_sinks_are_built_from_config():
     )
     assert [type(s).__name__ for s in sinks] == ["LogAlertSink", "WebhookAlertSink"]
     assert [s.min_level for s in sinks] == [AlertLevel.INFO, AlertLevel.WARNING]
+
+
+def test_the_webhook_retries_a_failed_post_a_bounded_number_of_times(receiver, monkeypatch):
+    """Two 503s then a 200: delivered on the third POST, after backoff sleeps on its clock."""
+    url, bodies, state = receiver
+    state["statuses"] = [503, 503]
+    monkeypatch.setenv("BG_TEST_WEBHOOK", url)
+    clock = FakeClock()
+    sink = WebhookAlertSink("BG_TEST_WEBHOOK", clock=clock, attempts=3)
+    AlertRouter([sink], clock=FakeClock(), background=False)(TradingHalted("a", 1.0, "x"))
+    assert len(bodies) == 3
+    assert clock.sleeps == [0.5, 1.0]
+    state["statuses"] = [500, 500, 500]
+    with pytest.raises(RuntimeError, match="HTTP 500"):
+        sink.send(alert_for(TradingHalted("b", 1.0, "y")))
+    assert len(bodies) == 6  # exactly three more attempts, then it gave up
+
+
+def test_apprise_urls_deliver_through_apprise(receiver, monkeypatch):
+    """An apprise json:// URL (any apprise scheme works the same) receives the alert."""
+    url, bodies, _ = receiver
+    monkeypatch.setenv("BG_TEST_APPRISE", url.replace("http://", "json://"))
+    router = AlertRouter([AppriseAlertSink("BG_TEST_APPRISE")], clock=FakeClock(), background=False)
+    router(SymbolsUnvaluable("acct", 1.0, ("ETH/USD",)))
+    [body] = bodies
+    assert body["title"] == "no valid price on acct"
+    assert "ETH/USD" in body["message"]
+    assert router.delivered[0].kind == "symbols_unvaluable"
+
+
+def test_a_slow_sink_never_blocks_the_caller():
+    """Delivery is on a background thread: routing returns at once; flush waits for it."""
+    release = threading.Event()
+
+    class Slow:
+        min_level = AlertLevel.INFO
+
+        def send(self, alert):
+            release.wait(5)
+
+    router = AlertRouter([Slow()], clock=FakeClock())
+    started = threading.Event()
+
+    def route():
+        router(TradingHalted("acct", 1.0, "x"))
+        started.set()
+
+    worker = threading.Thread(target=route)
+    worker.start()
+    assert started.wait(2)  # returned while the sink is still blocked
+    assert router.delivered == []
+    release.set()
+    assert router.flush()
+    assert len(router.delivered) == 1
+    router.close()
+
+
+def test_an_operators_resume_is_announced(tmp_path):
+    """Resuming through the service raises a TradingResumed alert naming the operator."""
+    from brokerguard.service import GuardService, embedded_default_config  # noqa: PLC0415
+
+    service = GuardService(embedded_default_config(tmp_path), clock=FakeClock(start=1e9))
+    service.halt("paper-main", "drill", "bob")
+    service.resume("paper-main", "alice", "checked")
+    assert service.alerts.flush()
+    kinds = [a.kind for a in service.alerts.delivered]
+    assert kinds == ["trading_halted", "trading_resumed"]
+    assert "alice" in service.alerts.delivered[1].message
+    assert isinstance(service.recent_events()[0], TradingResumed)
+    service.close()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -22,6 +24,7 @@ from typing import Protocol
 
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.config import AlertConfig, resolve_secret
+from brokerguard.resilience.backoff import BackoffPolicy
 from brokerguard.risk.exits import (
     CapRestored,
     CapViolationDetected,
@@ -31,6 +34,7 @@ from brokerguard.risk.exits import (
     SymbolsRevalued,
     SymbolsUnvaluable,
     TradingHalted,
+    TradingResumed,
 )
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "AlertLevel",
     "AlertRouter",
     "AlertSink",
+    "AppriseAlertSink",
     "LogAlertSink",
     "WebhookAlertSink",
     "alert_for",
@@ -112,6 +117,11 @@ def alert_for(event: EnforcementEvent) -> Alert | None:  # noqa: PLR0911 (a case
                 AlertLevel.INFO, "cap_restored", a, f"{a} back within its cap",
                 f"{count} positions.", at,
             )  # fmt: skip
+        case TradingResumed(operator=operator, reason=reason):
+            return Alert(
+                AlertLevel.WARNING, "trading_resumed", a, f"trading RESUMED on {a}",
+                f"by {operator}: {reason}. New entries are allowed again.", at,
+            )  # fmt: skip
         case SymbolsRevalued(symbols=symbols):
             return Alert(
                 AlertLevel.INFO, "symbols_revalued", a, f"prices back on {a}",
@@ -150,17 +160,42 @@ class LogAlertSink:
 
 
 class WebhookAlertSink:
-    """POST alerts as JSON to a URL held in an environment variable (read at send time)."""
+    """POST alerts as JSON to a URL held in an environment variable (read at send time).
+
+    A failed delivery is retried with backoff, ``attempts`` times at most (its own bounded
+    retry: the router never retries), on the sink's clock.
+    """
 
     def __init__(
-        self, url_env: str, min_level: AlertLevel = AlertLevel.WARNING, *, timeout: float = 5.0
+        self,
+        url_env: str,
+        min_level: AlertLevel = AlertLevel.WARNING,
+        *,
+        timeout: float = 5.0,
+        attempts: int = 3,
+        backoff: BackoffPolicy | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.url_env = url_env
         self.min_level = min_level
         self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff or BackoffPolicy(base=0.5, max_delay=4.0, jitter=0)
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
 
     def send(self, alert: Alert) -> None:
-        """Deliver one alert; raise if the URL is unset or the receiver does not take it."""
+        """Deliver one alert, retrying a failed POST; raise once the attempts are spent."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self._post(alert)
+            except RuntimeError:
+                if attempt == self.attempts:
+                    raise
+                self.clock.sleep(self.backoff.delay(attempt))
+            else:
+                return
+
+    def _post(self, alert: Alert) -> None:
         url = resolve_secret(self.url_env)
         if url is None:
             raise RuntimeError(f"webhook URL variable {self.url_env} is not set")
@@ -184,11 +219,54 @@ class WebhookAlertSink:
             raise RuntimeError(f"webhook from {self.url_env} answered HTTP {status}")
 
 
+class AppriseAlertSink:
+    """Send alerts through apprise URLs (Slack, Telegram, e-mail ...) held in an env variable.
+
+    The variable holds one or more apprise URLs separated by spaces or commas; they carry
+    tokens, so they are read at send time and never logged. Needs ``brokerguard[apprise]``.
+    """
+
+    def __init__(self, urls_env: str, min_level: AlertLevel = AlertLevel.WARNING) -> None:
+        self.urls_env = urls_env
+        self.min_level = min_level
+
+    def send(self, alert: Alert) -> None:
+        """Notify every URL; raise if none is set or apprise reports a failure."""
+        import apprise  # noqa: PLC0415 (optional dependency)
+
+        urls = [u for u in re.split(r"[\s,]+", resolve_secret(self.urls_env) or "") if u]
+        if not urls:
+            raise RuntimeError(f"apprise URL variable {self.urls_env} is not set")
+        notifier = apprise.Apprise()
+        for url in urls:
+            if not notifier.add(url):
+                raise RuntimeError(f"an apprise URL in {self.urls_env} is not understood")
+        kind = {
+            AlertLevel.INFO: apprise.NotifyType.INFO,
+            AlertLevel.WARNING: apprise.NotifyType.WARNING,
+            AlertLevel.CRITICAL: apprise.NotifyType.FAILURE,
+        }[alert.level]
+        if not notifier.notify(title=alert.title, body=alert.message, notify_type=kind):
+            raise RuntimeError(f"apprise could not deliver to the URLs in {self.urls_env}")
+
+
+_STOP = object()
+
+
 class AlertRouter:
-    """Turn events into alerts and deliver them to every sink whose level they reach."""
+    """Turn events into alerts and deliver them to every sink whose level they reach.
+
+    Delivery happens on a background thread (unless ``background=False``): a slow or dead sink
+    delays only other alerts, never enforcement. :meth:`flush` waits for the queue to drain.
+    """
 
     def __init__(
-        self, sinks: Sequence[AlertSink], *, clock: Clock | None = None, repeat_after: float = 60.0
+        self,
+        sinks: Sequence[AlertSink],
+        *,
+        clock: Clock | None = None,
+        repeat_after: float = 60.0,
+        background: bool = True,
     ) -> None:
         self.sinks = list(sinks)
         self.clock = clock if clock is not None else SYSTEM_CLOCK
@@ -197,12 +275,54 @@ class AlertRouter:
         self._lock = threading.Lock()
         self.delivered: list[Alert] = []
         """Alerts handed to at least one sink (the newest 1000)."""
+        self._queue: queue.Queue[object] | None = None
+        self._worker: threading.Thread | None = None
+        if background:
+            self._queue = queue.Queue(maxsize=10_000)
+            self._worker = threading.Thread(
+                target=self._drain, name="brokerguard-alerts", daemon=True
+            )
+            self._worker.start()
 
     def __call__(self, event: EnforcementEvent) -> None:
         """Listener entry point: route the alert of `event`, if it has one."""
         alert = alert_for(event)
         if alert is None or self._repeated(alert):
             return
+        if self._queue is None:
+            self._deliver(alert)
+            return
+        try:
+            self._queue.put_nowait(alert)
+        except queue.Full:
+            log.error("alert queue full: dropping %r (sinks are too slow or down)", alert.title)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued alert was handled; return False on timeout."""
+        if self._queue is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued, then stop the delivery thread."""
+        if self._queue is not None and self._worker is not None:
+            self._queue.put(_STOP)
+            self._worker.join(timeout)
+
+    def _drain(self) -> None:
+        assert self._queue is not None  # noqa: S101 (only started with a queue)
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+            elif isinstance(item, Alert):
+                self._deliver(item)
+
+    def _deliver(self, alert: Alert) -> None:
         delivered = False
         for sink in self.sinks:
             if alert.level < sink.min_level:
@@ -235,6 +355,8 @@ def sinks_from_config(alerts: Sequence[AlertConfig]) -> list[AlertSink]:
         level = AlertLevel[alert.min_level.upper()]
         if alert.kind == "log":
             sinks.append(LogAlertSink(level))
-        else:
+        elif alert.kind == "webhook":
             sinks.append(WebhookAlertSink(str(alert.url_env), level))
+        else:
+            sinks.append(AppriseAlertSink(str(alert.url_env), level))
     return sinks

@@ -215,7 +215,7 @@ class ServerConfig(_Model):
 class AlertConfig(_Model):
     """An alert sink: the log, or a webhook whose URL (with its token) is in the environment."""
 
-    kind: Literal["log", "webhook"]
+    kind: Literal["log", "webhook", "apprise"]
     url_env: str | None = None
     min_level: Literal["info", "warning", "critical"] = "warning"
 
@@ -228,8 +228,8 @@ class AlertConfig(_Model):
 
     @model_validator(mode="after")
     def _webhook_needs_url(self) -> Self:
-        if self.kind == "webhook" and not self.url_env:
-            raise ValueError("a webhook alert needs url_env (the variable holding its URL)")
+        if self.kind in {"webhook", "apprise"} and not self.url_env:
+            raise ValueError(f"a {self.kind} alert needs url_env (the variable holding its URL)")
         return self
 
 

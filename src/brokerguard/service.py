@@ -39,7 +39,12 @@ from brokerguard.models import Side
 from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_enabled
 from brokerguard.resilience.state import CircuitState
 from brokerguard.risk.cap import PositionCapEnforcer
-from brokerguard.risk.exits import ContinuousExitEnforcer, EnforcementEvent
+from brokerguard.risk.exits import (
+    ContinuousExitEnforcer,
+    EnforcementEvent,
+    TradingHalted,
+    TradingResumed,
+)
 from brokerguard.risk.gate import EntryDenied, TradingGate
 from brokerguard.risk.valuation import Valuator
 from brokerguard.store.state import StateStore, open_store
@@ -289,14 +294,18 @@ class GuardService:
         return f"{symbol}: entered"
 
     def halt(self, account_id: str, reason: str, operator: str) -> None:
-        """Halt an account by hand (audited)."""
+        """Halt an account by hand (audited, announced)."""
         self.account(account_id)
-        self.store.halt(account_id, reason, f"operator:{operator}")
+        halt = self.store.halt(account_id, reason, f"operator:{operator}")
+        self._record(TradingHalted(account_id, self.clock.time(), f"{halt.reason} (by {operator})"))
 
     def resume(self, account_id: str, operator: str, reason: str) -> bool:
-        """Lift an account's halt (operator and reason required; audited)."""
+        """Lift an account's halt (operator and reason required; audited, announced)."""
         self.account(account_id)
-        return self.store.resume(account_id, operator, reason)
+        lifted = self.store.resume(account_id, operator, reason)
+        if lifted:
+            self._record(TradingResumed(account_id, self.clock.time(), operator, reason))
+        return lifted
 
     def run(self, *, demo_strategy: bool = False, strategy_interval: float = 2.0) -> None:
         """Enforce every interval (and move the demo strategy) until :meth:`stop`."""
@@ -318,7 +327,8 @@ class GuardService:
         self._stop.set()
 
     def close(self) -> None:
-        """Release the store."""
+        """Deliver pending alerts and release the store."""
+        self.alerts.close()
         self.store.close()
 
     def _sleep(self, seconds: float) -> None:

@@ -13,6 +13,7 @@ from brokerguard.risk.exits import (
     SymbolsRevalued,
     SymbolsUnvaluable,
     TradingHalted,
+    TradingResumed,
 )
 from brokerguard.risk.gate import (
     ACCOUNT_HALTED,
@@ -57,6 +58,7 @@ __all__ = [
     "SymbolsUnvaluable",
     "TradingGate",
     "TradingHalted",
+    "TradingResumed",
     "TradingState",
     "Valuation",
     "ValuationReport",

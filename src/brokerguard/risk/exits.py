@@ -34,6 +34,7 @@ __all__ = [
     "SymbolsRevalued",
     "SymbolsUnvaluable",
     "TradingHalted",
+    "TradingResumed",
 ]
 
 log = logging.getLogger("brokerguard.exits")
@@ -70,6 +71,14 @@ class PositionsLiquidated(EnforcementEvent):
 class TradingHalted(EnforcementEvent):
     """The account is halted until an operator resumes it."""
 
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TradingResumed(EnforcementEvent):
+    """An operator lifted the account's halt."""
+
+    operator: str
     reason: str
 
 
