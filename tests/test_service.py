@@ -135,3 +135,35 @@ def test_a_ccxt_broker_takes_its_keys_from_the_environment_only(tmp_path, monkey
         assert DEFAULT_API_SECRET not in text
         assert DEFAULT_API_KEY not in text
         service.close()
+
+
+def test_many_accounts_on_one_broker_stay_within_its_rate_limit(tmp_path):
+    """Six accounts share one paper broker limited to 5 calls/s (burst 2): a pass obeys it."""
+    config = parse_config(
+        {
+            "store": {"url": "sqlite://"},
+            "enforcement": {"max_concurrency": 1},
+            "brokers": {"paper": {"kind": "paper", "max_calls_per_s": 5, "burst": 2}},
+            "accounts": [
+                {
+                    "id": f"acct-{i}",
+                    "broker": "paper",
+                    "max_positions": 2,
+                    "positions": {"BTC/USD": "0.01", "ETH/USD": "0.1", "SOL/USD": "1"},
+                }
+                for i in range(6)
+            ],
+        }
+    )
+    clock = FakeClock(start=1_795_000_000.0)
+    service = GuardService(config, clock=clock)
+    service.tick()
+    times = sorted(
+        call.at for runtime in service.accounts.values() for call in runtime.broker.calls
+    )
+    assert len(times) > 20
+    for i, start in enumerate(times):
+        in_window = sum(1 for t in times[i:] if t < start + 1.0)
+        assert in_window <= 2 + 5, (start, in_window)
+    assert service.status()["brokers"]["paper"]["rate_limit"]["waited_s"] > 0
+    service.close()

@@ -140,6 +140,10 @@ class BrokerConfig(_Model):
     settle_delay_s: Seconds = 0.5
     faults: PaperFaultsConfig = Field(default_factory=PaperFaultsConfig)
     breaker: BreakerConfig | None = Field(None, description="overrides the global breaker")
+    max_calls_per_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="raw calls per second, all accounts together"
+    )
+    burst: int = Field(5, ge=1, description="calls allowed at once above that rate")
 
     _check_env = field_validator("api_key_env", "api_secret_env")(_env_name)
 

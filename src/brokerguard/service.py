@@ -37,6 +37,7 @@ from brokerguard.config import (
 from brokerguard.errors import BrokerGuardError, ConfigurationError
 from brokerguard.models import Side
 from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_enabled
+from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.state import CircuitState
 from brokerguard.risk.cap import PositionCapEnforcer
 from brokerguard.risk.exits import (
@@ -75,6 +76,8 @@ def embedded_default_config(data_dir: str | Path = "brokerguard-data") -> Broker
                 "paper": {
                     "kind": "paper",
                     "seed": 7,
+                    "max_calls_per_s": 20,
+                    "burst": 10,
                     "settle_delay_s": 0.5,
                     "faults": {
                         "error_rate": {"fetch_positions": 0.05, "fetch_prices": 0.03},
@@ -154,6 +157,11 @@ class GuardService:
         self.breakers: dict[str, dict[str, BrokerCircuitBreaker]] = {
             name: self._breakers_for(name) for name in config.brokers
         }
+        self.rate_limiters: dict[str, RateLimiter] = {
+            name: RateLimiter(broker.max_calls_per_s, broker.burst, clock=self.clock)
+            for name, broker in config.brokers.items()
+            if broker.max_calls_per_s is not None
+        }
         self.accounts: dict[str, AccountRuntime] = {
             account.id: self._account(index, account)
             for index, account in enumerate(config.accounts)
@@ -201,6 +209,7 @@ class GuardService:
             read=breakers["read"],
             write=breakers["write"],
             clock=self.clock,
+            limiter=self.rate_limiters.get(account.broker),
         )
         valuator = Valuator(
             broker, store=self.store, clock=self.clock, max_quote_age=account.max_quote_age_s
@@ -380,8 +389,16 @@ class GuardService:
             reports = {scope: b.get_status() for scope, b in breakers.items()}
             states = [b.get_broker_health_state().value for b in breakers.values()]
             worst = max(states, key=["healthy", "degraded", "offline"].index)
+            limiter = self.rate_limiters.get(name)
             brokers[name] = {
                 "kind": self.config.brokers[name].kind,
+                "rate_limit": None
+                if limiter is None
+                else {
+                    "per_second": limiter.rate,
+                    "burst": limiter.burst,
+                    "waited_s": limiter.waited,
+                },
                 "health_state": worst,
                 "trading_allowed": all(b.is_trading_allowed() for b in breakers.values()),
                 "breakers": reports,
@@ -425,6 +442,7 @@ def _make_broker(
     read: BrokerCircuitBreaker,
     write: BrokerCircuitBreaker,
     clock: Clock,
+    limiter: RateLimiter | None,
 ) -> BaseBroker:
     name = read.broker_name
     if config.kind == "paper":
@@ -457,8 +475,9 @@ def _make_broker(
             fault_plan=plan,
             read_breaker=read,
             write_breaker=write,
+            rate_limiter=limiter,
         )
-    return _make_ccxt_broker(account, config, read=read, write=write, clock=clock)
+    return _make_ccxt_broker(account, config, read=read, write=write, clock=clock, limiter=limiter)
 
 
 def _make_ccxt_broker(
@@ -468,6 +487,7 @@ def _make_ccxt_broker(
     read: BrokerCircuitBreaker,
     write: BrokerCircuitBreaker,
     clock: Clock,
+    limiter: RateLimiter | None,
 ) -> BaseBroker:
     try:
         import ccxt  # noqa: PLC0415 (optional dependency)
@@ -493,4 +513,5 @@ def _make_ccxt_broker(
         clock=clock,
         read_breaker=read,
         write_breaker=write,
+        rate_limiter=limiter,
     )

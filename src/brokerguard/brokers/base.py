@@ -48,6 +48,7 @@ from brokerguard.models import (
     parse_symbol,
 )
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
+from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.registry import get_circuit_breaker
 from brokerguard.resilience.state import BrokerHealthState
 
@@ -142,6 +143,8 @@ class BaseBroker(abc.ABC):
         write_breaker: the breaker for writes (default: the registry's
             ``(broker_name, "write")``).
         client_order_id_factory: makes client order ids (default: a random UUID).
+        rate_limiter: a budget of raw calls shared with the other accounts on this broker;
+            every raw call (probes included) waits for its slot.
     """
 
     def __init__(
@@ -155,6 +158,7 @@ class BaseBroker(abc.ABC):
         read_breaker: BrokerCircuitBreaker | None = None,
         write_breaker: BrokerCircuitBreaker | None = None,
         client_order_id_factory: Callable[[], str] | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.broker_name = parse_symbol(broker_name, field="broker_name")
         self.account_type = account_type
@@ -174,6 +178,7 @@ class BaseBroker(abc.ABC):
         self._bg_sent_ids: OrderedDict[str, None] = OrderedDict()
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
+        self._bg_limiter = rate_limiter
 
     # ------------------------------------------------------------------ the adapter's SPI
 
@@ -475,13 +480,24 @@ class BaseBroker(abc.ABC):
         """
         if not self.has_ping and real_call_is_probe:
             return
-        probe: Callable[[], object] = self.ping if self.has_ping else self._fetch_positions_checked
+        probe: Callable[[], object] = (
+            self._ping_throttled if self.has_ping else self._fetch_positions_checked
+        )
         for _ in range(breaker.success_threshold):
             if not breaker.probe_due():
                 return
             breaker.call(probe)
 
+    def _throttle(self) -> None:
+        if self._bg_limiter is not None:
+            self._bg_limiter.acquire()
+
+    def _ping_throttled(self) -> object:
+        self._throttle()
+        return self.ping()
+
     def _fetch_positions_checked(self) -> list[Position]:
+        self._throttle()
         raw: object = self.fetch_positions()  # typed object: adapters may send anything
         if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
             raise self._bad_payload("positions", raw, "not_a_list")
@@ -498,12 +514,14 @@ class BaseBroker(abc.ABC):
         return positions
 
     def _fetch_prices_checked(self, symbols: list[str]) -> Mapping[str, object]:
+        self._throttle()
         raw: object = self.fetch_prices(symbols)
         if not isinstance(raw, Mapping):
             raise self._bad_payload("prices", raw, "not_a_mapping")
         return raw
 
     def _fetch_order_checked(self, client_order_id: str) -> Order | None:
+        self._throttle()
         order: object = self.fetch_order(client_order_id)
         if order is None:
             return None
@@ -514,6 +532,7 @@ class BaseBroker(abc.ABC):
         return order
 
     def _submit_checked(self, request: OrderRequest) -> Order:
+        self._throttle()
         order: object = self.submit_order(request)
         if not isinstance(order, Order):
             raise self._bad_payload("order", order, "not_an_order")

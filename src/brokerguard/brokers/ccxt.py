@@ -45,6 +45,7 @@ from brokerguard.models import (
     parse_symbol,
 )
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
+from brokerguard.resilience.ratelimit import RateLimiter
 
 __all__ = [
     "CcxtBroker",
@@ -218,6 +219,7 @@ class CcxtBroker(BaseBroker):
         read_breaker: BrokerCircuitBreaker | None = None,
         write_breaker: BrokerCircuitBreaker | None = None,
         client_order_id_factory: Callable[[], str] | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         super().__init__(
             broker_name or str(exchange.id),
@@ -228,6 +230,7 @@ class CcxtBroker(BaseBroker):
             read_breaker=read_breaker,
             write_breaker=write_breaker,
             client_order_id_factory=client_order_id_factory,
+            rate_limiter=rate_limiter,
         )
         self.exchange = exchange
         self.quote_currency = quote_currency

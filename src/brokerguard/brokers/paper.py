@@ -41,6 +41,7 @@ from brokerguard.models import (
     parse_symbol,
 )
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
+from brokerguard.resilience.ratelimit import RateLimiter
 
 __all__ = ["MISSING", "RAW_METHODS", "FaultPlan", "OutageWindow", "PaperBroker", "RecordedCall"]
 
@@ -211,6 +212,7 @@ class PaperBroker(BaseBroker):
         fault_plan: FaultPlan | None = None,
         read_breaker: BrokerCircuitBreaker | None = None,
         write_breaker: BrokerCircuitBreaker | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         super().__init__(
             broker_name,
@@ -220,6 +222,7 @@ class PaperBroker(BaseBroker):
             clock=clock,
             read_breaker=read_breaker,
             write_breaker=write_breaker,
+            rate_limiter=rate_limiter,
         )
         if not (math.isfinite(settle_delay) and settle_delay >= 0):
             raise ConfigurationError(f"settle_delay must be >= 0 seconds, got {settle_delay!r}")

@@ -12,6 +12,7 @@ from brokerguard.resilience.breaker import (
     set_breaking_enabled,
 )
 from brokerguard.resilience.classify import Classifier, Outcome, default_classifier
+from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.registry import (
     all_circuit_breakers,
     circuit_breaker,
@@ -38,6 +39,7 @@ __all__ = [
     "Classifier",
     "IllegalTransitionError",
     "Outcome",
+    "RateLimiter",
     "RetryPolicy",
     "StateListener",
     "Trigger",

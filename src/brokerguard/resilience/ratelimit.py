@@ -1,0 +1,51 @@
+"""A token bucket shared by every account on one broker, so a pass stays within its limits.
+
+Exchanges count calls per API key or per IP, not per account: ten accounts enforced in one
+pass must not send ten times the calls the exchange allows. :class:`RateLimiter` hands out
+``rate`` calls per second with bursts of ``burst``; a caller over the budget *reserves* its
+slot and sleeps (on the injected clock) until it comes, so concurrent callers queue fairly and
+the rate holds however many threads ask.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from brokerguard._validation import int_problem, seconds_problem
+from brokerguard.clock import SYSTEM_CLOCK, Clock
+from brokerguard.errors import ConfigurationError
+
+__all__ = ["RateLimiter"]
+
+
+class RateLimiter:
+    """At most ``burst`` calls at once and ``rate`` calls per second on average."""
+
+    def __init__(self, rate: float, burst: int = 1, *, clock: Clock | None = None) -> None:
+        problems = [
+            *seconds_problem("rate", rate, allow_zero=False),
+            *int_problem("burst", burst, minimum=1),
+        ]
+        if problems:
+            raise ConfigurationError("invalid RateLimiter: " + "; ".join(problems))
+        self.rate = float(rate)
+        self.burst = burst
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._lock = threading.Lock()
+        self._tokens = float(burst)
+        self._updated = self.clock.monotonic()
+        self.waited = 0.0
+        """Seconds callers spent waiting, in total (for the status)."""
+
+    def acquire(self) -> float:
+        """Take one call's slot, sleeping until it is due; return the seconds waited."""
+        with self._lock:
+            now = self.clock.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            self._tokens -= 1  # may go negative: a reservation for a later slot
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+            self.waited += wait
+        if wait > 0:
+            self.clock.sleep(wait)
+        return wait
