@@ -171,3 +171,25 @@ def test_the_old_demo_is_a_subcommand(capsys):
     code, out, _ = run_cli(capsys, "demo", "--duration", "300")
     assert code == 0
     assert "read circuit closed -> open" in out
+
+
+def test_status_asks_the_running_service_first(capsys, tmp_path):
+    """With a service listening, status shows its live view (brokers, accounts) and problems."""
+    from brokerguard.server import StatusServer, create_app  # noqa: PLC0415
+    from brokerguard.service import GuardService, embedded_default_config  # noqa: PLC0415
+    from brokerguard.testing import FakeClock  # noqa: PLC0415
+
+    service = GuardService(embedded_default_config(tmp_path), clock=FakeClock(start=1e9))
+    server = StatusServer(create_app(service, control_token=None), port=0)
+    server.start()
+    try:
+        code, out, _ = run_cli(capsys, "status", "--json", "--url", server.url)
+        assert code == 0
+        assert set(json.loads(out)["brokers"]) == {"paper"}
+        service.breakers["paper"]["read"].force_open("drill")
+        code, out, _ = run_cli(capsys, "status", "--url", server.url, "--data-dir", str(tmp_path))
+        assert code == 1
+        assert "broker paper offline" in out
+    finally:
+        server.stop()
+        service.close()

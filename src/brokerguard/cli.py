@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -213,7 +214,10 @@ def _configure_logging(interactive: bool) -> None:
 
 
 def _view(service: GuardService) -> Group:
-    status = service.status()
+    return _view_from(service.status())
+
+
+def _view_from(status: Mapping[str, Any]) -> Group:
     brokers = Table(title="brokers", expand=True)
     for column in ("broker", "health", "read circuit", "write circuit", "trading"):
         brokers.add_column(column)
@@ -275,10 +279,16 @@ def _problems(status: Mapping[str, Any]) -> list[str]:
 @cli.command()
 @config_option
 @data_dir_option
+@click.option("--url", default=None, help="The running service (default: from the config).")
 @json_option
-def status(config_path: Path | None, data_dir: Path, as_json: bool) -> None:
-    """Show halts, paused symbols and recent decisions from the store (exit 1 if any halt)."""
+def status(config_path: Path | None, data_dir: Path, url: str | None, as_json: bool) -> None:
+    """Show the running service's status, or the store's if none answers (exit 1 on problems)."""
     config = _config(config_path, data_dir)
+    live = _fetch_live_status(url or f"http://{config.server.host}:{config.server.port}")
+    if live is not None:
+        problems = _problems(live)
+        _emit(as_json, live, lambda: _print_live(live, problems))
+        _done(PROBLEM if problems else OK)
     store = open_store(config.store.url)
     try:
         halts = store.halts()
@@ -320,6 +330,24 @@ def status(config_path: Path | None, data_dir: Path, as_json: bool) -> None:
 
     _emit(as_json, data, human)
     _done(PROBLEM if halts else OK)
+
+
+def _fetch_live_status(base_url: str) -> dict[str, Any] | None:
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"--url must be http(s)://..., got {base_url!r}")
+    try:
+        with urllib.request.urlopen(f"{base_url}/status", timeout=2) as response:  # noqa: S310
+            data = json.loads(response.read())
+    except (OSError, ValueError):
+        return None  # no service there: fall back to the store
+    return data if isinstance(data, dict) and "accounts" in data else None
+
+
+def _print_live(status: Mapping[str, Any], problems: list[str]) -> None:
+    console = Console()
+    console.print(_view_from(status))
+    for problem in problems:
+        console.print(f"[red]problem[/] {problem}")
 
 
 # ---------------------------------------------------------------------- halt / resume
