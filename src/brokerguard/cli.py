@@ -30,7 +30,7 @@ from brokerguard.config import BrokerGuardConfig, load_config, resolve_secret
 from brokerguard.errors import ConfigurationError
 from brokerguard.server import StatusServer, create_app
 from brokerguard.service import GuardService, embedded_default_config
-from brokerguard.store.state import open_store
+from brokerguard.store.state import StateStore, open_store
 
 __all__ = ["main"]
 
@@ -289,8 +289,7 @@ def status(config_path: Path | None, data_dir: Path, url: str | None, as_json: b
         problems = _problems(live)
         _emit(as_json, live, lambda: _print_live(live, problems))
         _done(PROBLEM if problems else OK)
-    store = open_store(config.store.url)
-    try:
+    with _store(config) as store:
         halts = store.halts()
         accounts: dict[str, dict[str, Any]] = {
             a.id: {
@@ -302,8 +301,6 @@ def status(config_path: Path | None, data_dir: Path, url: str | None, as_json: b
             for a in config.accounts
         }
         recent = store.audit_log(limit=10)
-    finally:
-        store.close()
     data = {
         "store": store.safe_url,
         "accounts": accounts,
@@ -371,11 +368,8 @@ def halt(
     """Halt ACCOUNT until an operator resumes it (durable, audited)."""
     config = _config(config_path, data_dir)
     _known_account(config, account)
-    store = open_store(config.store.url)
-    try:
+    with _store(config) as store:
         record = store.halt(account, reason, f"operator:{operator}")
-    finally:
-        store.close()
     _emit(
         as_json,
         _as_dict(record),
@@ -402,11 +396,8 @@ def resume(
     """Lift the halt of ACCOUNT (exit 1 if it was not halted)."""
     config = _config(config_path, data_dir)
     _known_account(config, account)
-    store = open_store(config.store.url)
-    try:
+    with _store(config) as store:
         lifted = store.resume(account, operator, reason)
-    finally:
-        store.close()
     message = f"{account} resumed by {operator}" if lifted else f"{account} was not halted"
     _emit(as_json, {"account_id": account, "resumed": lifted}, lambda: click.echo(message))
     _done(OK if lifted else PROBLEM)
@@ -459,11 +450,8 @@ def audit(
 ) -> None:
     """Show the audit log (newest first), for one ACCOUNT or all."""
     config = _config(config_path, data_dir)
-    store = open_store(config.store.url)
-    try:
+    with _store(config) as store:
         records = store.audit_log(account, limit=limit)
-    finally:
-        store.close()
 
     def human() -> None:
         table = Table(title="audit log (newest first)")
@@ -520,6 +508,15 @@ def check_config(file: Path, as_json: bool) -> None:
         ),
     )
     _done(OK)
+
+
+@contextmanager
+def _store(config: BrokerGuardConfig) -> Iterator[StateStore]:
+    store = open_store(config.store.url)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _known_account(config: BrokerGuardConfig, account: str) -> None:

@@ -76,8 +76,8 @@ class CircuitOpenError(BlockedError):
     @property
     def next_probe_in(self) -> float | None:
         """Seconds until the next probe is allowed (None: forced open, no automatic probe)."""
-        value = self.args[1] if len(self.args) > 1 else None
-        return None if value is None else float(value)
+        seconds = self.args[1] if len(self.args) > 1 else None
+        return None if seconds is None else float(seconds)
 
     @property
     def retry_after(self) -> float | None:

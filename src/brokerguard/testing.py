@@ -65,8 +65,8 @@ class FakeClock:
         return f"FakeClock(now={self._now!r})"
 
 
-def _check_seconds(name: str, value: float, *, allow_negative: bool = False) -> float:
-    value = float(value)
-    if math.isnan(value) or math.isinf(value) or (value < 0 and not allow_negative):
-        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-    return value
+def _check_seconds(name: str, seconds: float, *, allow_negative: bool = False) -> float:
+    seconds = float(seconds)
+    if math.isnan(seconds) or math.isinf(seconds) or (seconds < 0 and not allow_negative):
+        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {seconds!r}")
+    return seconds
