@@ -195,4 +195,15 @@ def test_an_operators_resume_is_announced(tmp_path):
     assert kinds == ["trading_halted", "trading_resumed"]
     assert "alice" in service.alerts.delivered[1].message
     assert isinstance(service.recent_events()[0], TradingResumed)
+    # A halt written by another process (the CLI) is announced on the next pass, once.
+    service.store.halt("paper-small", "from the cli", "operator:carol")
+    service.tick()
+    service.tick()
+    assert service.alerts.flush()
+    assert [a.kind for a in service.alerts.delivered] == [
+        "trading_halted",
+        "trading_resumed",
+        "trading_halted",
+    ]
+    assert "carol" in service.alerts.delivered[2].message
     service.close()

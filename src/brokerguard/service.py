@@ -39,7 +39,7 @@ from brokerguard.models import Side
 from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_enabled
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.state import CircuitState
-from brokerguard.risk.cap import PositionCapEnforcer
+from brokerguard.risk.cap import ENFORCER_SOURCE, PositionCapEnforcer
 from brokerguard.risk.exits import (
     ContinuousExitEnforcer,
     EnforcementEvent,
@@ -175,6 +175,8 @@ class GuardService:
         self.exits.add_listener(self._record)
         self.alerts = AlertRouter(sinks_from_config(config.alerts), clock=self.clock)
         self.add_listener(self.alerts)
+        latest = self.store.audit_log(limit=1)
+        self._audit_seen = latest[0].id if latest else 0  # announce what happens from now on
 
     # ------------------------------------------------------------------ building
 
@@ -273,7 +275,8 @@ class GuardService:
             raise ConfigurationError(f"no account {account_id!r} (known: {known})") from None
 
     def tick(self) -> dict[str, dict[str, Any]]:
-        """One enforcement pass over every account."""
+        """One enforcement pass over every account (and a look for operators' actions)."""
+        self.watch_operator_actions()
         return self.exits.tick()
 
     def strategy_step(self, account_id: str) -> str:
@@ -305,16 +308,43 @@ class GuardService:
     def halt(self, account_id: str, reason: str, operator: str) -> None:
         """Halt an account by hand (audited, announced)."""
         self.account(account_id)
-        halt = self.store.halt(account_id, reason, f"operator:{operator}")
-        self._record(TradingHalted(account_id, self.clock.time(), f"{halt.reason} (by {operator})"))
+        self.store.halt(account_id, reason, f"operator:{operator}")
+        self.watch_operator_actions()
 
     def resume(self, account_id: str, operator: str, reason: str) -> bool:
         """Lift an account's halt (operator and reason required; audited, announced)."""
         self.account(account_id)
         lifted = self.store.resume(account_id, operator, reason)
-        if lifted:
-            self._record(TradingResumed(account_id, self.clock.time(), operator, reason))
+        self.watch_operator_actions()
         return lifted
+
+    def watch_operator_actions(self) -> None:
+        """Announce halts and resumes written to the store since the last look.
+
+        Operators act through the HTTP server, through this object, or through the CLI in
+        another process: the audit log is where they all meet, so it is the one source of these
+        events. The enforcer's own halts are announced by the enforcement loop instead.
+        """
+        try:
+            records = self.store.audit_log(limit=200)
+        except BrokerGuardError:
+            return  # the store is down: readiness says so; nothing to announce
+        for record in reversed(records):
+            if record.id <= self._audit_seen:
+                continue
+            self._audit_seen = record.id
+            if record.actor == ENFORCER_SOURCE or record.account_id is None:
+                continue
+            if record.action == "halt":
+                self._record(
+                    TradingHalted(
+                        record.account_id, record.at, f"{record.reason} (by {record.actor})"
+                    )
+                )
+            elif record.action == "resume":
+                self._record(
+                    TradingResumed(record.account_id, record.at, record.actor, record.reason)
+                )
 
     def run(self, *, demo_strategy: bool = False, strategy_interval: float = 2.0) -> None:
         """Enforce every interval (and move the demo strategy) until :meth:`stop`."""
