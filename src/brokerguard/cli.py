@@ -30,6 +30,8 @@ from brokerguard.config import BrokerGuardConfig, load_config, resolve_secret
 from brokerguard.errors import ConfigurationError
 from brokerguard.server import StatusServer, create_app
 from brokerguard.service import GuardService, embedded_default_config
+from brokerguard.sim.scenarios import SCENARIOS
+from brokerguard.sim.scenarios import simulate as run_simulation
 from brokerguard.store.state import StateStore, open_store
 
 __all__ = ["main"]
@@ -476,6 +478,38 @@ def demo(seed: int, duration: float) -> None:
 
     for line in run_demo(seed=seed, duration=duration):
         click.echo(line)
+    _done(OK)
+
+
+@cli.command()
+@click.option(
+    "--scenario",
+    type=click.Choice(sorted(SCENARIOS)),
+    required=True,
+    help="The world to replay.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@json_option
+def simulate(scenario: str, seed: int, plot_path: Path | None, as_json: bool) -> None:
+    """Replay a scenario naive and guarded on simulated time, side by side."""
+    runs = run_simulation(scenario, seed=seed)
+    data = {name: stats.summary() for name, stats in runs.items()}
+
+    def human() -> None:
+        table = Table(title=f"{scenario} (seed {seed}): {SCENARIOS[scenario].description}")
+        table.add_column("")
+        for name in runs:
+            table.add_column(name, justify="right")
+        for key in data["naive"]:
+            table.add_row(key.replace("_", " "), *(str(data[name][key]) for name in runs))
+        Console().print(table)
+
+    if plot_path is not None:
+        from brokerguard.sim.plot import plot_runs  # noqa: PLC0415 (needs matplotlib)
+
+        plot_runs(runs, plot_path, title=f"{scenario} (seed {seed})")
+    _emit(as_json, data, human)
     _done(OK)
 
 

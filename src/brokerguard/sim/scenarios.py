@@ -1,0 +1,314 @@
+"""Replays: the same trading strategy, naive and guarded, in the same faulty world.
+
+Each :class:`Scenario` is a seeded paper-broker world on a :class:`FakeClock` (hours of trading
+in seconds). :func:`simulate` runs it twice, side by side:
+
+- **naive**, the seed's previous behaviour: a failed position fetch counts as 0 positions, a
+  missing price becomes $1.00, cleanup is a single pass without verification, and a failed
+  call is retried at once, without a breaker and without looking an order up first;
+- **guarded**: the same strategy through brokerguard (the trading gate, the cap enforcer, the
+  breakers, no-fallback valuation).
+
+Both report the same fields (:class:`RunStats`): the most positions ever held against the cap,
+the steps spent over it, orders sent, orders sized with a made-up price, duplicated orders,
+halts, and calls that reached the broker during its outage.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from brokerguard.brokers.paper import MISSING, FaultPlan, OutageWindow, PaperBroker
+from brokerguard.errors import BrokerGuardError
+from brokerguard.models import OrderRequest, Side, parse_price
+from brokerguard.resilience.breaker import BrokerCircuitBreaker
+from brokerguard.risk.cap import PositionCapEnforcer
+from brokerguard.risk.exits import ContinuousExitEnforcer
+from brokerguard.risk.gate import EntryDenied, TradingGate
+from brokerguard.store.state import open_store
+from brokerguard.testing import FakeClock
+
+__all__ = ["SCENARIOS", "RunStats", "Scenario", "simulate"]
+
+EPOCH = 1_795_000_000.0
+FALLBACK_PRICE = Decimal("1.00")
+"""The made-up price of the seed's naive bot. It exists only here, to show what it costs."""
+UNIVERSE = [f"COIN{i:02d}/USD" for i in range(40)]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A world: how long, how often the strategy tries to enter, and what goes wrong when."""
+
+    name: str
+    description: str
+    duration_s: float
+    plan: Callable[[float], FaultPlan]
+    cap: int = 8
+    entry_every_s: float = 5.0
+    enforce_every_s: float = 10.0
+    outage: tuple[float, float] | None = None
+    initial_positions: int = 0
+
+
+def _incident(_start: float) -> FaultPlan:
+    return FaultPlan(error_rate={"fetch_positions": 0.5})
+
+
+def _outage(start: float) -> FaultPlan:
+    return FaultPlan(outages=[OutageWindow(start + 600, start + 1200)])
+
+
+def _no_prices(_start: float) -> FaultPlan:
+    third = UNIVERSE[::3]
+    bad: dict[str, object] = {}
+    for i, symbol in enumerate(third):
+        bad[symbol] = (MISSING, "NaN", 0)[i % 3]
+    return FaultPlan(bad_prices=bad)
+
+
+def _unsettled(_start: float) -> FaultPlan:
+    return FaultPlan(unsettled_sells=True, error_rate={"fetch_positions": 0.2})
+
+
+def _flaky(_start: float) -> FaultPlan:
+    rates = dict.fromkeys(("fetch_positions", "fetch_prices", "submit_order", "fetch_order"), 0.3)
+    return FaultPlan(error_rate=rates, fail_after_accept_rate=0.15)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "incident",
+            "the seed's: cap 8, an entry try every 2 s, half the position fetches fail, "
+            "cleanup once a minute",
+            3600,
+            _incident,
+            entry_every_s=2.0,
+            enforce_every_s=60.0,
+        ),
+        Scenario("outage", "the broker is down for 10 minutes", 1800, _outage, outage=(600, 1200)),
+        Scenario("no-prices", "a third of the symbols have no usable price", 1800, _no_prices),
+        Scenario(
+            "unsettled",
+            "12 positions for a cap of 8, and liquidation sells never fill",
+            1800,
+            _unsettled,
+            initial_positions=12,
+        ),
+        Scenario("flaky", "30% random errors, 15% of orders lose their confirmation", 1800, _flaky),
+    )
+}
+
+
+@dataclass
+class RunStats:
+    """What one run did, in the fields ``brokerguard simulate`` prints."""
+
+    max_positions: int = 0
+    cap: int = 0
+    cap_violations: int = 0
+    orders_sent: int = 0
+    fallback_priced_orders: int = 0
+    duplicate_orders: int = 0
+    halts: int = 0
+    broker_calls_during_outage: int = 0
+    timeline: list[tuple[float, int, str]] = field(default_factory=list)
+    """(seconds since start, positions held, circuit state) at every step, for plots."""
+
+    def summary(self) -> dict[str, Any]:
+        """The fields without the timeline."""
+        data = asdict(self)
+        data.pop("timeline")
+        return data
+
+
+def simulate(name: str, *, seed: int = 0) -> dict[str, RunStats]:
+    """Run scenario `name` naive and guarded on the same seeded world."""
+    scenario = SCENARIOS[name]
+    return {
+        "naive": _run(scenario, seed, guarded=False),
+        "guarded": _run(scenario, seed, guarded=True),
+    }
+
+
+def _world(scenario: Scenario, seed: int, clock: FakeClock) -> PaperBroker:
+    rng = random.Random(seed)  # noqa: S311 (a simulation)
+    prices = {s: f"{rng.uniform(0.5, 500):.4f}" for s in UNIVERSE}
+    held = dict.fromkeys(UNIVERSE[1 : 1 + scenario.initial_positions], "1")
+    return PaperBroker(
+        "sim",
+        seed=seed,
+        clock=clock,
+        prices=prices,
+        positions=held,
+        settle_delay=1.0,
+        fault_plan=scenario.plan(clock.monotonic()),
+        read_breaker=BrokerCircuitBreaker(
+            "sim",
+            scope="read",
+            clock=clock,
+            rng=random.Random(seed),  # noqa: S311 (a simulation)
+        ),
+        write_breaker=BrokerCircuitBreaker(
+            "sim",
+            scope="write",
+            clock=clock,
+            rng=random.Random(seed),  # noqa: S311
+        ),
+    )
+
+
+def _run(scenario: Scenario, seed: int, *, guarded: bool) -> RunStats:
+    clock = FakeClock(start=EPOCH)
+    broker = _world(scenario, seed, clock)
+    stats = RunStats(cap=scenario.cap)
+    bot = _GuardedBot(scenario, broker, clock) if guarded else _NaiveBot(scenario, broker)
+    rng = random.Random(f"{seed}:strategy")  # noqa: S311 (the same decisions in both runs)
+    next_enforce = 0.0
+    elapsed = 0.0
+    while elapsed < scenario.duration_s:
+        symbol = rng.choice(UNIVERSE)
+        bot.try_entry(symbol)
+        if elapsed >= next_enforce:
+            bot.cleanup()
+            next_enforce = elapsed + scenario.enforce_every_s
+        held = len(broker.true_positions())
+        stats.max_positions = max(stats.max_positions, held)
+        stats.cap_violations += held > scenario.cap
+        stats.timeline.append((elapsed, held, broker.read_breaker.state.value))
+        clock.advance(scenario.entry_every_s)
+        elapsed = clock.monotonic() - EPOCH
+    orders = broker.all_orders()
+    stats.orders_sent = len(orders)
+    stats.fallback_priced_orders = bot.fallback_priced
+    stats.duplicate_orders = sum(n - 1 for n in bot.sent_per_intent.values() if n > 1)
+    stats.halts = bot.halts()
+    if scenario.outage is not None:
+        start, end = scenario.outage
+        stats.broker_calls_during_outage = len(broker.calls_between(EPOCH + start, EPOCH + end))
+    return stats
+
+
+class _NaiveBot:
+    """The seed's previous behaviour, faithfully wrong."""
+
+    RETRIES = 5
+
+    def __init__(self, scenario: Scenario, broker: PaperBroker) -> None:
+        self.scenario = scenario
+        self.broker = broker
+        self.fallback_priced = 0
+        self.sent_per_intent: Counter[str] = Counter()
+        self._intents = 0
+        self._cleanups = 0
+
+    def _retry(self, call: Callable[[], Any]) -> Any:
+        last: Exception | None = None
+        for _ in range(self.RETRIES):  # immediately, no breaker, no backoff
+            try:
+                return call()
+            except BrokerGuardError as exc:
+                last = exc
+        raise last  # type: ignore[misc]
+
+    def _count(self) -> int:
+        try:
+            return len(self.broker.fetch_positions())
+        except BrokerGuardError:
+            return 0  # the bug: a failed fetch reads as "no positions"
+
+    def try_entry(self, symbol: str) -> None:
+        if self._count() >= self.scenario.cap:
+            return
+        try:
+            raw = self._retry(lambda: self.broker.fetch_prices([symbol])).get(symbol)
+            price = parse_price(raw)
+        except BrokerGuardError:
+            price = FALLBACK_PRICE  # the bug: a made-up $1.00
+            self.fallback_priced += 1
+        quantity = (Decimal(100) / price).quantize(Decimal("1e-6"))
+        self._intents += 1
+        intent = f"intent-{self._intents}"
+        for attempt in range(self.RETRIES):
+            request = OrderRequest(symbol, Side.BUY, quantity, f"{intent}-try{attempt}")
+            try:
+                self.broker.submit_order(request)
+            except BrokerGuardError:
+                # No lookup: the order may have landed, and it is sent again anyway.
+                if any(
+                    o.client_order_id == request.client_order_id for o in self.broker.all_orders()
+                ):
+                    self.sent_per_intent[intent] += 1
+                continue
+            self.sent_per_intent[intent] += 1
+            return
+
+    def cleanup(self) -> None:
+        try:
+            positions = list(self.broker.fetch_positions())
+        except BrokerGuardError:
+            return  # "no positions": nothing to clean
+        excess = len(positions) - self.scenario.cap
+        for position in positions[: max(0, excess)]:  # one pass, never verified
+            self._cleanups += 1
+            request = OrderRequest(
+                position.symbol, Side.SELL, position.quantity, f"clean-{self._cleanups}"
+            )
+            try:
+                self.broker.submit_order(request)
+            except BrokerGuardError:
+                continue
+
+    def halts(self) -> int:
+        return 0
+
+
+class _GuardedBot:
+    """The same strategy through brokerguard."""
+
+    def __init__(self, scenario: Scenario, broker: PaperBroker, clock: FakeClock) -> None:
+        self.broker = broker
+        self.store = open_store("sqlite://", clock=clock)
+        self.gate = TradingGate(
+            broker, scenario.cap, store=self.store, max_position_age=scenario.entry_every_s
+        )
+        enforcer = PositionCapEnforcer(broker, scenario.cap, store=self.store, clock=clock)
+        self.exits = ContinuousExitEnforcer(enforcer, interval=scenario.enforce_every_s)
+        self.fallback_priced = 0  # by construction: there is no code path that could
+        self.sent_per_intent: Counter[str] = Counter()
+        self._intents = 0
+
+    def try_entry(self, symbol: str) -> None:
+        snapshot = self.broker.last_position_snapshot()
+        if snapshot is not None and symbol in {p.symbol for p in snapshot.positions}:
+            return  # the strategy opens new positions only
+        try:
+            with self.gate.reserve_entry(symbol) as reservation:
+                price = self.broker.get_current_price(symbol)
+                if price is None:
+                    reservation.cancel()  # no price, no entry: never a made-up one
+                    return
+                self._intents += 1
+                cid = f"intent-{self._intents}"
+                quantity = (Decimal(100) / price).quantize(Decimal("1e-6"))
+                self.broker.place_market_order(symbol, Side.BUY, quantity, client_order_id=cid)
+        except EntryDenied:
+            return
+        except BrokerGuardError:
+            return
+        self.sent_per_intent[cid] = sum(
+            1 for o in self.broker.all_orders() if o.client_order_id == cid
+        )
+
+    def cleanup(self) -> None:
+        self.exits.tick()
+
+    def halts(self) -> int:
+        return len(self.store.halts())
