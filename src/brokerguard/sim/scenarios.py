@@ -33,7 +33,7 @@ from brokerguard.risk.gate import EntryDenied, TradingGate
 from brokerguard.store.state import open_store
 from brokerguard.testing import FakeClock
 
-__all__ = ["SCENARIOS", "RunStats", "Scenario", "simulate"]
+__all__ = ["SCENARIOS", "UNIVERSE", "GuardedBot", "NaiveBot", "RunStats", "Scenario", "simulate"]
 
 EPOCH = 1_795_000_000.0
 FALLBACK_PRICE = Decimal("1.00")
@@ -169,7 +169,9 @@ def _run(scenario: Scenario, seed: int, *, guarded: bool) -> RunStats:
     clock = FakeClock(start=EPOCH)
     broker = _world(scenario, seed, clock)
     stats = RunStats(cap=scenario.cap)
-    bot = _GuardedBot(scenario, broker, clock) if guarded else _NaiveBot(scenario, broker)
+    bot: NaiveBot | GuardedBot = (
+        GuardedBot(scenario, broker, clock) if guarded else NaiveBot(scenario, broker)
+    )
     rng = random.Random(f"{seed}:strategy")  # noqa: S311 (the same decisions in both runs)
     next_enforce = 0.0
     elapsed = 0.0
@@ -196,7 +198,7 @@ def _run(scenario: Scenario, seed: int, *, guarded: bool) -> RunStats:
     return stats
 
 
-class _NaiveBot:
+class NaiveBot:
     """The seed's previous behaviour, faithfully wrong."""
 
     RETRIES = 5
@@ -206,6 +208,7 @@ class _NaiveBot:
         self.broker = broker
         self.fallback_priced = 0
         self.sent_per_intent: Counter[str] = Counter()
+        self.prices_used: list[tuple[str, str, Decimal]] = []
         self._intents = 0
         self._cleanups = 0
 
@@ -225,6 +228,7 @@ class _NaiveBot:
             return 0  # the bug: a failed fetch reads as "no positions"
 
     def try_entry(self, symbol: str) -> None:
+        """Buy $100 of `symbol` if the (possibly wrong) count says there is room."""
         if self._count() >= self.scenario.cap:
             return
         try:
@@ -236,6 +240,7 @@ class _NaiveBot:
         quantity = (Decimal(100) / price).quantize(Decimal("1e-6"))
         self._intents += 1
         intent = f"intent-{self._intents}"
+        self.prices_used.append((intent, symbol, price))
         for attempt in range(self.RETRIES):
             request = OrderRequest(symbol, Side.BUY, quantity, f"{intent}-try{attempt}")
             try:
@@ -251,6 +256,7 @@ class _NaiveBot:
             return
 
     def cleanup(self) -> None:
+        """Sell the excess once, never checking that it worked."""
         try:
             positions = list(self.broker.fetch_positions())
         except BrokerGuardError:
@@ -267,10 +273,11 @@ class _NaiveBot:
                 continue
 
     def halts(self) -> int:
+        """The naive bot never halts."""
         return 0
 
 
-class _GuardedBot:
+class GuardedBot:
     """The same strategy through brokerguard."""
 
     def __init__(self, scenario: Scenario, broker: PaperBroker, clock: FakeClock) -> None:
@@ -283,9 +290,11 @@ class _GuardedBot:
         self.exits = ContinuousExitEnforcer(enforcer, interval=scenario.enforce_every_s)
         self.fallback_priced = 0  # by construction: there is no code path that could
         self.sent_per_intent: Counter[str] = Counter()
+        self.prices_used: list[tuple[str, str, Decimal]] = []
         self._intents = 0
 
     def try_entry(self, symbol: str) -> None:
+        """Open a new $100 position in `symbol` through the gate, at a real price only."""
         snapshot = self.broker.last_position_snapshot()
         if snapshot is not None and symbol in {p.symbol for p in snapshot.positions}:
             return  # the strategy opens new positions only
@@ -297,6 +306,7 @@ class _GuardedBot:
                     return
                 self._intents += 1
                 cid = f"intent-{self._intents}"
+                self.prices_used.append((cid, symbol, price))
                 quantity = (Decimal(100) / price).quantize(Decimal("1e-6"))
                 self.broker.place_market_order(symbol, Side.BUY, quantity, client_order_id=cid)
         except EntryDenied:
@@ -308,7 +318,9 @@ class _GuardedBot:
         )
 
     def cleanup(self) -> None:
+        """One enforcement pass."""
         self.exits.tick()
 
     def halts(self) -> int:
+        """Halts recorded in the store."""
         return len(self.store.halts())

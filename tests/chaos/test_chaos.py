@@ -1,0 +1,62 @@
+"""The chaos suite in CI: 200 seeded worlds keep every invariant; the naive bot cannot."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from brokerguard.chaos import INVARIANTS, main, run_chaos
+
+SEEDS = int(os.environ.get("BROKERGUARD_CHAOS_SEEDS", "200"))
+BATCH = 25
+
+
+@pytest.mark.parametrize("first", range(0, SEEDS, BATCH))
+def test_every_invariant_holds_on_every_seed(first):
+    """Each batch of seeds: every invariant at every step, or the replay command is shown."""
+    failures = []
+    for seed in range(first, min(first + BATCH, SEEDS)):
+        report = run_chaos(seed)
+        if not report.ok:
+            v = report.violations[0]
+            failures.append(
+                f"{v.invariant} at step {v.step} ({v.detail}): {report.replay_command()}"
+            )
+    assert failures == []
+
+
+def test_the_checks_can_fail_the_naive_bot_breaks_one_to_three():
+    """On the same worlds the naive bot violates the cap, prices and duplicates invariants."""
+    broken: set[str] = set()
+    for seed in range(5):
+        broken |= run_chaos(seed, naive=True, steps=150).broken
+    assert {"cap_respected", "no_fallback_price", "no_duplicate_orders"} <= broken
+
+
+def test_a_seed_replays_exactly():
+    """The same seed gives the same violations (the naive bot has plenty to compare)."""
+    first = run_chaos(7, naive=True, steps=120).violations
+    again = run_chaos(7, naive=True, steps=120).violations
+    assert first == again
+    assert first
+
+
+def test_the_command_prints_the_replay_line_for_failures(capsys):
+    """`python -m brokerguard.chaos --naive` exits 1 and says how to replay each seed."""
+    assert main(["--runs", "2", "--steps", "100", "--naive"]) == 1
+    out = capsys.readouterr().out
+    assert "replay: python -m brokerguard.chaos --seed 0 --runs 1 --steps 100 --naive" in out
+    assert main(["--runs", "2", "--steps", "60"]) == 0
+
+
+def test_the_invariants_are_the_six_named_ones():
+    """The names the reports use."""
+    assert INVARIANTS == (
+        "cap_respected",
+        "no_fallback_price",
+        "no_duplicate_orders",
+        "open_circuit_sends_nothing",
+        "halts_are_durable",
+        "guard_loop_survives",
+    )
