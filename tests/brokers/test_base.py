@@ -458,3 +458,13 @@ def test_an_adapter_may_use_any_private_name_without_breaking_the_base(clock):
     assert broker.data_quality() == {"price.nan": 1}
     assert broker.clock is clock
     assert broker.get_status()["positions_age_seconds"] == 0.0
+
+
+def test_prices_come_back_in_the_order_asked(broker):
+    """get_prices keeps the request's order, each symbol once."""
+    broker.prices = {"B/USD": "2", "A/USD": "1"}
+    assert list(broker.get_prices(["Z/USD", "B/USD", "A/USD", "B/USD"])) == [
+        "Z/USD",
+        "B/USD",
+        "A/USD",
+    ]

@@ -183,3 +183,14 @@ def test_accounts_can_be_enforced_concurrently(clock, store):
     assert sum(isinstance(e, PositionsLiquidated) for e in events) == 6
     with pytest.raises(ConfigurationError):
         ContinuousExitEnforcer(enforcers, max_concurrency=0)
+
+
+def test_a_broker_can_be_given_directly(clock, store):
+    """ContinuousExitEnforcer(broker, max_positions=..., store=...) builds the enforcer itself."""
+    prices = coins(12)
+    broker = paper_account(
+        clock, prices=prices, positions=dict.fromkeys(prices, "1"), name="direct"
+    )
+    loop = ContinuousExitEnforcer(broker, max_positions=8, store=store, interval=5)
+    assert loop.tick()["direct:master"]["status"] == "compliant"
+    assert len(broker.true_positions()) == 8

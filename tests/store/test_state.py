@@ -248,3 +248,11 @@ def test_a_halt_survives_sigkill_right_after_halt_returns(tmp_path):
     assert store.is_halted("acct-1")
     assert store.get_halt("acct-1").reason == "over cap after 3 cycles"
     assert [r.action for r in store.audit_log("acct-1")] == ["halt"]
+
+
+def test_pausing_needs_no_reason_from_an_operator(store):
+    """pause_symbol(account, symbol) works with a default reason, and is audited."""
+    assert store.pause_symbol("acct-1", "ETH/USD")
+    assert store.paused_symbols("acct-1") == {"ETH/USD"}
+    assert store.unpause_symbol("acct-1", "ETH/USD")
+    assert [r.action for r in store.audit_log("acct-1")] == ["unpause", "pause"]

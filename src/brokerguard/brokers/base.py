@@ -275,8 +275,9 @@ class BaseBroker(abc.ABC):
 
     def get_prices(self, symbols: Iterable[str]) -> dict[str, Decimal | None]:
         """Return each symbol's usable price, or None where the broker gave no usable one."""
-        check = self.check_prices(symbols)
-        return {symbol: check.price(symbol) for symbol in [*check.quotes, *check.problems]}
+        wanted = list(dict.fromkeys(parse_symbol(s) for s in symbols))  # request order, once each
+        check = self.check_prices(wanted)
+        return {symbol: check.price(symbol) for symbol in wanted}
 
     def get_current_price(self, symbol: str) -> Decimal | None:
         """Return the usable price of one symbol, or None (never a fallback)."""

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from brokerguard._validation import int_problem, seconds_problem
+from brokerguard.brokers.base import BaseBroker
 from brokerguard.clock import Clock
 from brokerguard.errors import ConfigurationError
 from brokerguard.risk.cap import PositionCapEnforcer
+from brokerguard.store.state import StateStore
 
 __all__ = [
     "CapRestored",
@@ -125,7 +127,8 @@ class ContinuousExitEnforcer:
     """Run cap enforcement for many accounts on an interval, isolating failures.
 
     Args:
-        enforcers: one :class:`PositionCapEnforcer` per account (or a single one).
+        enforcers: one :class:`PositionCapEnforcer` per account (or a single one); a guarded
+            broker given instead gets an enforcer with `max_positions` and `store`.
         interval: seconds between the starts of two passes (on the clock).
         clock: the time source (default: the first enforcer's).
         max_concurrency: accounts enforced at once (1: one after the other).
@@ -133,13 +136,24 @@ class ContinuousExitEnforcer:
 
     def __init__(
         self,
-        enforcers: PositionCapEnforcer | Iterable[PositionCapEnforcer],
+        enforcers: PositionCapEnforcer | BaseBroker | Iterable[PositionCapEnforcer | BaseBroker],
         *,
         interval: float = 10.0,
         clock: Clock | None = None,
         max_concurrency: int = 1,
+        max_positions: int = 8,
+        store: StateStore | None = None,
     ) -> None:
-        listed = [enforcers] if isinstance(enforcers, PositionCapEnforcer) else list(enforcers)
+        given = (
+            [enforcers] if isinstance(enforcers, PositionCapEnforcer | BaseBroker) else enforcers
+        )
+        # A bare broker gets a cap enforcer with max_positions and store (one per account).
+        listed = [
+            e
+            if isinstance(e, PositionCapEnforcer)
+            else PositionCapEnforcer(e, max_positions, store=store, clock=clock)
+            for e in given
+        ]
         problems = [
             *seconds_problem("interval", interval, allow_zero=False),
             *int_problem("max_concurrency", max_concurrency, minimum=1),

@@ -226,7 +226,12 @@ class StateStore:
     # ------------------------------------------------------------------ paused symbols
 
     def pause_symbol(
-        self, account_id: str, symbol: str, reason: str, *, actor: str = "brokerguard"
+        self,
+        account_id: str,
+        symbol: str,
+        reason: str = "paused by operator",
+        *,
+        actor: str = "brokerguard",
     ) -> bool:
         """Pause `symbol` for `account_id` (no entries, no management); True if newly paused."""
         _require("account_id", account_id)
@@ -250,7 +255,12 @@ class StateStore:
         return self._write(work)
 
     def unpause_symbol(
-        self, account_id: str, symbol: str, reason: str, *, actor: str = "brokerguard"
+        self,
+        account_id: str,
+        symbol: str,
+        reason: str = "unpaused by operator",
+        *,
+        actor: str = "brokerguard",
     ) -> bool:
         """Lift the pause of `symbol`; True if it was paused. Audited."""
         _require("account_id", account_id)
