@@ -136,3 +136,43 @@ def test_paper_brokers_take_no_keys_and_webhooks_need_a_url():
         parse_config({**MINIMAL, "brokers": {"paper": {"kind": "paper", "api_key_env": "K"}}})
     with pytest.raises(ConfigurationError, match="webhook alert needs url_env"):
         parse_config({**MINIMAL, "alerts": [{"kind": "webhook"}]})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://user:secret@api.kraken.com", "ftp://127.0.0.1", "127.0.0.1:8080", "http://a b"],
+)
+def test_an_api_url_must_be_plain_http_without_credentials(url):
+    """`api_url` (a sandbox, an emulator) never carries a key and is always http(s)."""
+    data = {
+        **MINIMAL,
+        "brokers": {"k": {"kind": "ccxt", "exchange": "kraken", "api_url": url}},
+        "accounts": [{"id": "a", "broker": "k"}],
+    }
+    with pytest.raises(ConfigurationError, match="api_url"):
+        parse_config(data)
+
+
+def test_an_api_url_replaces_every_api_url_of_the_exchange(monkeypatch):
+    """The ccxt exchange the service builds talks to `api_url`, public and private alike."""
+    from brokerguard.service import GuardService  # noqa: PLC0415
+
+    data = {
+        **MINIMAL,
+        "store": {"url": "sqlite://"},
+        "brokers": {
+            "k": {
+                "kind": "ccxt",
+                "exchange": "kraken",
+                "api_url": "http://127.0.0.1:9/emulator",
+                "max_calls_per_s": 5,
+            }
+        },
+        "accounts": [{"id": "a", "broker": "k"}],
+    }
+    service = GuardService(parse_config(data))
+    exchange = service.accounts["a"].broker.exchange  # type: ignore[attr-defined]
+    assert set(exchange.urls["api"].values()) == {"http://127.0.0.1:9/emulator"}
+    assert exchange.enableRateLimit is False  # brokerguard's limiter paces the calls
+    assert exchange.timeout == 10_000
+    service.close()

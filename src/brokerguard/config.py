@@ -132,6 +132,13 @@ class BrokerConfig(_Model):
     exchange: str | None = Field(None, description="ccxt exchange id, e.g. 'kraken' (ccxt only)")
     api_key_env: str | None = None
     api_secret_env: str | None = None
+    api_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/@\s]+(/[^@\s]*)?$",
+        description="ccxt only: base URL replacing the exchange's API URLs (a sandbox, an "
+        "emulator); no credentials in it",
+    )
+    timeout_s: PositiveSeconds = Field(10.0, description="ccxt only: per-request timeout")
     quote_currency: str = "USD"
     seed: int = Field(0, description="paper only: seeds prices and faults")
     prices: dict[str, Annotated[str, Field(min_length=1)]] = Field(
@@ -156,8 +163,10 @@ class BrokerConfig(_Model):
     def _kind_needs(self) -> Self:
         if self.kind == "ccxt" and not self.exchange:
             raise ValueError("a ccxt broker needs `exchange` (the ccxt id, e.g. 'kraken')")
-        if self.kind == "paper" and (self.exchange or self.api_key_env or self.api_secret_env):
-            raise ValueError("a paper broker takes no exchange or API keys")
+        if self.kind == "paper" and (
+            self.exchange or self.api_key_env or self.api_secret_env or self.api_url
+        ):
+            raise ValueError("a paper broker takes no exchange, API keys or API URL")
         return self
 
 

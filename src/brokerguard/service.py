@@ -533,10 +533,19 @@ def _make_ccxt_broker(
     settings: Mapping[str, Any] = {
         "apiKey": resolve_secret(config.api_key_env),
         "secret": resolve_secret(config.api_secret_env),
-        "enableRateLimit": True,
+        # With max_calls_per_s set, brokerguard's limiter (shared by all accounts on the
+        # broker) paces the calls; ccxt's own per-instance throttle would pace them again.
+        "enableRateLimit": config.max_calls_per_s is None,
+        "timeout": int(config.timeout_s * 1000),
     }
+    exchange = exchange_class(dict(settings))
+    if config.api_url:
+        api = exchange.urls.get("api")
+        exchange.urls["api"] = (
+            dict.fromkeys(api, config.api_url) if isinstance(api, Mapping) else config.api_url
+        )
     return CcxtBroker(
-        exchange_class(dict(settings)),
+        exchange,
         read.broker_name,
         account_id=account.id,
         quote_currency=config.quote_currency,

@@ -135,3 +135,26 @@ def test_the_url_needs_a_running_server():
 
     with pytest.raises(RuntimeError, match="not running"):
         _ = KrakenEmulator().url
+
+
+def test_with_a_fill_delay_an_order_rests_open_then_fills_and_refusals_are_counted():
+    """fill_delay: open until that much (emulator) time passed; refusals are tallied."""
+    now = [1_800_000_000.0]
+    with running_kraken(
+        balances={"ZUSD": "1000", "XXBT": "0.1"}, fill_delay=2.0, time_source=lambda: now[0]
+    ) as kraken:
+        exchange = ccxt.kraken(
+            {"apiKey": DEFAULT_API_KEY, "secret": DEFAULT_API_SECRET, "enableRateLimit": False}
+        )
+        exchange.urls["api"] = {"public": kraken.url, "private": kraken.url}
+        exchange.load_markets()
+        exchange.create_order("BTC/USD", "market", "sell", "0.1", None, {"clientOrderId": "s1"})
+        assert exchange.fetch_open_orders(params={"clientOrderId": "s1"})[0]["status"] == "open"
+        with pytest.raises(ccxt.InsufficientFunds):  # the open sell holds the whole balance
+            exchange.create_order("BTC/USD", "market", "sell", "0.1", None, {})
+        now[0] += 2.0
+        assert exchange.fetch_closed_orders(params={"clientOrderId": "s1"})[0]["filled"] == 0.1
+        assert kraken.balances()["XXBT"] == 0
+        kraken.credit("XXBT", "0.25")
+        assert exchange.fetch_balance()["total"]["BTC"] == 0.25
+        assert kraken.refusals() == {"EOrder:Insufficient funds": 1}

@@ -9,6 +9,11 @@ this returns) until an operator resumes it.
 What it never does: act on positions it could not fetch (the result is ``unverified`` and no
 order is sent), rank a position by a made-up value, sell a symbol twice while its first sell is
 still open, or resend an order whose fate is unknown.
+
+Every liquidation is journaled (with its audit record, in one transaction) before it is sent.
+Each enforcement starts by reconciling the journal: orders a previous run (or a killed process)
+left live are looked up by client order id, their fate recorded, and their symbols are not sold
+again while they may still be live. That is what makes a restart safe.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from brokerguard.errors import (
 )
 from brokerguard.models import Order, OrderRequest, PriceProblem, Side
 from brokerguard.risk.valuation import Valuation, ValuationReport, Valuator
-from brokerguard.store.state import StateStore, open_store
+from brokerguard.store.state import LIVE_ORDER_STATUSES, AuditNote, StateStore, open_store
 
 __all__ = ["ENFORCER_SOURCE", "PositionCapEnforcer"]
 
@@ -122,9 +127,11 @@ class PositionCapEnforcer:
             "liquidated": [],
             "unvalued_symbols": [],
             "orders": [],
+            "reconciled": [],
             "reason": "",
         }
-        pending: dict[str, str] = {}  # symbol -> client order id of a sell not yet final
+        # symbol -> client order id of a sell not yet final (or whose fate is still unknown)
+        pending = self._reconcile(result["reconciled"])
         report = self._observe(result)
         while report is not None:
             counted = len(report.valuations) if self.count_unpriced else len(report.valued)
@@ -155,6 +162,70 @@ class PositionCapEnforcer:
             self._await_settlement(pending)
             report = self._observe(result)  # verify on fresh positions
         return False, self._finish(result)
+
+    # ------------------------------------------------------------------ the journal
+
+    def reconcile_orders(self) -> list[dict[str, str]]:
+        """Look up every journaled liquidation that may still be live and record its fate.
+
+        Returns one ``{"client_order_id", "symbol", "from", "to"}`` per entry looked at; ``to``
+        is ``unknown`` when the broker could not be asked (the entry stays live and its symbol
+        is not sold again until it can).
+        """
+        changes: list[dict[str, str]] = []
+        self._reconcile(changes)
+        return changes
+
+    def _reconcile(self, changes: list[dict[str, str]]) -> dict[str, str]:
+        """Reconcile the live journal entries; return symbol -> cid of those still live."""
+        pending: dict[str, str] = {}
+        for entry in self.store.journal(self.account_id, statuses=set(LIVE_ORDER_STATUSES)):
+            cid = entry.client_order_id
+            try:
+                order = self.broker.get_order(cid)
+            except BrokerGuardError as exc:
+                log.warning(
+                    "journaled order %s (%s %s) on %s cannot be looked up (%s): %s is not sold "
+                    "again until it can",
+                    cid,
+                    entry.side,
+                    entry.symbol,
+                    self.account_id,
+                    exc,
+                    entry.symbol,
+                )
+                pending[entry.symbol] = cid
+                changes.append(_change(cid, entry.symbol, entry.status, "unknown"))
+                continue
+            status = self._reconciled_status(entry.status, order)
+            if order is not None and not order.is_final:
+                pending[entry.symbol] = cid
+            if status == entry.status:
+                continue
+            self.store.record_order_status(
+                cid,
+                status,
+                broker_order_id=None if order is None else order.broker_order_id,
+                account_id=self.account_id,
+                audit=AuditNote(
+                    "order_reconciled",
+                    ENFORCER_SOURCE,
+                    f"journaled order was {entry.status}; the broker says {status}",
+                    {"client_order_id": cid, "symbol": entry.symbol, "from": entry.status},
+                ),
+            )
+            changes.append(_change(cid, entry.symbol, entry.status, status))
+        return pending
+
+    @staticmethod
+    def _reconciled_status(journaled: str, order: Order | None) -> str:
+        if order is not None:
+            return order.status.value
+        if journaled in {"intent", "unconfirmed"}:
+            return "not_sent"  # the broker proves it absent: it never arrived
+        # Seen live before, now found neither open nor among the recent closed orders: it
+        # closed long ago. The next position fetch tells what it did.
+        return "vanished"
 
     # ------------------------------------------------------------------ steps
 
@@ -265,7 +336,11 @@ class PositionCapEnforcer:
         if excess <= 0:
             result["status"] = "compliant"
             return result
-        chosen, shortfall = self._select(report, excess, {})
+        live = {
+            e.symbol: e.client_order_id
+            for e in self.store.journal(self.account_id, statuses=set(LIVE_ORDER_STATUSES))
+        }
+        chosen, shortfall = self._select(report, excess, live)
         result["status"] = "over_cap"
         result["reason"] = shortfall
         result["would_liquidate"] = [
@@ -282,18 +357,21 @@ class PositionCapEnforcer:
         """
         cid = self._new_order_id()
         request = OrderRequest(symbol, Side.SELL, quantity, cid)
-        self.store.record_order_intent(self.account_id, request, purpose="cap_liquidation")
-        self.store.record_audit(
+        self.store.record_order_intent(
             self.account_id,
-            "liquidation_order",
-            ENFORCER_SOURCE,
-            f"over the position cap of {self.max_positions}: selling the smallest position",
-            {
-                "symbol": symbol,
-                "quantity": str(quantity),
-                "value": str(value),
-                "client_order_id": cid,
-            },
+            request,
+            purpose="cap_liquidation",
+            audit=AuditNote(
+                "liquidation_order",
+                ENFORCER_SOURCE,
+                f"over the position cap of {self.max_positions}: selling the smallest position",
+                {
+                    "symbol": symbol,
+                    "quantity": str(quantity),
+                    "value": str(value),
+                    "client_order_id": cid,
+                },
+            ),
         )
         result["orders"].append(cid)
         try:
@@ -370,6 +448,10 @@ class PositionCapEnforcer:
         except BrokerGuardError:
             result["trading_halted"] = True  # unknown: report the fail-closed reading
         return result
+
+
+def _change(cid: str, symbol: str, old: str, new: str) -> dict[str, str]:
+    return {"client_order_id": cid, "symbol": symbol, "from": old, "to": new}
 
 
 def _uuid_order_id() -> str:

@@ -138,6 +138,8 @@ class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
     next_txid: int = 1
     fill_market_orders: bool = True
+    fill_delay: float = 0.0
+    refusals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 class KrakenEmulator:
@@ -149,7 +151,9 @@ class KrakenEmulator:
         balances: starting balances by Kraken asset id (``{"ZUSD": "10000", "XXBT": "0.5"}``).
         pairs: the tradable pairs (default BTC, ETH and SOL against USD).
         api_key, api_secret: the credentials private calls must be signed with.
-        fill_market_orders: fill market orders at once (False: they stay open).
+        fill_market_orders: fill market orders (False: they stay open).
+        fill_delay: seconds a market order stays open before it fills (0: at once), like an
+            exchange under load; a killed client finds it open, then closed.
         time_source: epoch seconds for order timestamps and ``Time`` (default ``time.time``).
     """
 
@@ -161,6 +165,7 @@ class KrakenEmulator:
         api_key: str = DEFAULT_API_KEY,
         api_secret: str = DEFAULT_API_SECRET,
         fill_market_orders: bool = True,
+        fill_delay: float = 0.0,
         time_source: Callable[[], float] = time.time,  # wall-clock-ok: a server's own time
     ) -> None:
         self.api_key = api_key
@@ -172,6 +177,7 @@ class KrakenEmulator:
             balances={k: Decimal(str(v)) for k, v in (balances or {"ZUSD": "100000"}).items()},
             pairs={p.pair_id: p for p in pairs},
             fill_market_orders=fill_market_orders,
+            fill_delay=fill_delay,
         )
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -240,6 +246,17 @@ class KrakenEmulator:
         with self._lock:
             self._state.fill_market_orders = fill
 
+    def credit(self, asset: str, amount: object) -> None:
+        """Add `amount` of `asset` to the account, as a fill or deposit outside our client."""
+        with self._lock:
+            balances = self._state.balances
+            balances[asset] = balances.get(asset, Decimal(0)) + Decimal(str(amount))
+
+    def refusals(self) -> dict[str, int]:
+        """How many requests were refused, by Kraken error string (``EOrder:...``)."""
+        with self._lock:
+            return dict(self._state.refusals)
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """Every authenticated request received, in order."""
@@ -290,6 +307,7 @@ class KrakenEmulator:
             params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
         with self._lock:
             self._state.requests.append(RecordedRequest(endpoint, dict(params)))
+            self._settle_due()
         fault = self._take_fault(endpoint)
         after_accept = None
         if fault is not None and fault.startswith("accept_then:"):
@@ -301,9 +319,16 @@ class KrakenEmulator:
         if handler is None:
             return _envelope(["EGeneral:Unknown method"])
         status, payload = handler(params)
+        self._count_refusals(payload)
         if after_accept is not None:
             return _apply_fault(after_accept)
         return status, payload
+
+    def _count_refusals(self, payload: bytes) -> None:
+        if payload.startswith(b'{"error": ["'):  # _envelope's shape of a refusal
+            with self._lock:
+                for error in json.loads(payload)["error"]:
+                    self._state.refusals[str(error)] += 1
 
     def _authenticate(
         self, path: str, headers: Mapping[str, str], body: str, params: Mapping[str, str]
@@ -333,6 +358,11 @@ class KrakenEmulator:
         return _envelope([], {"unixtime": int(now), "rfc1123": rfc})
 
     def _public_Assets(self, _params: Mapping[str, str]) -> tuple[int, bytes]:  # noqa: N802
+        with self._lock:
+            named = dict(DEFAULT_ASSETS)
+            for pair in self._state.pairs.values():
+                named.setdefault(pair.base, pair.base)
+                named.setdefault(pair.quote, pair.quote)
         assets = {
             asset_id: {
                 "aclass": "currency",
@@ -341,7 +371,7 @@ class KrakenEmulator:
                 "display_decimals": 5 if asset_id != "ZUSD" else 2,
                 "status": "enabled",
             }
-            for asset_id, altname in DEFAULT_ASSETS.items()
+            for asset_id, altname in named.items()
         }
         return _envelope([], assets)
 
@@ -469,7 +499,7 @@ class KrakenEmulator:
             state.next_txid += 1
             order = _Order(txid, pair, side, volume, self._now(), cl_ord_id, params.get("userref"))
             state.orders[txid] = order
-            if state.fill_market_orders:
+            if state.fill_market_orders and state.fill_delay <= 0:
                 self._fill(order)
             description = f"{side} {volume:.8f} {pair.altname} @ market"
         return _envelope([], {"txid": [txid], "descr": {"order": description}})
@@ -513,6 +543,15 @@ class KrakenEmulator:
                 else:
                     held[order.pair.base] += order.volume
         return held
+
+    def _settle_due(self) -> None:
+        state = self._state
+        if not state.fill_market_orders or state.fill_delay <= 0:
+            return
+        due = self._now() - state.fill_delay
+        for order in state.orders.values():
+            if order.status == "open" and order.opentm <= due:
+                self._fill(order)
 
     def _free(self, asset: str) -> Decimal:
         return self._state.balances.get(asset, Decimal(0)) - self._held().get(asset, Decimal(0))

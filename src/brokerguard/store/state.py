@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -46,7 +46,15 @@ from brokerguard.store.schema import (
     SCHEMA_VERSION_TABLE,
 )
 
-__all__ = ["AuditRecord", "Halt", "JournalEntry", "StateStore", "open_store"]
+__all__ = [
+    "LIVE_ORDER_STATUSES",
+    "AuditNote",
+    "AuditRecord",
+    "Halt",
+    "JournalEntry",
+    "StateStore",
+    "open_store",
+]
 
 log = logging.getLogger("brokerguard.store")
 
@@ -74,6 +82,25 @@ class AuditRecord:
     actor: str
     reason: str
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditNote:
+    """An audit record to write in the same transaction as a journal change.
+
+    A crash then leaves both or neither: never an order intent without the record that
+    explains it.
+    """
+
+    action: str
+    actor: str
+    reason: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+LIVE_ORDER_STATUSES: Final = frozenset({"intent", "unconfirmed", "open", "partially_filled"})
+"""Journal statuses whose order may still be (or become) live at the broker: they are looked
+up by client order id before anything else is sent for their symbol."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,8 +362,18 @@ class StateStore:
 
     # ------------------------------------------------------------------ the order journal
 
-    def record_order_intent(self, account_id: str, request: OrderRequest, *, purpose: str) -> None:
-        """Write an order down *before* it is sent, so a crash cannot make it sent twice."""
+    def record_order_intent(
+        self,
+        account_id: str,
+        request: OrderRequest,
+        *,
+        purpose: str,
+        audit: AuditNote | None = None,
+    ) -> None:
+        """Write an order down *before* it is sent, so a crash cannot make it sent twice.
+
+        `audit`, when given, is appended in the same transaction.
+        """
         now = self._clock.time()
 
         def work(conn: Connection) -> None:
@@ -354,22 +391,37 @@ class StateStore:
                     updated_at=now,
                 )
             )
+            if audit is not None:
+                self._audit_note(conn, account_id, audit, now)
 
         self._write(work)
 
     def record_order_status(
-        self, client_order_id: str, status: str, *, broker_order_id: str | None = None
+        self,
+        client_order_id: str,
+        status: str,
+        *,
+        broker_order_id: str | None = None,
+        audit: AuditNote | None = None,
+        account_id: str | None = None,
     ) -> None:
-        """Record what became of a journaled order (``sent``, ``filled``, ``unconfirmed`` ...)."""
+        """Record what became of a journaled order (``filled``, ``unconfirmed`` ...).
+
+        `audit` (about `account_id`), when given, is appended in the same transaction.
+        """
         now = self._clock.time()
         values: dict[str, Any] = {"status": status, "updated_at": now}
         if broker_order_id is not None:
             values["broker_order_id"] = broker_order_id
-        self._write(
-            lambda conn: conn.execute(
+
+        def work(conn: Connection) -> None:
+            conn.execute(
                 update(ORDERS).where(ORDERS.c.client_order_id == client_order_id).values(**values)
             )
-        )
+            if audit is not None:
+                self._audit_note(conn, account_id, audit, now)
+
+        self._write(work)
 
     def journal(self, account_id: str, *, statuses: set[str] | None = None) -> list[JournalEntry]:
         """Return the journaled orders of `account_id`, oldest first (optionally by status)."""
@@ -445,6 +497,13 @@ class StateStore:
                 details=json.dumps(dict(details), sort_keys=True, default=str),
             )
         )
+
+    def _audit_note(
+        self, conn: Connection, account_id: str | None, note: AuditNote, now: float
+    ) -> None:
+        _require("action", note.action)
+        _require("actor", note.actor)
+        self._audit(conn, account_id, note.action, note.actor, note.reason, note.details, now)
 
     def _write(self, work: Callable[[Connection], T]) -> T:
         def run() -> T:
