@@ -4,7 +4,8 @@ Two measurements, against the seed's design:
 
 1. From the first failing broker call to trading blocked (``is_trading_allowed()`` false), for
    a bot polling positions every second through brokerguard, for a few breaker settings. The
-   naive bot has no breaker: it never blocks.
+   naive bot has no breaker: it never blocks. Also: how many entries the pre-trade gate still
+   allows after the first failed read, with and without ``refetch_when_degraded``.
 2. From a cap breach (12 positions, cap 8) to compliance, for brokerguard's enforcer (polls
    its sells until they are final) and for the seed's design (sell, sleep 3 s blindly, re-fetch,
    at most 3 cycles), over several settlement delays.
@@ -24,7 +25,7 @@ from brokerguard import BrokerCircuitBreaker
 from brokerguard.brokers import FaultPlan, OutageWindow, PaperBroker
 from brokerguard.errors import BrokerGuardError
 from brokerguard.models import OrderRequest, Side
-from brokerguard.risk import PositionCapEnforcer
+from brokerguard.risk import PositionCapEnforcer, TradingGate
 from brokerguard.store import open_store
 from brokerguard.testing import FakeClock
 
@@ -64,6 +65,35 @@ def time_to_block(**breaker: object) -> float:
         if broker.is_trading_allowed():
             clock.sleep(1.0)
     return clock.monotonic() - (START + OUTAGE_AT)
+
+
+def entries_allowed_in_outage(*, refetch: bool) -> tuple[int, float]:
+    """A bot that asks the gate for an entry every second and syncs positions every 10 s.
+
+    Returns how many entries the gate allowed after the first failed read, and the seconds
+    from that failure to the first refusal (the refusal includes the gate's own retries).
+    """
+    clock = FakeClock(start=START)
+    plan = FaultPlan(outages=[OutageWindow(START + OUTAGE_AT, START + 10_000)])
+    broker = _broker(clock, settle=0.5, plan=plan)
+    gate = TradingGate(broker, 100, clock=clock, refetch_when_degraded=refetch)
+    failed_at: float | None = None
+    allowed = 0
+    for second in range(10_000):
+        if clock.monotonic() < START + second:
+            clock.advance(START + second - clock.monotonic())
+        decision = gate.check_entry("NEW/USD")
+        if failed_at is not None:
+            if not decision.allowed:
+                return allowed, clock.monotonic() - failed_at
+            allowed += 1
+        if second % 10 == 0:
+            began = clock.monotonic()
+            try:
+                broker.get_positions()
+            except BrokerGuardError:
+                failed_at = began if failed_at is None else failed_at
+    raise AssertionError("the gate never refused")
 
 
 def time_to_compliance_brokerguard(settle: float) -> tuple[float, str]:
@@ -107,6 +137,15 @@ def main() -> int:
         seconds = time_to_block(failure_threshold=threshold, max_attempts=attempts)
         print(f"| failure_threshold={threshold}, max_attempts={attempts} | {seconds:.1f} |")
     print("| naive bot (no breaker) | never |\n")
+    print("Entries the gate still allows once reads fail (default breaker; a bot asking the gate")
+    print("every second and syncing positions every 10 s; the refusal returns after the gate's")
+    print("own fetch and its retries):\n")
+    print("| gate | entries allowed after the first failed read | failure to first refusal |")
+    print("|---|---:|---:|")
+    for refetch in (True, False):
+        allowed, seconds = entries_allowed_in_outage(refetch=refetch)
+        print(f"| refetch_when_degraded={refetch} | {allowed} | {seconds:.1f} s |")
+    print()
     print("## Cap breach (12 positions, cap 8) to compliance (simulated seconds)\n")
     print("| settlement delay | brokerguard | seed's design (3 s blind sleeps, 3 cycles) |")
     print("|---:|---|---|")

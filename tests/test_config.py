@@ -21,16 +21,16 @@ def test_the_example_runs_with_no_secrets():
     assert config.accounts[0].id == "paper-main"
     assert config.brokers["paper"].faults.outages_s == [(120.0, 300.0)]
     assert config.server.host == "127.0.0.1"
-    assert config.backoff.policy().kind is BackoffKind.PROPORTIONAL
+    assert config.backoff.policy().kind is BackoffKind.FULL
 
 
 def test_defaults_are_the_documented_ones():
     """A minimal file gets the documented defaults."""
     config = parse_config(MINIMAL)
     assert (config.breaker.failure_threshold, config.breaker.recovery_timeout_s) == (5, 60.0)
-    assert [config.backoff.policy().delay(k) for k in (1, 5)] == pytest.approx(
-        [2.0, 30.0], rel=0.31
-    )
+    policy = config.backoff.policy()
+    assert policy.kind is BackoffKind.FULL  # bench/jitter.py: fewest calls, fastest
+    assert [policy.capped(k) for k in (1, 2, 3, 4, 5, 6)] == [2, 4, 8, 16, 30, 30]
     assert config.accounts[0].max_positions == 8
     assert config.accounts[0].count_unpriced is True
     assert config.server.port == 8000

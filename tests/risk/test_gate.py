@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from brokerguard import ConfigurationError, StoreUnavailableError
+from brokerguard import BrokerGuardError, ConfigurationError, StoreUnavailableError
 from brokerguard.brokers import FaultPlan
 from brokerguard.risk import (
     ACCOUNT_HALTED,
@@ -113,6 +113,48 @@ def test_a_stale_snapshot_is_refreshed_and_a_failed_refresh_refuses(clock, store
     clock.advance(30)
     broker.set_fault_plan(FaultPlan(error_rate={"fetch_positions": 1.0}))
     assert gate.check_entry("C10/USD").code == POSITIONS_UNKNOWN
+
+
+@pytest.mark.parametrize("refetch", [True, False])
+def test_a_degraded_broker_is_not_trusted_with_a_cached_count(clock, store, refetch):
+    """After a failed read the circuit is still closed; the gate refetches instead of trusting
+    a fresh-looking snapshot (refetch_when_degraded=False shows the old, permissive answer)."""
+    broker = account(clock, held=2)
+    gate = TradingGate(broker, 8, store=store, refetch_when_degraded=refetch)
+    assert gate.check_entry("C10/USD").allowed  # snapshot taken now
+    broker.set_fault_plan(FaultPlan(error_rate={"fetch_positions": 1.0}))
+    with pytest.raises(BrokerGuardError):
+        broker.get_positions()  # the outage begins: reads fail, the circuit is not open yet
+    assert broker.is_trading_allowed()
+    assert broker.read_breaker.get_broker_health_state().value == "degraded"
+
+    decision = gate.check_entry("C10/USD")
+
+    if refetch:
+        assert decision.code == POSITIONS_UNKNOWN
+    else:
+        assert decision.allowed  # a 6-second-old count, through a failing broker
+    assert broker.all_orders() == []
+
+
+def _times_out() -> None:
+    raise TimeoutError("one timeout")
+
+
+def test_a_blip_is_cleared_by_the_gates_own_refetch(clock, store):
+    """One failed read, then the broker answers: the refetch succeeds and the entry goes."""
+    broker = account(clock, held=2)
+    gate = TradingGate(broker, 8, store=store)
+    assert gate.check_entry("C10/USD").allowed
+    with pytest.raises(TimeoutError):
+        broker.read_breaker.call(_times_out)  # one failed read, counted by the breaker
+    assert broker.read_breaker.get_broker_health_state().value == "degraded"
+    fetches = [c.method for c in broker.calls].count("fetch_positions")
+
+    assert gate.check_entry("C10/USD").allowed
+
+    assert [c.method for c in broker.calls].count("fetch_positions") == fetches + 1
+    assert broker.read_breaker.get_broker_health_state().value == "healthy"
 
 
 def test_an_unreachable_store_refuses(clock, store):

@@ -6,6 +6,11 @@ codes are metric labels and CLI text. Unknown means deny: a halt the store canno
 broker whose circuit is not closed, a paused symbol, positions that could not be fetched or are
 older than ``max_position_age``.
 
+A broker whose reads are DEGRADED (closed, but the last read failed) is not trusted with a
+cached count: the gate fetches the positions afresh, and refuses if that fails. Without this,
+entries stayed allowed on a 20-second-old count for the ~10 s an outage takes to open the
+circuit (bench/time_to_safety.py).
+
 :meth:`TradingGate.reserve_entry` takes a slot atomically for the duration of an entry, so 64
 threads racing for 8 slots get 8. A filled entry keeps its slot until a position snapshot
 fetched *after* the fill shows the position: a stale snapshot can never free a slot.
@@ -26,6 +31,7 @@ from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.brokers.base import BaseBroker, PositionSnapshot
 from brokerguard.clock import Clock
 from brokerguard.errors import BlockedError, BrokerGuardError, ConfigurationError
+from brokerguard.resilience.state import BrokerHealthState
 from brokerguard.store.state import StateStore
 
 __all__ = [
@@ -142,6 +148,8 @@ class TradingGate:
             not free a slot: a position disappears from the count only when no snapshot has
             shown it for this long. The price is that a closed position's slot frees this much
             later.
+        refetch_when_degraded: True (default): while the read breaker is DEGRADED, a cached
+            snapshot is not enough; the gate fetches afresh (refusing if that fails).
     """
 
     def __init__(
@@ -154,6 +162,7 @@ class TradingGate:
         max_position_age: float = 30.0,
         pending_entry_ttl: float = 600.0,
         position_memory: float = 60.0,
+        refetch_when_degraded: bool = True,
     ) -> None:
         problems = [
             *int_problem("max_positions", max_positions, minimum=0),
@@ -170,6 +179,7 @@ class TradingGate:
         self.max_position_age = float(max_position_age)
         self.pending_entry_ttl = float(pending_entry_ttl)
         self.position_memory = float(position_memory)
+        self.refetch_when_degraded = refetch_when_degraded
         self._seen: dict[str, float] = {}  # symbol -> start of the latest fetch that showed it
         self._listeners: list[Callable[[str, Decision], object]] = []
         self._lock = threading.Lock()
@@ -312,7 +322,14 @@ class TradingGate:
     def _fresh_snapshot(self) -> PositionSnapshot | Decision:
         snapshot = self.broker.last_position_snapshot()
         now = self.clock.monotonic()
-        if snapshot is not None and snapshot.age(now) <= self.max_position_age:
+        if (
+            snapshot is not None
+            and snapshot.age(now) <= self.max_position_age
+            and not (
+                self.refetch_when_degraded
+                and self.broker.read_breaker.get_broker_health_state() is BrokerHealthState.DEGRADED
+            )
+        ):
             return snapshot
         try:
             self.broker.get_positions()
