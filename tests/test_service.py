@@ -30,6 +30,8 @@ def test_the_embedded_default_is_a_paper_broker_on_sqlite(service, tmp_path):
     assert isinstance(main.broker, PaperBroker)
     assert main.broker.read_breaker is small.broker.read_breaker
     assert main.broker.write_breaker is small.broker.write_breaker
+    assert main.broker.market is small.broker.market  # one exchange, one price per symbol
+    assert main.broker.fault_plan is small.broker.fault_plan
     assert (tmp_path / "state.db").exists()
 
 

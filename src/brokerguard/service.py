@@ -25,7 +25,7 @@ from typing import Any
 
 from brokerguard.alerts import AlertRouter, sinks_from_config
 from brokerguard.brokers.base import BaseBroker
-from brokerguard.brokers.paper import MISSING, FaultPlan, OutageWindow, PaperBroker
+from brokerguard.brokers.paper import MISSING, FaultPlan, OutageWindow, PaperBroker, PaperMarket
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.config import (
     AccountConfig,
@@ -162,6 +162,8 @@ class GuardService:
             for name, broker in config.brokers.items()
             if broker.max_calls_per_s is not None
         }
+        # One market and fault plan per paper exchange, shared by its accounts.
+        self._paper_exchanges: dict[str, tuple[PaperMarket, FaultPlan]] = {}
         self.accounts: dict[str, AccountRuntime] = {
             account.id: self._account(index, account)
             for index, account in enumerate(config.accounts)
@@ -204,6 +206,12 @@ class GuardService:
     def _account(self, index: int, account: AccountConfig) -> AccountRuntime:
         broker_config = self.config.brokers[account.broker]
         breakers = self.breakers[account.broker]
+        paper = None
+        if broker_config.kind == "paper":
+            paper = self._paper_exchanges.get(account.broker)
+            if paper is None:
+                paper = _paper_exchange(broker_config, self.clock)
+                self._paper_exchanges[account.broker] = paper
         broker = _make_broker(
             account,
             broker_config,
@@ -212,6 +220,7 @@ class GuardService:
             write=breakers["write"],
             clock=self.clock,
             limiter=self.rate_limiters.get(account.broker),
+            paper=paper,
         )
         valuator = Valuator(
             broker, store=self.store, clock=self.clock, max_quote_age=account.max_quote_age_s
@@ -464,6 +473,29 @@ def _open_store(config: BrokerGuardConfig, clock: Clock) -> StateStore:
     return open_store(url, clock=clock)
 
 
+def _paper_exchange(config: BrokerConfig, clock: Clock) -> tuple[PaperMarket, FaultPlan]:
+    """One paper exchange: its market (prices every account sees) and its fault plan."""
+    start = clock.monotonic()
+    faults = config.faults
+    plan = FaultPlan(
+        error_rate=faults.error_rate,
+        latency=faults.latency_s,
+        outages=[OutageWindow(start + a, start + b) for a, b in faults.outages_s],
+        bad_prices={s: MISSING if v == "MISSING" else v for s, v in faults.bad_prices.items()},
+        stale_positions_rate=faults.stale_positions_rate,
+        stale_positions_age=faults.stale_positions_age_s,
+        unsettled_sells=(
+            faults.unsettled_sells
+            if isinstance(faults.unsettled_sells, bool)
+            else frozenset(faults.unsettled_sells)
+        ),
+        rate_limit_rate=faults.rate_limit_rate,
+        rate_limit_retry_after=faults.rate_limit_retry_after_s,
+        fail_after_accept_rate=faults.fail_after_accept_rate,
+    )
+    return PaperMarket(config.prices or None, seed=config.seed, start=start), plan
+
+
 def _make_broker(
     account: AccountConfig,
     config: BrokerConfig,
@@ -473,31 +505,15 @@ def _make_broker(
     write: BrokerCircuitBreaker,
     clock: Clock,
     limiter: RateLimiter | None,
+    paper: tuple[PaperMarket, FaultPlan] | None = None,
 ) -> BaseBroker:
     name = read.broker_name
     if config.kind == "paper":
-        start = clock.monotonic()
-        faults = config.faults
-        plan = FaultPlan(
-            error_rate=faults.error_rate,
-            latency=faults.latency_s,
-            outages=[OutageWindow(start + a, start + b) for a, b in faults.outages_s],
-            bad_prices={s: MISSING if v == "MISSING" else v for s, v in faults.bad_prices.items()},
-            stale_positions_rate=faults.stale_positions_rate,
-            stale_positions_age=faults.stale_positions_age_s,
-            unsettled_sells=(
-                faults.unsettled_sells
-                if isinstance(faults.unsettled_sells, bool)
-                else frozenset(faults.unsettled_sells)
-            ),
-            rate_limit_rate=faults.rate_limit_rate,
-            rate_limit_retry_after=faults.rate_limit_retry_after_s,
-            fail_after_accept_rate=faults.fail_after_accept_rate,
-        )
+        market, plan = paper or _paper_exchange(config, clock)
         return PaperBroker(
             name,
             account_id=account.id,
-            prices=config.prices or None,
+            market=market,
             positions=account.positions,
             seed=config.seed + index,
             clock=clock,

@@ -1,20 +1,10 @@
 """bench/overhead.py must keep running (its figures live in docs/benchmarks.md, not in tests)."""
 
-import importlib.util
-import pathlib
-import sys
-
-BENCH = pathlib.Path(__file__).parents[2] / "bench" / "overhead.py"
+from .loader import load_bench
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("overhead", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["overhead"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("overhead")
 
 
 def test_every_probe_runs_and_the_table_has_every_row(capsys):

@@ -1,20 +1,10 @@
 """bench/time_to_safety.py must keep running and keep its ordering (figures live in docs)."""
 
-import importlib.util
-import pathlib
-import sys
-
-BENCH = pathlib.Path(__file__).parents[2] / "bench" / "time_to_safety.py"
+from .loader import load_bench
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("time_to_safety", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["time_to_safety"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("time_to_safety")
 
 
 def test_the_bench_runs_and_brokerguard_is_never_slower_than_the_seed(capsys):

@@ -287,3 +287,30 @@ def test_invalid_outage_windows_are_refused():
         OutageWindow(10.0, 5.0)
     with pytest.raises(ConfigurationError):
         OutageWindow(0.0, 5.0, methods=frozenset({"withdraw"}))
+
+
+def test_the_call_record_is_bounded_for_long_runs(clock):
+    """A paper broker running for days keeps only its newest `recorded_calls` calls."""
+    broker = PaperBroker(clock=clock, recorded_calls=10)
+    for _ in range(25):
+        broker.fetch_positions()
+        clock.advance(1)
+    assert len(broker.calls) == 10
+    assert broker.calls[0].at == broker.calls[-1].at - 9
+
+
+def test_accounts_on_one_market_see_one_price(clock):
+    """Two accounts of one paper exchange share its walk; prices and a market are exclusive."""
+    from brokerguard.brokers import PaperMarket  # noqa: PLC0415
+
+    market = PaperMarket({"BTC/USD": "100"}, seed=3, volatility=0.01, start=clock.monotonic())
+    alice = PaperBroker(clock=clock, market=market, account_id="alice")
+    bob = PaperBroker(clock=clock, market=market, account_id="bob")
+    clock.advance(60)
+    seen_by_alice = alice.fetch_prices(["BTC/USD"])["BTC/USD"]
+    assert seen_by_alice != Decimal(100)  # it walked
+    assert bob.fetch_prices(["BTC/USD"])["BTC/USD"] == seen_by_alice
+    bob.set_price("BTC/USD", "250")
+    assert alice.fetch_prices(["BTC/USD"]) == {"BTC/USD": Decimal(250)}
+    with pytest.raises(ConfigurationError, match="prices or a market"):
+        PaperBroker(clock=clock, market=market, prices={"BTC/USD": "1"})

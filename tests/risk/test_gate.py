@@ -117,8 +117,11 @@ def test_a_stale_snapshot_is_refreshed_and_a_failed_refresh_refuses(clock, store
 
 @pytest.mark.parametrize("refetch", [True, False])
 def test_a_degraded_broker_is_not_trusted_with_a_cached_count(clock, store, refetch):
-    """After a failed read the circuit is still closed; the gate refetches instead of trusting
-    a fresh-looking snapshot (refetch_when_degraded=False shows the old, permissive answer)."""
+    """After a failed read the gate refetches instead of trusting a cached count.
+
+    The circuit is still closed then; refetch_when_degraded=False shows the old, permissive
+    answer.
+    """
     broker = account(clock, held=2)
     gate = TradingGate(broker, 8, store=store, refetch_when_degraded=refetch)
     assert gate.check_entry("C10/USD").allowed  # snapshot taken now

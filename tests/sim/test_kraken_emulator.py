@@ -158,3 +158,40 @@ def test_with_a_fill_delay_an_order_rests_open_then_fills_and_refusals_are_count
         kraken.credit("XXBT", "0.25")
         assert exchange.fetch_balance()["total"]["BTC"] == 0.25
         assert kraken.refusals() == {"EOrder:Insufficient funds": 1}
+
+
+def test_as_its_own_process_it_goes_down_and_up_on_the_admin_api():
+    """`python -m brokerguard.sim --admin`: one URL line, then 503s while down, counted."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "brokerguard.sim", "--port", "0", "--admin"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+
+        def call(path: str, method: str = "GET") -> tuple[int, bytes]:
+            request = urllib.request.Request(  # noqa: S310 (loopback)
+                url + path, method=method, data=b"" if method == "POST" else None
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
+                    return answer.status, answer.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read()
+
+        assert call("/0/public/Time")[0] == 200
+        call("/admin/down", "POST")
+        assert [call("/0/public/Time")[0] for _ in range(3)] == [503, 503, 503]
+        call("/admin/up", "POST")
+        assert call("/0/public/Time")[0] == 200
+        stats = json.loads(call("/admin/stats")[1])
+        assert stats == {"down": False, "requests": 5, "while_down": 3}
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+        process.stdout.close()

@@ -1,7 +1,14 @@
 """The broker boundary: the raw adapter interface, the guarded broker, and the paper broker."""
 
 from brokerguard.brokers.base import BaseBroker, OrderUnconfirmedError, PositionSnapshot, PriceCheck
-from brokerguard.brokers.paper import MISSING, FaultPlan, OutageWindow, PaperBroker, RecordedCall
+from brokerguard.brokers.paper import (
+    MISSING,
+    FaultPlan,
+    OutageWindow,
+    PaperBroker,
+    PaperMarket,
+    RecordedCall,
+)
 
 __all__ = [
     "MISSING",
@@ -10,6 +17,7 @@ __all__ = [
     "OrderUnconfirmedError",
     "OutageWindow",
     "PaperBroker",
+    "PaperMarket",
     "PositionSnapshot",
     "PriceCheck",
     "RecordedCall",

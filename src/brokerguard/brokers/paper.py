@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -43,7 +44,15 @@ from brokerguard.models import (
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.resilience.ratelimit import RateLimiter
 
-__all__ = ["MISSING", "RAW_METHODS", "FaultPlan", "OutageWindow", "PaperBroker", "RecordedCall"]
+__all__ = [
+    "MISSING",
+    "RAW_METHODS",
+    "FaultPlan",
+    "OutageWindow",
+    "PaperBroker",
+    "PaperMarket",
+    "RecordedCall",
+]
 
 RAW_METHODS: Final = ("fetch_positions", "fetch_prices", "submit_order", "fetch_order", "ping")
 """The calls a fault plan can target."""
@@ -178,13 +187,74 @@ class _PaperOrder:
         )  # fmt: skip
 
 
+class PaperMarket:
+    """The prices of one simulated exchange: a seeded random walk, shared by its accounts.
+
+    Every account trading on one exchange sees the same price for a symbol; sharing one market
+    also keeps a fleet of paper accounts small (one walk and one RNG per exchange, not per
+    account). Thread-safe. A :class:`PaperBroker` given no market makes its own.
+
+    Args:
+        prices: starting price per symbol (default: a dozen crypto pairs).
+        seed: seeds the walk.
+        volatility: standard deviation of the walk per square-root second (0: prices stay).
+        start: the monotonic time the walk starts from (the clock's ``monotonic()``).
+    """
+
+    def __init__(
+        self,
+        prices: Mapping[str, object] | None = None,
+        *,
+        seed: int = 0,
+        volatility: float = 0.0005,
+        start: float = 0.0,
+    ) -> None:
+        if not (math.isfinite(volatility) and volatility >= 0):
+            raise ConfigurationError(f"volatility must be >= 0, got {volatility!r}")
+        self.volatility = volatility
+        self._lock = threading.Lock()
+        self._rng = random.Random(f"{seed}:prices")  # noqa: S311 (a simulation)
+        source = prices if prices is not None else DEFAULT_PRICES
+        self._prices: dict[str, Decimal] = {
+            parse_symbol(s): parse_price(p, symbol=s) for s, p in source.items()
+        }
+        self._at = start
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._prices
+
+    def quotes(self, symbols: Iterable[str], now: float) -> dict[str, Decimal]:
+        """Walk the prices up to `now` (monotonic) and return those of the known `symbols`."""
+        with self._lock:
+            self._walk(now)
+            return {s: self._prices[s] for s in symbols if s in self._prices}
+
+    def set_price(self, symbol: str, price: object) -> None:
+        """Move a symbol's price by hand (valid prices only)."""
+        with self._lock:
+            self._prices[parse_symbol(symbol)] = parse_price(price, symbol=symbol)
+
+    def _walk(self, now: float) -> None:
+        elapsed = now - self._at
+        if elapsed <= 0 or not self.volatility:
+            self._at = max(self._at, now)
+            return
+        scale = self.volatility * math.sqrt(elapsed)
+        for symbol in sorted(self._prices):
+            shock = Decimal(repr(math.exp(self._rng.gauss(0.0, scale))))
+            price = (self._prices[symbol] * shock).quantize(Decimal("1e-8"))
+            # Quantizing a tiny price could reach zero: keep it positive.
+            self._prices[symbol] = price if price > 0 else Decimal("1e-8")
+        self._at = now
+
+
 class PaperBroker(BaseBroker):
     """A deterministic in-memory broker with injectable faults (the embedded default).
 
     Args:
         broker_name: name of this simulated broker (breakers are shared by name).
         account_type, user_id, account_id, read_breaker, write_breaker: as for BaseBroker.
-        prices: starting price per symbol (default: a dozen crypto pairs).
+        prices: starting price per symbol (default: a dozen crypto pairs); not with `market`.
         positions: starting positions per symbol.
         seed: seeds the price walk and the fault dice (separately: a fault plan does not
             change the price path).
@@ -193,6 +263,10 @@ class PaperBroker(BaseBroker):
         partial_fills: fill in two halves, `settle_delay` apart.
         volatility: standard deviation of the price walk per square-root second.
         fault_plan: what goes wrong.
+        market: the exchange's prices, shared with other accounts (default: a market of its
+            own, from `prices`, `seed` and `volatility`).
+        recorded_calls: how many raw calls :attr:`calls` keeps (the newest), so a paper broker
+            running for days does not grow without bound.
     """
 
     def __init__(
@@ -213,6 +287,8 @@ class PaperBroker(BaseBroker):
         read_breaker: BrokerCircuitBreaker | None = None,
         write_breaker: BrokerCircuitBreaker | None = None,
         rate_limiter: RateLimiter | None = None,
+        recorded_calls: int = 100_000,
+        market: PaperMarket | None = None,
     ) -> None:
         super().__init__(
             broker_name,
@@ -226,19 +302,17 @@ class PaperBroker(BaseBroker):
         )
         if not (math.isfinite(settle_delay) and settle_delay >= 0):
             raise ConfigurationError(f"settle_delay must be >= 0 seconds, got {settle_delay!r}")
-        if not (math.isfinite(volatility) and volatility >= 0):
-            raise ConfigurationError(f"volatility must be >= 0, got {volatility!r}")
+        if market is not None and prices is not None:
+            raise ConfigurationError("give a PaperBroker its prices or a market, not both")
         self.fault_plan = fault_plan or FaultPlan()
         self.settle_delay = float(settle_delay)
         self.partial_fills = partial_fills
-        self.volatility = volatility
+        self.market = market or PaperMarket(
+            prices, seed=seed, volatility=volatility, start=self.clock.monotonic()
+        )
         self._lock = threading.RLock()
-        self._price_rng = random.Random(f"{seed}:prices")  # noqa: S311 (a simulation)
-        self._fault_rng = random.Random(f"{seed}:faults")  # noqa: S311 (a simulation)
-        start = prices if prices is not None else DEFAULT_PRICES
-        self._prices: dict[str, Decimal] = {
-            parse_symbol(s): parse_price(p, symbol=s) for s, p in start.items()
-        }
+        self._seed = seed
+        self._fault_dice: random.Random | None = None  # made on first use: 2.5 KB each
         self._positions: dict[str, Decimal] = {}
         for symbol, quantity in (positions or {}).items():
             qty = parse_decimal(quantity, field="quantity", symbol=symbol)
@@ -247,10 +321,8 @@ class PaperBroker(BaseBroker):
         self._orders: dict[str, _PaperOrder] = {}
         self._next_order_number = 1
         now = self.clock.monotonic()
-        self._prices_at = now
         self._history: list[tuple[float, dict[str, Decimal]]] = [(now, dict(self._positions))]
-        self.calls: list[RecordedCall] = []
-        """Every raw call that reached this broker, in order."""
+        self._calls: deque[RecordedCall] = deque(maxlen=recorded_calls)
 
     # ------------------------------------------------------------------ the four raw methods
 
@@ -260,7 +332,7 @@ class PaperBroker(BaseBroker):
         with self._lock:
             self._settle(now)
             plan = self.fault_plan
-            if plan.stale_positions_rate and self._fault_rng.random() < plan.stale_positions_rate:
+            if self._roll(plan.stale_positions_rate):
                 state = self._state_at(now - plan.stale_positions_age)
                 self._record(now, "fetch_positions", "stale")
             else:
@@ -272,15 +344,15 @@ class PaperBroker(BaseBroker):
         """Return the current walk price of each known symbol, with the plan's bad values."""
         now = self._enter("fetch_prices")
         with self._lock:
-            self._walk_prices(now)
+            quotes = self.market.quotes(symbols, now)
             payload: dict[str, object] = {}
             for symbol in symbols:
                 if symbol in self.fault_plan.bad_prices:
                     bad = self.fault_plan.bad_prices[symbol]
                     if bad is not MISSING:
                         payload[symbol] = bad
-                elif symbol in self._prices:
-                    payload[symbol] = self._prices[symbol]
+                elif symbol in quotes:
+                    payload[symbol] = quotes[symbol]
             self._record(now, "fetch_prices", "ok")
         return payload
 
@@ -293,7 +365,7 @@ class PaperBroker(BaseBroker):
                 # Like a real exchange refusing a duplicate open cl_ord_id.
                 self._record(now, "submit_order", "duplicate")
                 raise BrokerRejection(f"duplicate client order id {order.client_order_id}")
-            if order.symbol not in self._prices:
+            if order.symbol not in self.market:
                 self._record(now, "submit_order", "rejected")
                 raise BrokerRejection(f"unknown symbol {order.symbol}")
             if order.side is Side.SELL and order.quantity > self._sellable(order.symbol):
@@ -338,8 +410,7 @@ class PaperBroker(BaseBroker):
 
     def set_price(self, symbol: str, price: object) -> None:
         """Move a symbol's price by hand (valid prices only: bad ones go in the fault plan)."""
-        with self._lock:
-            self._prices[parse_symbol(symbol)] = parse_price(price, symbol=symbol)
+        self.market.set_price(symbol, price)
 
     def true_positions(self) -> dict[str, Decimal]:
         """Return the broker's real positions, bypassing faults (for tests and invariants)."""
@@ -353,9 +424,16 @@ class PaperBroker(BaseBroker):
             self._settle(self.clock.monotonic())
             return [placed.view() for placed in self._orders.values()]
 
+    @property
+    def calls(self) -> list[RecordedCall]:
+        """The raw calls that reached this broker, in order (the newest `recorded_calls`)."""
+        with self._lock:
+            return list(self._calls)
+
     def calls_between(self, start: float, end: float) -> list[RecordedCall]:
         """Return the recorded calls with ``start <= at < end``."""
-        return [call for call in self.calls if start <= call.at < end]
+        with self._lock:
+            return [call for call in self._calls if start <= call.at < end]
 
     # ------------------------------------------------------------------ internals
 
@@ -381,23 +459,14 @@ class PaperBroker(BaseBroker):
         return now
 
     def _roll(self, probability: float) -> bool:
-        return bool(probability) and self._fault_rng.random() < probability
+        if not probability:
+            return False
+        if self._fault_dice is None:
+            self._fault_dice = random.Random(f"{self._seed}:faults")  # noqa: S311 (a simulation)
+        return self._fault_dice.random() < probability
 
     def _record(self, now: float, method: str, outcome: str) -> None:
-        self.calls.append(RecordedCall(now, method, outcome))
-
-    def _walk_prices(self, now: float) -> None:
-        elapsed = now - self._prices_at
-        if elapsed <= 0 or not self.volatility:
-            self._prices_at = max(self._prices_at, now)
-            return
-        scale = self.volatility * math.sqrt(elapsed)
-        for symbol in sorted(self._prices):
-            shock = Decimal(repr(math.exp(self._price_rng.gauss(0.0, scale))))
-            self._prices[symbol] = (self._prices[symbol] * shock).quantize(Decimal("1e-8"))
-            if self._prices[symbol] <= 0:  # quantization of a tiny price: keep it positive
-                self._prices[symbol] = Decimal("1e-8")
-        self._prices_at = now
+        self._calls.append(RecordedCall(now, method, outcome))
 
     def _sellable(self, symbol: str) -> Decimal:
         pending = sum(

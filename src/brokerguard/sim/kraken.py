@@ -17,6 +17,15 @@ Faults are injected per endpoint (or for every endpoint) and consumed in order:
 ``"accept_then:http:504"``  AddOrder executes the order, then answers with the fault
 ==========================  ========================================================
 
+``set_down(True)`` takes the whole API down (HTTP 503 on every endpoint) until
+``set_down(False)``; :meth:`KrakenEmulator.stats` counts requests, and those received while
+down. Run on its own (a separate process, so a load test does not share its interpreter)::
+
+    python -m brokerguard.sim --port 0 --admin
+
+prints its URL; with ``--admin``, ``POST /admin/down``, ``POST /admin/up`` and ``GET
+/admin/stats`` control it over HTTP.
+
 The emulator never talks to anything but its own loopback socket.
 """
 
@@ -31,7 +40,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,6 +149,9 @@ class _State:
     fill_market_orders: bool = True
     fill_delay: float = 0.0
     refusals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    down: bool = False
+    total: int = 0
+    while_down: int = 0
 
 
 class KrakenEmulator:
@@ -155,6 +167,9 @@ class KrakenEmulator:
         fill_delay: seconds a market order stays open before it fills (0: at once), like an
             exchange under load; a killed client finds it open, then closed.
         time_source: epoch seconds for order timestamps and ``Time`` (default ``time.time``).
+        record_requests: keep every request for :attr:`requests` (off for load tests: the
+            counters in :meth:`stats` are kept either way).
+        admin: serve ``/admin/down``, ``/admin/up`` and ``/admin/stats`` (loopback tools only).
     """
 
     def __init__(
@@ -167,7 +182,11 @@ class KrakenEmulator:
         fill_market_orders: bool = True,
         fill_delay: float = 0.0,
         time_source: Callable[[], float] = time.time,  # wall-clock-ok: a server's own time
+        record_requests: bool = True,
+        admin: bool = False,
     ) -> None:
+        self.record_requests = record_requests
+        self.admin = admin
         self.api_key = api_key
         self.api_secret = api_secret
         self._secret = base64.b64decode(api_secret)
@@ -184,10 +203,10 @@ class KrakenEmulator:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> Self:
-        """Listen on an ephemeral port of 127.0.0.1 in a background thread."""
+    def start(self, port: int = 0) -> Self:
+        """Listen on 127.0.0.1 (`port` 0: an ephemeral port) in a background thread."""
         handler = _make_handler(self)
-        self._server = _QuietServer(("127.0.0.1", 0), handler)
+        self._server = _QuietServer(("127.0.0.1", port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -252,6 +271,17 @@ class KrakenEmulator:
             balances = self._state.balances
             balances[asset] = balances.get(asset, Decimal(0)) + Decimal(str(amount))
 
+    def set_down(self, down: bool) -> None:
+        """Take the whole API down (HTTP 503 everywhere) or bring it back."""
+        with self._lock:
+            self._state.down = down
+
+    def stats(self) -> dict[str, int | bool]:
+        """Requests received in all, and while the API was down."""
+        with self._lock:
+            state = self._state
+            return {"down": state.down, "requests": state.total, "while_down": state.while_down}
+
     def refusals(self) -> dict[str, int]:
         """How many requests were refused, by Kraken error string (``EOrder:...``)."""
         with self._lock:
@@ -292,21 +322,18 @@ class KrakenEmulator:
     ) -> tuple[int, bytes]:
         """Answer one HTTP request (`headers` lower-cased); return (status, body)."""
         parts = path.strip("/").split("/")
+        early = self._front_door(method, parts)
+        if early is not None:
+            return early
         if len(parts) != 3 or parts[0] != "0" or parts[1] not in {"public", "private"}:  # noqa: PLR2004
             return _envelope(["EGeneral:Unknown method"])
         api, endpoint = parts[1], parts[2]
-        if api == "private":
-            if method != "POST":
-                return _envelope(["EGeneral:Invalid arguments"])
-            text = body.decode("utf-8", errors="replace")
-            params = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
-            problem = self._authenticate(path, headers, text, params)
-            if problem is not None:
-                return _envelope([problem])
-        else:
-            params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        params = self._params(api, method, path, query, headers, body)
+        if isinstance(params, tuple):
+            return params
         with self._lock:
-            self._state.requests.append(RecordedRequest(endpoint, dict(params)))
+            if self.record_requests:
+                self._state.requests.append(RecordedRequest(endpoint, dict(params)))
             self._settle_due()
         fault = self._take_fault(endpoint)
         after_accept = None
@@ -323,6 +350,37 @@ class KrakenEmulator:
         if after_accept is not None:
             return _apply_fault(after_accept)
         return status, payload
+
+    def _params(  # noqa: PLR0917 (the parts of one HTTP request)
+        self, api: str, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> dict[str, str] | tuple[int, bytes]:
+        """The request's parameters, or the refusal of an unauthenticated private call."""
+        if api != "private":
+            return {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        if method != "POST":
+            return _envelope(["EGeneral:Invalid arguments"])
+        text = body.decode("utf-8", errors="replace")
+        params = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
+        problem = self._authenticate(path, headers, text, params)
+        return params if problem is None else _envelope([problem])
+
+    def _front_door(self, method: str, parts: list[str]) -> tuple[int, bytes] | None:
+        """Admin requests, the counters, and the whole API being down."""
+        if parts[0] == "admin" and self.admin and len(parts) == 2:  # noqa: PLR2004
+            return self._admin(method, parts[1])
+        with self._lock:
+            self._state.total += 1
+            if self._state.down:
+                self._state.while_down += 1
+                return _apply_fault("http:503")
+        return None
+
+    def _admin(self, method: str, action: str) -> tuple[int, bytes]:
+        if method == "POST" and action in {"down", "up"}:
+            self.set_down(action == "down")
+        elif not (method == "GET" and action == "stats"):
+            return 404, b'{"error": ["unknown admin action"]}'
+        return 200, json.dumps(self.stats()).encode()
 
     def _count_refusals(self, payload: bytes) -> None:
         if payload.startswith(b'{"error": ["'):  # _envelope's shape of a refusal
@@ -638,3 +696,29 @@ def running_kraken(**kwargs: Any) -> Iterator[KrakenEmulator]:
         yield emulator
     finally:
         emulator.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the emulator until interrupted; print its URL first (see the module docstring)."""
+    import argparse  # noqa: PLC0415 (only the command line needs it)
+    import signal  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description="A Kraken REST emulator on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--admin", action="store_true", help="serve /admin/down|up|stats")
+    parser.add_argument("--fill-delay", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    emulator = KrakenEmulator(
+        fill_delay=args.fill_delay, record_requests=False, admin=args.admin
+    ).start(port=args.port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(emulator.url, flush=True)  # noqa: T201 (the one line a caller reads)
+    with suppress(KeyboardInterrupt):
+        stop.wait()
+    emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""bench/jitter.py, bench/fleet.py and bench/outage.py keep running (figures live in docs)."""
+
+from .loader import load_bench
+
+
+def test_jitter_reproduces_the_articles_ordering_in_a_small_run(capsys):
+    """Full jitter beats plain exponential on calls and time; every strategy prints a row."""
+    jitter = load_bench("jitter")
+    assert jitter.main(["--runs", "5", "--clients", "40"]) == 0
+    out = capsys.readouterr().out
+    for name in jitter.STRATEGIES:
+        assert f"| {name}" in out
+    full = jitter.measure(40, "brokerguard full", 5, 1)
+    plain = jitter.measure(40, "brokerguard proportional, jitter 0 (= plain exponential)", 5, 1)
+    assert full.calls < plain.calls
+    assert full.completion < plain.completion
+
+
+def test_fleet_runs_a_small_fleet_and_every_account_is_compliant(capsys):
+    """A pass over a small fleet prints its time against the bound and memory per account."""
+    fleet = load_bench("fleet")
+    args = ["--accounts", "60", "--positions", "5", "--brokers", "3", "--rate", "1000"]
+    assert fleet.main([*args, "--latency", "0.001", "--concurrency", "8", "--passes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 |" in out
+    assert "| 60 |" in out  # all 60 accounts compliant
+    assert "KiB per account" in out
+
+
+def test_outage_runs_every_strategy_against_the_emulator(capsys):
+    """A one-second outage: every strategy recovers; breakers send far less than the loop."""
+    outage = load_bench("outage")
+    args = ["--clients", "3", "--outage", "1.5", "--warmup", "0.5", "--recovery-timeout", "0.5"]
+    assert outage.main(args) == 0
+    rows = {
+        line.split("|")[1].strip(): line.split("|")
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and "strategy" not in line
+    }
+    assert set(rows) == set(outage.STRATEGIES)
+    for row in rows.values():
+        assert row[4].strip() == "3/3"
+    naive_calls = int(rows["naive retry loop"][2].replace(",", ""))
+    guarded_calls = int(rows["brokerguard, one shared breaker"][2].replace(",", ""))
+    assert guarded_calls < naive_calls
