@@ -16,6 +16,12 @@ After every step these named checks run:
 
 The same harness on the naive bot (``--naive``) must report violations of 1 to 3: that is the
 proof the checks can fail. A failing seed prints the command that replays it.
+
+By default the accounts' entry attempts are interleaved in a seeded order, so a seed replays
+exactly. ``--threads N`` makes them concurrent instead: every step, N entry attempts per
+account start together on threads (behind a barrier) against the shared broker, gate and store.
+The seed still fixes the world and the symbols; only the thread interleaving varies, so a
+threaded failure replays the same world, not always the same interleaving.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -68,6 +75,7 @@ class ChaosReport:
     naive: bool
     steps: int
     violations: list[Violation] = field(default_factory=list)
+    threads: int = 1
 
     @property
     def ok(self) -> bool:
@@ -82,8 +90,10 @@ class ChaosReport:
     def replay_command(self) -> str:
         """The command that replays this seed."""
         naive = " --naive" if self.naive else ""
+        threads = f" --threads {self.threads}" if self.threads > 1 else ""
         return (
-            f"python -m brokerguard.chaos --seed {self.seed} --runs 1 --steps {self.steps}{naive}"
+            f"python -m brokerguard.chaos --seed {self.seed} --runs 1 --steps {self.steps}"
+            f"{naive}{threads}"
         )
 
 
@@ -159,12 +169,21 @@ def _plan(rng: random.Random, now: float) -> FaultPlan:
 
 
 def run_chaos(  # noqa: C901, PLR0912 (one world, one loop: it reads best in one place)
-    seed: int, *, naive: bool = False, steps: int = 300, accounts: int = 3, cap: int = 5
+    seed: int,
+    *,
+    naive: bool = False,
+    steps: int = 300,
+    accounts: int = 3,
+    cap: int = 5,
+    threads: int = 1,
 ) -> ChaosReport:
-    """Run one seeded world for `steps` steps; return every invariant violation seen."""
+    """Run one seeded world for `steps` steps; return every invariant violation seen.
+
+    `threads` > 1 runs that many entry attempts per account at once, on threads.
+    """
     rng = random.Random(seed)  # noqa: S311 (a seeded simulation)
     clock = FakeClock(start=1_795_000_000.0)
-    report = ChaosReport(seed, naive, steps)
+    report = ChaosReport(seed, naive, steps, threads=threads)
     step = [0]
     read = BrokerCircuitBreaker("chaos", scope="read", clock=clock, rng=random.Random(seed))  # noqa: S311
     write = BrokerCircuitBreaker("chaos", scope="write", clock=clock, rng=random.Random(seed))  # noqa: S311
@@ -201,8 +220,17 @@ def run_chaos(  # noqa: C901, PLR0912 (one world, one loop: it reads best in one
             for broker, _ in worlds:
                 broker.set_fault_plan(plan)
         try:
-            for _broker, bot in rng.sample(worlds, len(worlds)):
-                bot.try_entry(rng.choice(UNIVERSE))
+            if threads == 1:
+                for _broker, bot in rng.sample(worlds, len(worlds)):
+                    bot.try_entry(rng.choice(UNIVERSE))
+            else:
+                _all_at_once(
+                    [
+                        (bot.try_entry, rng.choice(UNIVERSE))
+                        for _broker, bot in worlds
+                        for _ in range(threads)
+                    ]
+                )
             if step[0] % 4 == 0:
                 for _, bot in worlds:
                     bot.cleanup()
@@ -217,6 +245,27 @@ def run_chaos(  # noqa: C901, PLR0912 (one world, one loop: it reads best in one
         _check(report, step[0], worlds, decided_halts=decided_halts, cap=cap, crashes=crashes)
         clock.advance(rng.choice([0.5, 1.0, 5.0, 15.0]))
     return report
+
+
+def _all_at_once(calls: Sequence[tuple[Callable[[str], None], str]]) -> None:
+    """Run every call on its own thread, released together; re-raise the first exception."""
+    barrier = threading.Barrier(len(calls))
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[str], None], symbol: str) -> None:
+        barrier.wait()
+        try:
+            call(symbol)
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller: invariant 6)
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=call) for call in calls]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
 
 
 def _check(  # noqa: C901 (one branch per invariant, in the order the docstring lists them)
@@ -281,11 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
     parser.add_argument("--steps", type=int, default=300, help="steps per seed (default 300)")
     parser.add_argument("--naive", action="store_true", help="run the naive bot instead")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="concurrent entry attempts per account per step"
+    )
     args = parser.parse_args(argv)
     failed = 0
     broken: dict[str, int] = {}
     for seed in range(args.seed, args.seed + args.runs):
-        report = run_chaos(seed, naive=args.naive, steps=args.steps)
+        report = run_chaos(seed, naive=args.naive, steps=args.steps, threads=args.threads)
         if report.ok:
             continue
         failed += 1

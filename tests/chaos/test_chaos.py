@@ -60,3 +60,27 @@ def test_the_invariants_are_the_six_named_ones():
         "halts_are_durable",
         "guard_loop_survives",
     )
+
+
+THREADED_SEEDS = int(os.environ.get("BROKERGUARD_CHAOS_THREADED_SEEDS", "40"))
+
+
+@pytest.mark.parametrize("first", range(0, THREADED_SEEDS, 10))
+def test_concurrent_entries_keep_every_invariant(first):
+    """Four entry attempts per account per step, on threads at once, with every fault mixed."""
+    failures = []
+    for seed in range(first, min(first + 10, THREADED_SEEDS)):
+        report = run_chaos(seed, steps=150, threads=4)
+        if not report.ok:
+            v = report.violations[0]
+            failures.append(
+                f"{v.invariant} at step {v.step} ({v.detail}): {report.replay_command()}"
+            )
+    assert failures == []
+
+
+def test_concurrent_entries_break_the_naive_bot_and_replay_says_threads():
+    """The naive bot racing itself blows through the cap; the replay line keeps --threads."""
+    report = run_chaos(1, naive=True, steps=100, threads=4)
+    assert "cap_respected" in report.broken
+    assert report.replay_command().endswith("--naive --threads 4")

@@ -16,6 +16,7 @@ halts, and calls that reached the broker during its outage.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -209,7 +210,7 @@ class NaiveBot:
         self.fallback_priced = 0
         self.sent_per_intent: Counter[str] = Counter()
         self.prices_used: list[tuple[str, str, Decimal]] = []
-        self._intents = 0
+        self._intents = itertools.count(1)  # next() is atomic: entries may run on threads
         self._cleanups = 0
 
     def _retry(self, call: Callable[[], Any]) -> Any:
@@ -238,8 +239,7 @@ class NaiveBot:
             price = FALLBACK_PRICE  # the bug: a made-up $1.00
             self.fallback_priced += 1
         quantity = (Decimal(100) / price).quantize(Decimal("1e-6"))
-        self._intents += 1
-        intent = f"intent-{self._intents}"
+        intent = f"intent-{next(self._intents)}"
         self.prices_used.append((intent, symbol, price))
         for attempt in range(self.RETRIES):
             request = OrderRequest(symbol, Side.BUY, quantity, f"{intent}-try{attempt}")
@@ -291,7 +291,7 @@ class GuardedBot:
         self.fallback_priced = 0  # by construction: there is no code path that could
         self.sent_per_intent: Counter[str] = Counter()
         self.prices_used: list[tuple[str, str, Decimal]] = []
-        self._intents = 0
+        self._intents = itertools.count(1)  # next() is atomic: entries may run on threads
 
     def try_entry(self, symbol: str) -> None:
         """Open a new $100 position in `symbol` through the gate, at a real price only."""
@@ -304,8 +304,7 @@ class GuardedBot:
                 if price is None:
                     reservation.cancel()  # no price, no entry: never a made-up one
                     return
-                self._intents += 1
-                cid = f"intent-{self._intents}"
+                cid = f"intent-{next(self._intents)}"
                 self.prices_used.append((cid, symbol, price))
                 quantity = (Decimal(100) / price).quantize(Decimal("1e-6"))
                 self.broker.place_market_order(symbol, Side.BUY, quantity, client_order_id=cid)
