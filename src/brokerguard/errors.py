@@ -5,7 +5,9 @@ tell the caller what to do::
 
     BrokerGuardError
     ├── BlockedError                 brokerguard refused: nothing reached the broker
-    │   └── CircuitOpenError         the broker's circuit is open (broker, scope, next_probe_in)
+    │   ├── CircuitOpenError         the broker's circuit is open (broker, scope, next_probe_in)
+    │   ├── CoordinationUnavailableError  the fleet's Redis cannot be reached: no new risk
+    │   └── LeaseLostError           this worker no longer holds the account (stale fence)
     ├── BrokerError                  the broker was called and did not do it
     │   ├── TransientBrokerError     network, timeout, unavailable, maintenance (retry_after)
     │   │   └── RateLimitedError     the broker asked us to slow down (retry_after)
@@ -32,8 +34,10 @@ __all__ = [
     "BrokerRejection",
     "CircuitOpenError",
     "ConfigurationError",
+    "CoordinationUnavailableError",
     "FatalBrokerError",
     "InvalidBrokerData",
+    "LeaseLostError",
     "RateLimitedError",
     "StoreUnavailableError",
     "TransientBrokerError",
@@ -160,6 +164,22 @@ class InvalidBrokerData(BrokerError):  # noqa: N818 (the name is the documented 
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_invalid, (self.field, self.value, self.reason, self.symbol))
+
+
+class CoordinationUnavailableError(BlockedError):
+    """The shared coordination backend (Redis) cannot be reached.
+
+    Whether another worker holds the account, what the fleet's breaker says, which nonce is
+    next: all unknown, and unknown means no new risk and no action on the account.
+    """
+
+
+class LeaseLostError(BlockedError):
+    """This worker's lease on an account is gone.
+
+    Another worker, with a newer fencing token, may be acting on the account: this one must not
+    write or send anything for it.
+    """
 
 
 class StoreUnavailableError(BrokerGuardError):

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from brokerguard import ConfigurationError, OrderRequest, StoreUnavailableError
+from brokerguard.errors import LeaseLostError
 from brokerguard.store import StateStore, open_store
 from brokerguard.store.schema import SCHEMA_VERSION
 from brokerguard.testing import FakeClock
@@ -25,6 +26,14 @@ def url(request, tmp_path) -> str:
         return f"sqlite:///{tmp_path / 'state.db'}"
     if request.param == "memory":
         return "sqlite://"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql"])
+def durable_url(request, tmp_path) -> str:
+    """A store that outlives its connections (reopening sees the same data)."""
+    if request.param == "sqlite-file":
+        return f"sqlite:///{tmp_path / 'state.db'}"
     return request.getfixturevalue("pg_url")
 
 
@@ -158,10 +167,9 @@ def test_orders_are_journaled_before_sending_and_updated_after(store, clock):
 # --------------------------------------------------------------------------- lifecycle
 
 
-def test_state_survives_reopening(url, clock):
+def test_state_survives_reopening(durable_url, clock):
     """A new StateStore on the same database sees the halt (not for the in-memory store)."""
-    if url == "sqlite://":
-        return  # an in-memory database dies with its engine, by definition
+    url = durable_url
     first = open_store(url, clock=clock)
     first.halt("acct-1", "over cap", "enforcer")
     first.pause_symbol("acct-1", "ETH/USD", "nan")
@@ -173,10 +181,9 @@ def test_state_survives_reopening(url, clock):
     second.close()
 
 
-def test_a_newer_schema_is_refused(url, clock):
+def test_a_newer_schema_is_refused(durable_url, clock):
     """Data written by a newer brokerguard is not touched by an older one."""
-    if url == "sqlite://":
-        return
+    url = durable_url
     store = open_store(url, clock=clock)
     with store._engine.begin() as conn:
         conn.execute(text("UPDATE bg_schema_version SET version = 99"))
@@ -256,3 +263,55 @@ def test_pausing_needs_no_reason_from_an_operator(store):
     assert store.paused_symbols("acct-1") == {"ETH/USD"}
     assert store.unpause_symbol("acct-1", "ETH/USD")
     assert [r.action for r in store.audit_log("acct-1")] == ["unpause", "pause"]
+
+
+# --------------------------------------------------------------------------- fencing tokens
+
+
+def test_a_fenced_write_records_its_token_and_a_stale_token_changes_nothing(store):
+    """Worker 7's lease expired and worker 8 took over: 7's late writes are refused whole."""
+    old, new = store.fenced("acct-1", 7), store.fenced("acct-1", 8)
+    old.record_audit("acct-1", "liquidation_order", "worker-a", "before the pause")
+    assert store.fence_token("acct-1") == 7
+    new.halt("acct-1", "over the cap after 3 cycles", "worker-b")
+    assert store.fence_token("acct-1") == 8
+    request = OrderRequest("BTC/USD", "sell", Decimal(1), "late-order")
+
+    with pytest.raises(LeaseLostError, match="stale"):
+        old.record_order_intent("acct-1", request, purpose="cap_liquidation")
+    with pytest.raises(LeaseLostError):
+        old.resume("acct-1", "worker-a", "it thinks it still owns the account")
+
+    assert store.journal("acct-1") == []
+    assert store.is_halted("acct-1")
+    assert [r.actor for r in store.audit_log("acct-1")] == ["worker-b", "worker-a"]
+    new.record_order_intent("acct-1", request, purpose="cap_liquidation")  # the holder writes
+    assert [e.client_order_id for e in store.journal("acct-1")] == ["late-order"]
+
+
+def test_fences_are_per_account_and_unfenced_writes_pass(store):
+    """Another account's token is independent; the plain store (operators) is never fenced."""
+    store.fenced("acct-1", 50).record_audit("acct-1", "x", "w", "r")
+    store.fenced("acct-2", 1).record_audit("acct-2", "x", "w", "r")
+    store.record_audit("acct-1", "operator_note", "ops", "unfenced")
+    assert (store.fence_token("acct-1"), store.fence_token("acct-2")) == (50, 1)
+    assert store.fence_token("acct-3") is None
+    with pytest.raises(ConfigurationError):
+        store.fenced("acct-1", 0)
+
+
+def test_a_version_1_store_is_migrated_to_version_2(durable_url, clock):
+    """A store written before fencing opens, gains bg_fences, and says version 2."""
+    url = durable_url
+    first = open_store(url, clock=clock)
+    first.halt("acct-1", "kept across the migration", "ops")
+    with first._engine.begin() as conn:  # noqa: SLF001 (set up an old store)
+        conn.execute(text("UPDATE bg_schema_version SET version = 1"))
+        conn.execute(text("DROP TABLE bg_fences"))
+    first.close()
+    second = open_store(url, clock=clock)
+    assert second.schema_version() == 2
+    assert second.is_halted("acct-1")
+    second.fenced("acct-1", 3).record_audit("acct-1", "x", "w", "r")
+    assert second.fence_token("acct-1") == 3
+    second.close()

@@ -12,6 +12,7 @@ from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
 
 __all__ = [
     "AUDIT_LOG",
+    "FENCES",
     "HALTS",
     "METADATA",
     "ORDERS",
@@ -20,8 +21,9 @@ __all__ = [
     "SCHEMA_VERSION_TABLE",
 ]
 
-SCHEMA_VERSION: Final = 1
-"""The version this code writes. Migrations from older versions run in ``StateStore.migrate``."""
+SCHEMA_VERSION: Final = 2
+"""The version this code writes (1: halts, pauses, audit log, order journal; 2: adds bg_fences,
+the fencing tokens). Older stores are migrated on open, one step at a time."""
 
 METADATA = MetaData()
 
@@ -77,6 +79,16 @@ ORDERS = Table(
     Column("broker_order_id", String(100), nullable=True),
     Column("purpose", String(50), nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+FENCES = Table(
+    "bg_fences",
+    METADATA,
+    # The highest fencing token that wrote for each account: a write carrying a lower one comes
+    # from a worker whose lease expired (paused, partitioned) and is refused.
+    Column("account_id", String(200), primary_key=True),
+    Column("token", Integer, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
 

@@ -9,6 +9,7 @@ unreachable store as "unknown", which means "deny".
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -29,15 +30,19 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from brokerguard._validation import int_problem
 from brokerguard.clock import SYSTEM_CLOCK, Clock
-from brokerguard.errors import ConfigurationError, StoreUnavailableError
+from brokerguard.errors import ConfigurationError, LeaseLostError, StoreUnavailableError
 from brokerguard.models import OrderRequest
 from brokerguard.store.schema import (
     APPEND_ONLY_DDL,
     AUDIT_LOG,
+    FENCES,
     HALTS,
     METADATA,
     ORDERS,
@@ -141,12 +146,38 @@ class StateStore:
         in_memory = isinstance(self._engine.pool, StaticPool)
         self._any_lock = threading.RLock() if in_memory else None
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+        self._fence: tuple[str, int] | None = None
         try:
             with _held(self._any_lock):
                 self._guard(self._create_or_migrate)
         except BaseException:
             self._engine.dispose()
             raise
+
+    def fenced(self, account_id: str, token: int) -> StateStore:
+        """Return a view of this store whose every write first checks `token` for `account_id`.
+
+        A worker holding an account's lease writes through this view with the lease's fencing
+        token. The store keeps the highest token that wrote for each account, in the same
+        transaction as the write; a write with a lower token (a worker whose lease expired
+        while it was paused) is refused with :class:`LeaseLostError` and changes nothing.
+        The view shares the engine: it is cheap, one per lease.
+        """
+        _require("account_id", account_id)
+        problems = int_problem("token", token, minimum=1)
+        if problems:
+            raise ConfigurationError("invalid fencing token: " + "; ".join(problems))
+        view = copy.copy(self)
+        view._fence = (account_id, token)  # noqa: SLF001 (a copy of this very class)
+        return view
+
+    def fence_token(self, account_id: str) -> int | None:
+        """The highest fencing token that has written for `account_id` (None: never fenced)."""
+        return self._read(
+            lambda conn: conn.execute(
+                select(FENCES.c.token).where(FENCES.c.account_id == account_id)
+            ).scalar()
+        )
 
     @property
     def dialect(self) -> str:
@@ -469,6 +500,9 @@ class StateStore:
                         version=SCHEMA_VERSION, applied_at=self._clock.time()
                     )
                 )
+            elif found < SCHEMA_VERSION:
+                # 1 -> 2 added bg_fences, which create_all above has just made.
+                conn.execute(update(SCHEMA_VERSION_TABLE).values(version=SCHEMA_VERSION))
             elif found > SCHEMA_VERSION:
                 raise ConfigurationError(
                     f"the store at {self.safe_url} has schema version {found}, newer than this "
@@ -498,6 +532,30 @@ class StateStore:
             )
         )
 
+    def _check_fence(self, conn: Connection, account_id: str, token: int) -> None:
+        """Record `token` as the account's highest, or refuse it as stale.
+
+        Runs in the write's own transaction, so a refused write changes nothing.
+        """
+        upsert = sqlite_insert if self.dialect == "sqlite" else postgresql_insert
+        statement = upsert(FENCES).values(
+            account_id=account_id, token=token, updated_at=self._clock.time()
+        )
+        guarded = statement.on_conflict_do_update(
+            index_elements=[FENCES.c.account_id],
+            set_={"token": statement.excluded.token, "updated_at": statement.excluded.updated_at},
+            where=FENCES.c.token <= statement.excluded.token,
+        ).returning(FENCES.c.token)
+        # RETURNING, not rowcount: psycopg reports -1 for an upsert whose WHERE refused it.
+        if conn.execute(guarded).first() is None:
+            held = conn.execute(
+                select(FENCES.c.token).where(FENCES.c.account_id == account_id)
+            ).scalar()
+            raise LeaseLostError(
+                f"fencing token {token} for account {account_id} is stale (the store has seen "
+                f"{held}): another worker holds the account now; nothing was written"
+            )
+
     def _audit_note(
         self, conn: Connection, account_id: str | None, note: AuditNote, now: float
     ) -> None:
@@ -506,8 +564,12 @@ class StateStore:
         self._audit(conn, account_id, note.action, note.actor, note.reason, note.details, now)
 
     def _write(self, work: Callable[[Connection], T]) -> T:
+        fence = self._fence
+
         def run() -> T:
             with self._engine.begin() as conn:
+                if fence is not None:
+                    self._check_fence(conn, *fence)
                 return work(conn)
 
         with _held(self._any_lock), _held(self._write_lock):
