@@ -62,3 +62,36 @@ def pg_url() -> Iterator[str]:
             yield f"{PG_URL}?options=-csearch_path%3D{schema}"
         finally:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+REDIS_URL = os.environ.get("BROKERGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[str]:
+    """A fresh key namespace on the test Redis, deleted afterwards (skip or fail if it is down)."""
+    import redis  # noqa: PLC0415 (only tests that need Redis import it)
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        require_service("Redis", f"{REDIS_URL}: {exc}")
+    namespace = f"bg-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield namespace
+    finally:
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def coordinator(redis_namespace):
+    """A RedisCoordinator on the test Redis, in its own namespace."""
+    from brokerguard.coordination import RedisCoordinator  # noqa: PLC0415
+
+    opened = RedisCoordinator(REDIS_URL, namespace=redis_namespace)
+    yield opened
+    opened.close()

@@ -305,7 +305,7 @@ def test_a_version_1_store_is_migrated_to_version_2(durable_url, clock):
     url = durable_url
     first = open_store(url, clock=clock)
     first.halt("acct-1", "kept across the migration", "ops")
-    with first._engine.begin() as conn:  # noqa: SLF001 (set up an old store)
+    with first._engine.begin() as conn:
         conn.execute(text("UPDATE bg_schema_version SET version = 1"))
         conn.execute(text("DROP TABLE bg_fences"))
     first.close()

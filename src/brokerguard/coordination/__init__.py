@@ -1,0 +1,18 @@
+"""Fleet coordination: shared breakers, account leases with fencing tokens, nonces (Redis).
+
+Absent ``coordination_url``, brokerguard runs embedded: one process, in-process breakers, no
+leases needed. With ``coordination_url = "redis://..."`` every process of a fleet shares the
+state in :mod:`brokerguard.coordination.redis_coordinator`.
+"""
+
+from brokerguard.coordination.breaker import SharedCircuitBreaker
+from brokerguard.coordination.nonces import RedisNonceSource
+from brokerguard.coordination.redis_coordinator import Lease, RedisCoordinator, SharedBreakerState
+
+__all__ = [
+    "Lease",
+    "RedisCoordinator",
+    "RedisNonceSource",
+    "SharedBreakerState",
+    "SharedCircuitBreaker",
+]
