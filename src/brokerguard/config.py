@@ -252,9 +252,32 @@ class AlertConfig(_Model):
         return self
 
 
+class CoordinationConfig(_Model):
+    """How the workers of a fleet share accounts (used only with ``coordination_url``)."""
+
+    lease_ttl_s: PositiveSeconds = Field(
+        30.0,
+        description="an account's lease lasts this long unless renewed (each pass renews it); "
+        "a dead worker's accounts are taken over after at most this",
+    )
+    namespace: str = Field("brokerguard", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    timeout_s: PositiveSeconds = Field(0.5, description="per Redis command; no answer = blocked")
+
+
 class BrokerGuardConfig(_Model):
     """A whole deployment."""
 
+    state_url: str | None = Field(
+        None,
+        description="where halts, the audit log and the journal live (the same as [store] url): "
+        "sqlite:///path (default) or postgresql://",
+    )
+    coordination_url: str | None = Field(
+        None,
+        description="absent: one embedded process; redis://host:port/db: a fleet of workers "
+        "sharing breakers, account leases and nonces",
+    )
+    coordination: CoordinationConfig = Field(default_factory=CoordinationConfig)
     brokers: dict[str, BrokerConfig]
     accounts: list[AccountConfig]
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
@@ -263,6 +286,37 @@ class BrokerGuardConfig(_Model):
     store: StoreConfig = Field(default_factory=StoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     alerts: list[AlertConfig] = Field(default_factory=lambda: [AlertConfig(kind="log")])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_url_is_the_store(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or data.get("state_url") is None:
+            return data
+        raw = data.get("store")
+        store: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        given = store.get("url")
+        if given is not None and given != data["state_url"]:
+            raise ValueError("state_url and [store] url name two different stores: keep one")
+        return {**data, "store": {**store, "url": data["state_url"]}}
+
+    @field_validator("coordination_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if re.search(r"://[^/@]*:[^/@]+@", value):
+            raise ValueError(
+                "must not contain a password: use Redis ACLs bound to the host, or a local "
+                "socket (secrets never go in the config file)"
+            )
+        return value
+
+    @property
+    def effective_state_url(self) -> str:
+        """The store's URL, however it was given."""
+        return self.store.url
 
     @model_validator(mode="after")
     def _references(self) -> Self:

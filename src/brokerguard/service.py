@@ -13,6 +13,7 @@ and the breakers are visibly at work without any secret or network.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brokerguard.alerts import AlertRouter, sinks_from_config
 from brokerguard.brokers.base import BaseBroker
@@ -49,6 +50,10 @@ from brokerguard.risk.exits import (
 from brokerguard.risk.gate import EntryDenied, TradingGate
 from brokerguard.risk.valuation import Valuator
 from brokerguard.store.state import StateStore, open_store
+
+if TYPE_CHECKING:  # a fleet needs redis, an optional dependency
+    from brokerguard.coordination import RedisCoordinator
+    from brokerguard.coordination.leases import AccountLeases
 
 __all__ = [
     "AccountRuntime",
@@ -154,6 +159,11 @@ class GuardService:
         self._events_lock = threading.Lock()
         self._listeners: list[Callable[[EnforcementEvent], object]] = []
         self._stop = threading.Event()
+        # A fleet (coordination_url): breakers, account leases and nonces live in Redis.
+        self.coordinator: RedisCoordinator | None = None
+        self.leases: AccountLeases | None = None
+        if config.coordination_url is not None:
+            self.coordinator, self.leases = _fleet(config)
         self.breakers: dict[str, dict[str, BrokerCircuitBreaker]] = {
             name: self._breakers_for(name) for name in config.brokers
         }
@@ -173,6 +183,7 @@ class GuardService:
             interval=config.enforcement.interval_s,
             clock=self.clock,
             max_concurrency=config.enforcement.max_concurrency,
+            leases=self.leases,
         )
         self.exits.add_listener(self._record)
         self.alerts = AlertRouter(sinks_from_config(config.alerts), clock=self.clock)
@@ -186,18 +197,25 @@ class GuardService:
         settings = self.config.breaker_for(name)
         breakers = {}
         for scope in ("read", "write"):
-            breaker = BrokerCircuitBreaker(
+            options: dict[str, Any] = {
+                "max_attempts": settings.max_attempts,
+                "max_total_delay": settings.max_total_delay_s,
+                "max_recovery_timeout": settings.max_recovery_timeout_s,
+                "backoff": self.config.backoff.policy(),
+                "scope": scope,
+                "clock": self.clock,
+                "rng": random.Random(f"{name}:{scope}"),  # noqa: S311 (jitter)
+            }
+            kind = BrokerCircuitBreaker
+            if self.coordinator is not None:  # the fleet's circuit, in Redis
+                kind = _shared_breaker_class()
+                options["coordinator"] = self.coordinator
+            breaker = kind(
                 name,
                 settings.failure_threshold,
                 settings.recovery_timeout_s,
                 settings.success_threshold,
-                max_attempts=settings.max_attempts,
-                max_total_delay=settings.max_total_delay_s,
-                max_recovery_timeout=settings.max_recovery_timeout_s,
-                backoff=self.config.backoff.policy(),
-                scope=scope,
-                clock=self.clock,
-                rng=random.Random(f"{name}:{scope}"),  # noqa: S311 (jitter)
+                **options,
             )
             breaker.add_listener(self._on_transition)
             breakers[scope] = breaker
@@ -221,6 +239,7 @@ class GuardService:
             clock=self.clock,
             limiter=self.rate_limiters.get(account.broker),
             paper=paper,
+            coordinator=self.coordinator,
         )
         valuator = Valuator(
             broker, store=self.store, clock=self.clock, max_quote_age=account.max_quote_age_s
@@ -375,8 +394,13 @@ class GuardService:
         self._stop.set()
 
     def close(self) -> None:
-        """Deliver pending alerts and release the store."""
+        """Deliver pending alerts, give the fleet back this worker's accounts, release stores."""
         self.alerts.close()
+        if self.leases is not None:
+            with contextlib.suppress(BrokerGuardError):
+                self.leases.release_all()  # the others take over now, not after the ttl
+        if self.coordinator is not None:
+            self.coordinator.close()
         self.store.close()
 
     def _sleep(self, seconds: float) -> None:
@@ -393,6 +417,11 @@ class GuardService:
         reasons = []
         if not self.store.ping():
             reasons.append("store unreachable")
+        if self.coordinator is not None and not self.coordinator.ping():
+            reasons.append(
+                f"coordination store unreachable ({self.coordinator.status()['reason']}): "
+                "trading blocked fleet-wide"
+            )
         for name, breakers in self.breakers.items():
             for scope, breaker in breakers.items():
                 if breaker.state is CircuitState.OPEN:
@@ -449,6 +478,16 @@ class GuardService:
                 "uptime_seconds": self.clock.monotonic() - self._started_mono,
                 "store": self.store.safe_url,
                 "store_ok": store_ok,
+                "coordination": (
+                    {"mode": "embedded"}
+                    if self.coordinator is None or self.leases is None
+                    else {
+                        "mode": "redis",
+                        **self.coordinator.status(),
+                        "worker": self.leases.owner,
+                        "accounts_held": sorted(self.leases.held()),
+                    }
+                ),
                 "ready": ready,
                 "not_ready_reasons": reasons,
                 "breaking_enabled": is_breaking_enabled(),
@@ -496,6 +535,27 @@ def _paper_exchange(config: BrokerConfig, clock: Clock) -> tuple[PaperMarket, Fa
     return PaperMarket(config.prices or None, seed=config.seed, start=start), plan
 
 
+def _fleet(config: BrokerGuardConfig) -> tuple[RedisCoordinator, AccountLeases]:
+    try:
+        from brokerguard.coordination import RedisCoordinator  # noqa: PLC0415 (optional)
+        from brokerguard.coordination.leases import AccountLeases  # noqa: PLC0415
+    except ImportError:
+        raise ConfigurationError(
+            "coordination_url needs redis: pip install 'brokerguard[redis]'"
+        ) from None
+    settings = config.coordination
+    coordinator = RedisCoordinator(
+        str(config.coordination_url), namespace=settings.namespace, timeout=settings.timeout_s
+    )
+    return coordinator, AccountLeases(coordinator, ttl=settings.lease_ttl_s)
+
+
+def _shared_breaker_class() -> type[BrokerCircuitBreaker]:
+    from brokerguard.coordination import SharedCircuitBreaker  # noqa: PLC0415 (optional)
+
+    return SharedCircuitBreaker
+
+
 def _make_broker(
     account: AccountConfig,
     config: BrokerConfig,
@@ -506,6 +566,7 @@ def _make_broker(
     clock: Clock,
     limiter: RateLimiter | None,
     paper: tuple[PaperMarket, FaultPlan] | None = None,
+    coordinator: RedisCoordinator | None = None,
 ) -> BaseBroker:
     name = read.broker_name
     if config.kind == "paper":
@@ -523,7 +584,15 @@ def _make_broker(
             write_breaker=write,
             rate_limiter=limiter,
         )
-    return _make_ccxt_broker(account, config, read=read, write=write, clock=clock, limiter=limiter)
+    return _make_ccxt_broker(
+        account,
+        config,
+        read=read,
+        write=write,
+        clock=clock,
+        limiter=limiter,
+        coordinator=coordinator,
+    )
 
 
 def _make_ccxt_broker(
@@ -534,6 +603,7 @@ def _make_ccxt_broker(
     write: BrokerCircuitBreaker,
     clock: Clock,
     limiter: RateLimiter | None,
+    coordinator: RedisCoordinator | None = None,
 ) -> BaseBroker:
     try:
         import ccxt  # noqa: PLC0415 (optional dependency)
@@ -560,11 +630,18 @@ def _make_ccxt_broker(
         exchange.urls["api"] = (
             dict.fromkeys(api, config.api_url) if isinstance(api, Mapping) else config.api_url
         )
+    nonce_source = None
+    if coordinator is not None and settings["apiKey"]:
+        from brokerguard.coordination import RedisNonceSource  # noqa: PLC0415 (optional)
+
+        # One nonce counter for the API key across every worker of the fleet.
+        nonce_source = RedisNonceSource(coordinator, str(settings["apiKey"]))
     return CcxtBroker(
         exchange,
         read.broker_name,
         account_id=account.id,
         quote_currency=config.quote_currency,
+        nonce_source=nonce_source,
         clock=clock,
         read_breaker=read,
         write_breaker=write,

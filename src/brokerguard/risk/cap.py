@@ -102,8 +102,12 @@ class PositionCapEnforcer:
         """The account this enforcer guards."""
         return self.broker.account_id
 
-    def enforce_cap(self) -> tuple[bool, dict[str, Any]]:
+    def enforce_cap(self, *, fence_token: int | None = None) -> tuple[bool, dict[str, Any]]:
         """Fetch, and while over the cap run up to ``max_cycles`` cycles; return (ok, result).
+
+        `fence_token` (a fleet worker's lease on the account): every store write of this step
+        carries it, and the store refuses it with :class:`LeaseLostError` once a newer lease
+        exists, before any order could be sent.
 
         A cycle liquidates the excess, waits for settlement and re-fetches to verify. ``cycles``
         in the result counts them (0 when the account was within the cap to begin with).
@@ -114,6 +118,22 @@ class PositionCapEnforcer:
         ``orders`` (client order ids), plus ``reason``, ``excess`` and
         ``initial_position_count`` (what the first fetch found).
         """
+        if fence_token is None:
+            return self._enforce()
+        plain = self.store
+        fenced = plain.fenced(self.account_id, fence_token)
+        valuator_shares = self.valuator.store is plain  # its pauses are writes too
+        self.store = fenced
+        if valuator_shares:
+            self.valuator.store = fenced
+        try:
+            return self._enforce()
+        finally:
+            self.store = plain
+            if valuator_shares:
+                self.valuator.store = plain
+
+    def _enforce(self) -> tuple[bool, dict[str, Any]]:
         result: dict[str, Any] = {
             "account_id": self.account_id,
             "status": "unverified",

@@ -15,14 +15,17 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.brokers.base import BaseBroker
 from brokerguard.clock import Clock
-from brokerguard.errors import ConfigurationError
+from brokerguard.errors import ConfigurationError, CoordinationUnavailableError, LeaseLostError
 from brokerguard.risk.cap import PositionCapEnforcer
 from brokerguard.store.state import StateStore
+
+if TYPE_CHECKING:  # the fleet's leases are optional (they need redis)
+    from brokerguard.coordination.leases import AccountLeases
 
 __all__ = [
     "CapRestored",
@@ -132,6 +135,9 @@ class ContinuousExitEnforcer:
         interval: seconds between the starts of two passes (on the clock).
         clock: the time source (default: the first enforcer's).
         max_concurrency: accounts enforced at once (1: one after the other).
+        leases: in a fleet, this worker's :class:`~brokerguard.coordination.AccountLeases`:
+            an account is enforced only under its lease, with the lease's fencing token, and
+            skipped (``status: "held_elsewhere"``) while another worker holds it.
     """
 
     def __init__(
@@ -143,6 +149,7 @@ class ContinuousExitEnforcer:
         max_concurrency: int = 1,
         max_positions: int = 8,
         store: StateStore | None = None,
+        leases: AccountLeases | None = None,
     ) -> None:
         given = (
             [enforcers] if isinstance(enforcers, PositionCapEnforcer | BaseBroker) else enforcers
@@ -168,6 +175,7 @@ class ContinuousExitEnforcer:
         self.enforcers = listed
         self.interval = float(interval)
         self.max_concurrency = max_concurrency
+        self.leases = leases
         self._lock = threading.Lock()
         self.clock = clock if clock is not None else listed[0].clock
         self._listeners: list[EventListener] = []
@@ -249,7 +257,20 @@ class ContinuousExitEnforcer:
         account = enforcer.account_id
         previous = self._results.get(account)
         try:
-            ok, result = enforcer.enforce_cap()
+            held = self._lease(enforcer)
+            if isinstance(held, dict):
+                with self._lock:
+                    self._results[account] = held
+                if held["status"] == "unverified":
+                    self._emit(EnforcementUnverified(account, self.clock.time(), held["reason"]))
+                return held
+            ok, result = enforcer.enforce_cap(fence_token=held)
+        except LeaseLostError as exc:
+            log.warning("account %s: lease lost during enforcement (%s); stopped", account, exc)
+            result = _not_enforced(account, "lease_lost", str(exc))
+            with self._lock:
+                self._results[account] = result
+            return result
         except Exception as exc:
             log.exception(
                 "cap enforcement for account %s crashed; the other accounts carry on and this "
@@ -270,6 +291,21 @@ class ContinuousExitEnforcer:
             self._results[account] = result
         self._announce(enforcer, ok, result, previous)
         return result
+
+    def _lease(self, enforcer: PositionCapEnforcer) -> int | dict[str, Any] | None:
+        """The fencing token to enforce under (None: no fleet), or the result of not enforcing."""
+        if self.leases is None:
+            return None
+        account = enforcer.account_id
+        try:
+            lease = self.leases.hold(account)
+        except CoordinationUnavailableError as exc:
+            return _not_enforced(account, "unverified", f"no lease: {exc}")
+        if lease is None:
+            return _not_enforced(
+                account, "held_elsewhere", "another worker holds this account's lease"
+            )
+        return lease.token
 
     def _announce(
         self,
@@ -317,3 +353,17 @@ class ContinuousExitEnforcer:
                 log.exception(
                     "event listener %r failed on %r; enforcement goes on", listener, event
                 )
+
+
+def _not_enforced(account: str, status: str, reason: str) -> dict[str, Any]:
+    """The result of a step that did not enforce: nothing known, nothing sent."""
+    return {
+        "account_id": account,
+        "status": status,
+        "trading_halted": None,
+        "position_count": None,
+        "cycles": 0,
+        "orders": [],
+        "liquidated": [],
+        "reason": reason,
+    }

@@ -38,6 +38,7 @@ __all__ = [
     "ACCOUNT_HALTED",
     "ALLOWED",
     "BROKER_OFFLINE",
+    "COORDINATION_UNAVAILABLE",
     "POSITIONS_UNKNOWN",
     "POSITION_CAP_REACHED",
     "RISK_REDUCING",
@@ -60,6 +61,7 @@ SYMBOL_PAUSED: Final = "SYMBOL_PAUSED"
 POSITIONS_UNKNOWN: Final = "POSITIONS_UNKNOWN"
 POSITION_CAP_REACHED: Final = "POSITION_CAP_REACHED"
 STORE_UNAVAILABLE: Final = "STORE_UNAVAILABLE"
+COORDINATION_UNAVAILABLE: Final = "COORDINATION_UNAVAILABLE"
 
 
 class TradingState(StrEnum):
@@ -302,6 +304,10 @@ class TradingGate:
     def _broker_offline(self) -> Decision | None:
         if self.broker.is_trading_allowed():
             return None
+        for breaker in (self.broker.read_breaker, self.broker.write_breaker):
+            coordinator = getattr(breaker, "coordinator", None)  # a fleet's shared breaker
+            if coordinator is not None and not coordinator.reachable:
+                return Decision.deny(COORDINATION_UNAVAILABLE, store=coordinator.safe_url)
         return Decision.deny(
             BROKER_OFFLINE,
             broker=self.broker.broker_name,

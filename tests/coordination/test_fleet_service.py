@@ -1,0 +1,101 @@
+"""GuardService as a fleet worker: leases decide who enforces, and Redis gone means blocked."""
+
+from __future__ import annotations
+
+import pytest
+
+from brokerguard.config import parse_config
+from brokerguard.risk import COORDINATION_UNAVAILABLE
+from brokerguard.service import GuardService
+from tests.conftest import REDIS_URL
+
+from .proxy import TcpProxy
+
+PRICES = {f"C{i:02d}/USD": str(i) for i in range(1, 13)}
+
+
+def fleet_config(coordination_url: str, namespace: str, state_url: str) -> dict:
+    return {
+        "state_url": state_url,
+        "coordination_url": coordination_url,
+        "coordination": {"namespace": namespace, "lease_ttl_s": 30, "timeout_s": 0.3},
+        "alerts": [],
+        "brokers": {"paper": {"kind": "paper", "prices": PRICES, "settle_delay_s": 0}},
+        "accounts": [
+            {
+                "id": f"acct-{n}",
+                "broker": "paper",
+                "max_positions": 4,
+                "positions": dict.fromkeys(list(PRICES)[: 6 + n], "1"),
+            }
+            for n in range(3)
+        ],
+    }
+
+
+def test_one_worker_enforces_each_account_and_a_clean_exit_hands_them_over(redis_namespace, pg_url):
+    """Worker A takes every account; B skips them; A leaves; B enforces with newer tokens."""
+    config = parse_config(fleet_config(REDIS_URL, redis_namespace, pg_url))
+    a, b = GuardService(config), GuardService(config)
+    first = a.tick()
+    assert {r["status"] for r in first.values()} == {"compliant"}  # liquidated to the cap
+    assert {r["status"] for r in b.tick().values()} == {"held_elsewhere"}
+    assert b.accounts["acct-0"].broker.all_orders() == []  # B sent nothing
+    tokens = {acct: a.store.fence_token(acct) for acct in first}
+    status = a.status()["service"]["coordination"]
+    assert status["mode"] == "redis"
+    assert status["accounts_held"] == ["acct-0", "acct-1", "acct-2"]
+    a.close()  # releases the leases
+
+    second = b.tick()
+    assert set(second) == set(first)
+    assert {r["status"] for r in second.values()} == {"compliant"}
+    assert all(b.store.fence_token(acct) > tokens[acct] for acct in second)
+    b.close()
+
+
+def test_redis_gone_mid_run_blocks_trading_and_enforcement_until_it_returns(
+    redis_namespace, tmp_path
+):
+    """Cut the link to Redis: no lease, no entry, not ready; restore it: all resume."""
+    proxy = TcpProxy(("127.0.0.1", int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])))
+    proxy.restore()
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    config = parse_config(fleet_config(url, redis_namespace, f"sqlite:///{tmp_path / 's.db'}"))
+    service = GuardService(config)
+    try:
+        assert {r["status"] for r in service.tick().values()} == {"compliant"}
+        gate = service.accounts["acct-0"].gate
+        assert gate.check_entry("C12/USD").code == "POSITION_CAP_REACHED"  # a known count
+        assert service.ready()[0]
+
+        proxy.cut()
+        results = service.tick()
+        assert {r["status"] for r in results.values()} == {"unverified"}
+        assert all("unreachable" in r["reason"] for r in results.values())
+        decision = gate.check_entry("C12/USD")
+        assert decision.code == COORDINATION_UNAVAILABLE
+        ready, reasons = service.ready()
+        assert not ready
+        assert any("coordination store unreachable" in r for r in reasons)
+        assert service.status()["service"]["coordination"]["reachable"] is False
+
+        proxy.restore()
+        assert {r["status"] for r in service.tick().values()} == {"compliant"}
+        assert service.ready()[0]
+        assert gate.check_entry("C12/USD").code == "POSITION_CAP_REACHED"  # decided again
+    finally:
+        proxy.cut()
+        service.close()
+
+
+def test_a_fleet_config_names_redis_and_refuses_passwords():
+    """coordination_url: redis only, no inline password; state_url is the store's URL."""
+    base = fleet_config(REDIS_URL, "ns", "sqlite:///x.db")
+    assert parse_config(base).store.url == "sqlite:///x.db"
+    for bad in ("http://127.0.0.1:6379", "redis://:hunter2@127.0.0.1:6379/0"):
+        with pytest.raises(Exception, match="coordination_url") as info:
+            parse_config({**base, "coordination_url": bad})
+        assert "hunter2" not in str(info.value)
+    with pytest.raises(Exception, match="two different stores"):
+        parse_config({**base, "store": {"url": "sqlite:///y.db"}})
