@@ -8,8 +8,10 @@ import threading
 
 
 class TcpProxy:
-    """Forward 127.0.0.1:<port> to `target`; :meth:`cut` drops every connection and refuses new
-    ones, :meth:`restore` accepts again on the same port.
+    """Forward 127.0.0.1:<port> to `target`, until cut.
+
+    :meth:`cut` drops every connection and refuses new ones; :meth:`restore` accepts again on
+    the same port.
     """
 
     def __init__(self, target: tuple[str, int]) -> None:
