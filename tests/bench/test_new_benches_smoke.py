@@ -43,3 +43,12 @@ def test_outage_runs_every_strategy_against_the_emulator(capsys):
     naive_calls = int(rows["naive retry loop"][2].replace(",", ""))
     guarded_calls = int(rows["brokerguard, one shared breaker"][2].replace(",", ""))
     assert guarded_calls < naive_calls
+
+
+def test_shared_breaker_bench_measures_every_path(capsys, redis_namespace):
+    """The fleet's per-call price is measured on the real Redis (figures live in docs)."""
+    shared = load_bench("shared_breaker")
+    assert shared.main(["--calls", "50"]) == 0
+    out = capsys.readouterr().out
+    for row in ("local breaker", "shared breaker, closed", "shared breaker, open", "PING"):
+        assert f"| {row}" in out
