@@ -50,5 +50,5 @@ def test_shared_breaker_bench_measures_every_path(capsys, redis_namespace):
     shared = load_bench("shared_breaker")
     assert shared.main(["--calls", "50"]) == 0
     out = capsys.readouterr().out
-    for row in ("local breaker", "shared breaker, closed", "shared breaker, open", "PING"):
+    for row in ("local breaker", "shared breaker, closed", "shared breaker, open", "Redis PING"):
         assert f"| {row}" in out
