@@ -134,7 +134,11 @@ class PaperFaultsConfig(_Model):
 class BrokerConfig(_Model):
     """One broker connection: the in-memory paper broker, or a real exchange through ccxt."""
 
-    kind: Literal["paper", "ccxt"]
+    kind: Literal["paper", "ccxt", "paper_exchange"] = Field(
+        description="paper (in this process), ccxt (a real exchange) or paper_exchange (paper "
+        "accounts served by `python -m brokerguard.sim.paper_exchange` at api_url, which a "
+        "fleet of workers can share)"
+    )
     exchange: str | None = Field(None, description="ccxt exchange id, e.g. 'kraken' (ccxt only)")
     api_key_env: str | None = None
     api_secret_env: str | None = None
@@ -169,6 +173,10 @@ class BrokerConfig(_Model):
     def _kind_needs(self) -> Self:
         if self.kind == "ccxt" and not self.exchange:
             raise ValueError("a ccxt broker needs `exchange` (the ccxt id, e.g. 'kraken')")
+        if self.kind == "paper_exchange" and (
+            not self.api_url or self.exchange or self.api_key_env or self.api_secret_env
+        ):
+            raise ValueError("a paper_exchange broker needs api_url, and takes no exchange or keys")
         if self.kind == "paper" and (
             self.exchange or self.api_key_env or self.api_secret_env or self.api_url
         ):

@@ -396,6 +396,10 @@ class GuardService:
     def close(self) -> None:
         """Deliver pending alerts, give the fleet back this worker's accounts, release stores."""
         self.alerts.close()
+        for runtime in self.accounts.values():
+            close = getattr(runtime.broker, "close", None)  # adapters holding connections
+            if callable(close):
+                close()
         if self.leases is not None:
             with contextlib.suppress(BrokerGuardError):
                 self.leases.release_all()  # the others take over now, not after the ttl
@@ -569,6 +573,19 @@ def _make_broker(
     coordinator: RedisCoordinator | None = None,
 ) -> BaseBroker:
     name = read.broker_name
+    if config.kind == "paper_exchange":
+        from brokerguard.brokers.paper_exchange import PaperExchangeBroker  # noqa: PLC0415
+
+        return PaperExchangeBroker(
+            str(config.api_url),
+            name,
+            account_id=account.id,
+            timeout=config.timeout_s,
+            clock=clock,
+            read_breaker=read,
+            write_breaker=write,
+            rate_limiter=limiter,
+        )
     if config.kind == "paper":
         market, plan = paper or _paper_exchange(config, clock)
         return PaperBroker(

@@ -275,3 +275,49 @@ def test_a_resync_jumps_the_fleets_counter_and_keys_are_separate(redis_namespace
     assert other.next() < before + 60_000
     keys = [k.decode() for k in process(redis_namespace)._redis.keys(f"{redis_namespace}:*")]
     assert not any("api-key" in k for k in keys)  # stored under a hash, never the key
+
+
+# --------------------------------------------------------------------------- sharing the accounts
+
+
+def test_live_workers_split_the_accounts_and_a_departure_moves_only_its_share(redis_namespace):
+    """Rendezvous hashing: ~1/4 each of 1,000 accounts; when one leaves, only its share moves."""
+    from brokerguard.coordination.leases import AccountLeases  # noqa: PLC0415
+
+    workers = [AccountLeases(process(redis_namespace), ttl=5, owner=f"w{i}") for i in range(4)]
+    for worker in workers:
+        worker.begin_pass()
+    for worker in workers:
+        worker.begin_pass()  # everyone has now seen everyone
+    accounts = [f"acct-{n:04d}" for n in range(1000)]
+    owners = {a: [w.owner for w in workers if w.prefers(a)] for a in accounts}
+    assert all(len(o) == 1 for o in owners.values())  # exactly one preferred worker each
+    shares = {w.owner: sum(1 for o in owners.values() if o == [w.owner]) for w in workers}
+    assert all(180 <= n <= 320 for n in shares.values()), shares
+
+    workers[3].release_all()  # w3 leaves cleanly
+    for worker in workers[:3]:
+        worker.begin_pass()
+    after = {a: [w.owner for w in workers[:3] if w.prefers(a)] for a in accounts}
+    assert all(len(o) == 1 for o in after.values())
+    moved = [a for a in accounts if after[a] != owners[a]]
+    assert set(moved) == {a for a in accounts if owners[a] == ["w3"]}
+
+
+def test_a_worker_gives_back_an_account_another_live_worker_prefers(redis_namespace):
+    """The first worker up takes everything; a newcomer's share is handed over on the next pass."""
+    from brokerguard.coordination.leases import AccountLeases  # noqa: PLC0415
+
+    first = AccountLeases(process(redis_namespace), ttl=5, owner="first")
+    first.begin_pass()
+    accounts = [f"acct-{n}" for n in range(40)]
+    assert all(first.hold(a) is not None for a in accounts)
+    newcomer = AccountLeases(process(redis_namespace), ttl=5, owner="newcomer")
+    newcomer.begin_pass()
+    first.begin_pass()
+    for account in accounts:
+        first.hold(account)  # keeps its share, releases the newcomer's
+    theirs = [a for a in accounts if newcomer.prefers(a)]
+    assert theirs
+    assert all(newcomer.hold(a) is not None for a in theirs)
+    assert set(first.held()) == set(accounts) - set(theirs)

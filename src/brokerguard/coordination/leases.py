@@ -1,15 +1,21 @@
 """Which worker enforces which account: leases renewed every pass, fenced in the store.
 
-Every worker of a fleet runs the same loop over all accounts. Before enforcing an account it
-asks for the account's lease (:meth:`AccountLeases.hold`): it gets it if the account is free or
-already its own (that renews it), and nothing if another worker holds it. A worker that dies
-stops renewing; its accounts fall to the others within one lease ttl. The lease's fencing token
-goes with every store write of the enforcement (:meth:`StateStore.fenced`), so a worker paused
-past its lease cannot write, and so cannot send: every order is journaled before it is sent.
+Every worker of a fleet runs the same loop over all accounts. Each pass starts with a
+heartbeat (:meth:`AccountLeases.begin_pass`) that also tells who is alive; the accounts are
+spread over the live workers by rendezvous hashing, so each worker *prefers* about 1/N of them
+and the assignment moves as little as possible when a worker comes or goes. Before enforcing an
+account a worker asks for its lease (:meth:`AccountLeases.hold`), but only for the accounts it
+prefers; it gives back any other it holds. The lease arbitrates when two workers' views of the
+membership differ for a moment: at most one holds it. A worker that dies stops its heartbeat
+and its renewals; within one lease ttl its accounts are preferred by, and leased to, others.
+The lease's fencing token goes with every store write of the enforcement
+(:meth:`StateStore.fenced`), so a worker paused past its lease cannot write, and so cannot
+send: every order is journaled before it is sent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -41,13 +47,35 @@ class AccountLeases:
         self.ttl = ttl
         self.owner = owner or worker_id()
         self._held: dict[str, Lease] = {}
+        self._live: list[str] = [self.owner]
         self._lock = threading.Lock()
 
-    def hold(self, account_id: str) -> Lease | None:
-        """Take or renew the account's lease; None while another worker holds it.
+    def begin_pass(self) -> list[str]:
+        """Heartbeat, and learn the live workers (raises when Redis cannot be asked)."""
+        live = self.coordinator.heartbeat(self.owner, self.ttl)
+        with self._lock:
+            self._live = live if self.owner in live else sorted([*live, self.owner])
+            return list(self._live)
 
-        Raises CoordinationUnavailableError when Redis cannot be asked: act on nothing then.
+    def prefers(self, account_id: str) -> bool:
+        """Whether this worker ranks first for the account among the live workers (HRW)."""
+        with self._lock:
+            live = list(self._live)
+        return max(live, key=lambda worker: _score(account_id, worker)) == self.owner
+
+    def hold(self, account_id: str) -> Lease | None:
+        """Take or renew the account's lease if this worker prefers it; None otherwise.
+
+        A lease on an account another live worker now prefers is given back, so the
+        preferred worker can take it on its next pass. Raises CoordinationUnavailableError
+        when Redis cannot be asked: act on nothing then.
         """
+        if not self.prefers(account_id):
+            with self._lock:
+                stale = self._held.pop(account_id, None)
+            if stale is not None:
+                self.coordinator.release_lease(stale)
+            return None
         lease = self.coordinator.acquire_lease(account_id, self.owner, self.ttl)
         with self._lock:
             if lease is None:
@@ -61,9 +89,21 @@ class AccountLeases:
         with self._lock:
             return dict(self._held)
 
+    @property
+    def live_workers(self) -> list[str]:
+        """The live workers as of the last heartbeat."""
+        with self._lock:
+            return list(self._live)
+
     def release_all(self) -> None:
         """Give every account back (a clean shutdown: the others take over at once)."""
         with self._lock:
             leases, self._held = list(self._held.values()), {}
         for lease in leases:
             self.coordinator.release_lease(lease)
+        self.coordinator.leave(self.owner)
+
+
+def _score(account_id: str, worker: str) -> bytes:
+    """Rendezvous-hashing weight of `worker` for `account_id` (the highest one wins)."""
+    return hashlib.blake2b(f"{account_id}\x00{worker}".encode(), digest_size=8).digest()

@@ -188,6 +188,15 @@ end
 return 0
 """
 
+_HEARTBEAT: Final = (
+    _NOW_MS
+    + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+)
+
 _NONCE: Final = (
     _NOW_MS
     + """
@@ -273,6 +282,7 @@ class RedisCoordinator:
                 ("lease_renew", _LEASE_RENEW),
                 ("lease_release", _LEASE_RELEASE),
                 ("nonce", _NONCE),
+                ("heartbeat", _HEARTBEAT),
             )
         }
         self._lock = threading.Lock()
@@ -361,6 +371,17 @@ class RedisCoordinator:
             return None
         owner, _, token = bytes(raw).decode().rpartition("|")
         return owner, int(token)
+
+    def heartbeat(self, owner: str, ttl: float) -> list[str]:
+        """Say `owner` is alive; return every worker that said so within `ttl` (sorted)."""
+        live = self._run(
+            lambda: self._scripts["heartbeat"](keys=[self.key("workers")], args=[owner, _ms(ttl)])
+        )
+        return sorted(bytes(w).decode() for w in live)
+
+    def leave(self, owner: str) -> None:
+        """`owner` is shutting down: drop it from the live workers now."""
+        self._run(lambda: self._redis.zrem(self.key("workers"), owner))
 
     # ------------------------------------------------------------------ nonces
 

@@ -102,7 +102,9 @@ class PositionCapEnforcer:
         """The account this enforcer guards."""
         return self.broker.account_id
 
-    def enforce_cap(self, *, fence_token: int | None = None) -> tuple[bool, dict[str, Any]]:
+    def enforce_cap(
+        self, *, fence_token: int | None = None, fence_holder: str = ""
+    ) -> tuple[bool, dict[str, Any]]:
         """Fetch, and while over the cap run up to ``max_cycles`` cycles; return (ok, result).
 
         `fence_token` (a fleet worker's lease on the account): every store write of this step
@@ -121,7 +123,7 @@ class PositionCapEnforcer:
         if fence_token is None:
             return self._enforce()
         plain = self.store
-        fenced = plain.fenced(self.account_id, fence_token)
+        fenced = plain.fenced(self.account_id, fence_token, holder=fence_holder)
         valuator_shares = self.valuator.store is plain  # its pauses are writes too
         self.store = fenced
         if valuator_shares:

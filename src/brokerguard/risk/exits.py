@@ -205,12 +205,14 @@ class ContinuousExitEnforcer:
     def tick(self) -> dict[str, dict[str, Any]]:
         """Enforce every account once; return each account's result."""
         if self.max_concurrency == 1:
+            self._begin_pass()
             results = {}
             for enforcer in self.enforcers:
                 if self._stop.is_set():
                     break
                 results[enforcer.account_id] = self._enforce_one(enforcer)
         else:
+            self._begin_pass()
             with ThreadPoolExecutor(self.max_concurrency, "brokerguard-enforce") as pool:
                 futures = {e.account_id: pool.submit(self._enforce_one, e) for e in self.enforcers}
             results = {account: future.result() for account, future in futures.items()}
@@ -264,7 +266,9 @@ class ContinuousExitEnforcer:
                 if held["status"] == "unverified":
                     self._emit(EnforcementUnverified(account, self.clock.time(), held["reason"]))
                 return held
-            ok, result = enforcer.enforce_cap(fence_token=held)
+            ok, result = enforcer.enforce_cap(
+                fence_token=held, fence_holder="" if self.leases is None else self.leases.owner
+            )
         except LeaseLostError as exc:
             log.warning("account %s: lease lost during enforcement (%s); stopped", account, exc)
             result = _not_enforced(account, "lease_lost", str(exc))
@@ -291,6 +295,14 @@ class ContinuousExitEnforcer:
             self._results[account] = result
         self._announce(enforcer, ok, result, previous)
         return result
+
+    def _begin_pass(self) -> None:
+        if self.leases is None:
+            return
+        try:
+            self.leases.begin_pass()
+        except CoordinationUnavailableError as exc:
+            log.error("no heartbeat to the fleet (%s): every account waits this pass", exc)
 
     def _lease(self, enforcer: PositionCapEnforcer) -> int | dict[str, Any] | None:
         """The fencing token to enforce under (None: no fleet), or the result of not enforcing."""

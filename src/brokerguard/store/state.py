@@ -147,6 +147,7 @@ class StateStore:
         self._any_lock = threading.RLock() if in_memory else None
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._fence: tuple[str, int] | None = None
+        self._fence_holder = ""
         try:
             with _held(self._any_lock):
                 self._guard(self._create_or_migrate)
@@ -154,14 +155,16 @@ class StateStore:
             self._engine.dispose()
             raise
 
-    def fenced(self, account_id: str, token: int) -> StateStore:
+    def fenced(self, account_id: str, token: int, *, holder: str = "") -> StateStore:
         """Return a view of this store whose every write first checks `token` for `account_id`.
 
         A worker holding an account's lease writes through this view with the lease's fencing
         token. The store keeps the highest token that wrote for each account, in the same
         transaction as the write; a write with a lower token (a worker whose lease expired
         while it was paused) is refused with :class:`LeaseLostError` and changes nothing.
-        The view shares the engine: it is cheap, one per lease.
+        The view shares the engine: it is cheap, one per lease. Audit records written through
+        it carry ``fence_token`` (and the ``worker`` `holder`) in their details: the evidence
+        of who acted on the account under which lease.
         """
         _require("account_id", account_id)
         problems = int_problem("token", token, minimum=1)
@@ -169,6 +172,7 @@ class StateStore:
             raise ConfigurationError("invalid fencing token: " + "; ".join(problems))
         view = copy.copy(self)
         view._fence = (account_id, token)  # noqa: SLF001 (a copy of this very class)
+        view._fence_holder = holder  # noqa: SLF001
         return view
 
     def fence_token(self, account_id: str) -> int | None:
@@ -521,6 +525,8 @@ class StateStore:
         details: Mapping[str, Any],
         now: float,
     ) -> None:
+        if self._fence is not None:
+            details = {**details, "fence_token": self._fence[1], "worker": self._fence_holder}
         conn.execute(
             insert(AUDIT_LOG).values(
                 at=now,
