@@ -134,3 +134,27 @@ def test_an_intent_and_its_audit_record_are_written_together_or_not_at_all(clock
         )
     assert store.journal("acct") == []
     assert store.audit_log("acct") == []
+
+
+def test_a_stale_fence_token_stops_the_enforcer_before_any_order(clock, store):
+    """A worker whose lease was taken over (token 7 < 8) cannot journal, so it cannot send."""
+    from brokerguard.errors import LeaseLostError  # noqa: PLC0415
+
+    prices = coins(10)
+    broker = paper_account(clock, prices=prices, positions=dict.fromkeys(prices, "1"))
+    store.fenced(broker.account_id, 8, holder="worker-b").record_audit(
+        broker.account_id, "took_over", "worker-b", "lease 8"
+    )
+    with pytest.raises(LeaseLostError):
+        PositionCapEnforcer(broker, 8, store=store).enforce_cap(
+            fence_token=7, fence_holder="worker-a"
+        )
+    assert broker.all_orders() == []
+    assert store.journal(broker.account_id) == []
+    ok, _ = PositionCapEnforcer(broker, 8, store=store).enforce_cap(
+        fence_token=8, fence_holder="worker-b"
+    )
+    assert ok
+    assert len(broker.all_orders()) == 2
+    audit = [r for r in store.audit_log(broker.account_id) if r.action == "liquidation_order"]
+    assert {(r.details["fence_token"], r.details["worker"]) for r in audit} == {(8, "worker-b")}

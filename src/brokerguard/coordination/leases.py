@@ -16,10 +16,13 @@ send: every order is journaled before it is sent.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 import threading
+import time
 import uuid
+from collections.abc import Iterable
 
 from brokerguard.coordination.redis_coordinator import Lease, RedisCoordinator
 
@@ -48,14 +51,50 @@ class AccountLeases:
         self.owner = owner or worker_id()
         self._held: dict[str, Lease] = {}
         self._live: list[str] = [self.owner]
+        self._beat_at = -math.inf
+        self._accounts: list[str] = []
         self._lock = threading.Lock()
 
-    def begin_pass(self) -> list[str]:
-        """Heartbeat, and learn the live workers (raises when Redis cannot be asked)."""
+    def begin_pass(self, accounts: Iterable[str] | None = None) -> list[str]:
+        """Heartbeat, learn the live workers, and claim the free accounts this worker prefers.
+
+        `accounts` (the fleet's accounts) is remembered for later claims. Claiming at once,
+        rather than when the pass reaches each account, is what makes a takeover take one
+        lease ttl and not one ttl plus a whole pass. Raises when Redis cannot be asked.
+        """
         live = self.coordinator.heartbeat(self.owner, self.ttl)
         with self._lock:
+            changed = live != self._live
             self._live = live if self.owner in live else sorted([*live, self.owner])
-            return list(self._live)
+            self._beat_at = time.monotonic()  # wall-clock-ok: paced like the lease ttl, in Redis
+            if accounts is not None:
+                self._accounts = list(accounts)
+                changed = True
+            known = list(self._accounts)
+            held = set(self._held)
+        if changed:
+            for account_id in held:  # hand over what a newcomer now prefers
+                if not self.prefers(account_id):
+                    with self._lock:
+                        stale = self._held.pop(account_id, None)
+                    if stale is not None:
+                        self.coordinator.release_lease(stale)
+            for account_id in known:
+                if account_id not in held and self.prefers(account_id):
+                    lease = self.coordinator.acquire_lease(account_id, self.owner, self.ttl)
+                    if lease is not None:
+                        with self._lock:
+                            self._held[account_id] = lease
+        return live
+
+    def _fresh_membership(self) -> None:
+        """Heartbeat again when a long pass has outlived a third of the ttl.
+
+        Membership then follows a departure mid-pass, so accounts later in the pass move to
+        the survivors sooner; the heartbeat still only beats while passes make progress.
+        """
+        if time.monotonic() - self._beat_at > self.ttl / 3:  # wall-clock-ok
+            self.begin_pass()
 
     def prefers(self, account_id: str) -> bool:
         """Whether this worker ranks first for the account among the live workers (HRW)."""
@@ -70,6 +109,7 @@ class AccountLeases:
         preferred worker can take it on its next pass. Raises CoordinationUnavailableError
         when Redis cannot be asked: act on nothing then.
         """
+        self._fresh_membership()
         if not self.prefers(account_id):
             with self._lock:
                 stale = self._held.pop(account_id, None)

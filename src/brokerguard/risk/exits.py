@@ -300,7 +300,7 @@ class ContinuousExitEnforcer:
         if self.leases is None:
             return
         try:
-            self.leases.begin_pass()
+            self.leases.begin_pass([e.account_id for e in self.enforcers])
         except CoordinationUnavailableError as exc:
             log.error("no heartbeat to the fleet (%s): every account waits this pass", exc)
 

@@ -18,6 +18,7 @@ API (JSON; ``{id}`` an account id)::
     GET  /accounts/{id}/orders/{cid}     the order, or 404
     GET  /admin/accounts/{id}            true positions and every order (for tests)
     GET  /admin/stats                    orders and refusals by reason
+    GET  /admin/positions                how many positions each account holds
 
 Run on its own: ``python -m brokerguard.sim.paper_exchange --accounts 1000 --positions 6``
 prints its URL.
@@ -175,6 +176,8 @@ class PaperExchange:
     def _admin(self, parts: list[str]) -> tuple[int, Any]:
         if parts == ["stats"]:
             return 200, self.stats()
+        if parts == ["positions"]:
+            return 200, {a: len(b.true_positions()) for a, b in self._accounts.items()}
         broker = self._broker(parts[1]) if len(parts) == 2 and parts[0] == "accounts" else None  # noqa: PLR2004
         if broker is None:
             return 404, {"error": "unknown admin path or account"}

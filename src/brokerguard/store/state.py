@@ -494,6 +494,10 @@ class StateStore:
 
     def _create_or_migrate(self) -> None:
         with self._engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Workers of a fleet start together: one creates or migrates, the others wait
+                # and find it done (without it: "tuple concurrently updated" on the DDL).
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
             METADATA.create_all(conn)
             for statement in APPEND_ONLY_DDL.get(self.dialect, []):
                 conn.execute(text(statement))
@@ -599,6 +603,9 @@ class StateStore:
 
     def __repr__(self) -> str:
         return f"StateStore({self.safe_url!r})"
+
+
+_SCHEMA_LOCK: Final = 0x6267_7363_6865_6D61  # "bgschema": the advisory lock of the DDL
 
 
 def _make_engine(url: str) -> Engine:
