@@ -52,7 +52,7 @@ from brokerguard.risk.valuation import Valuator
 from brokerguard.store.state import StateStore, open_store
 
 if TYPE_CHECKING:  # a fleet needs redis, an optional dependency
-    from brokerguard.coordination import RedisCoordinator
+    from brokerguard.coordination import RedisCoordinator, SharedSlots
     from brokerguard.coordination.leases import AccountLeases
 
 __all__ = [
@@ -162,8 +162,10 @@ class GuardService:
         # A fleet (coordination_url): breakers, account leases and nonces live in Redis.
         self.coordinator: RedisCoordinator | None = None
         self.leases: AccountLeases | None = None
+        self._slots: SharedSlots | None = None
         if config.coordination_url is not None:
             self.coordinator, self.leases = _fleet(config)
+            self._slots = _shared_slots(self.coordinator)
         self.breakers: dict[str, dict[str, BrokerCircuitBreaker]] = {
             name: self._breakers_for(name) for name in config.brokers
         }
@@ -260,6 +262,7 @@ class GuardService:
             store=self.store,
             clock=self.clock,
             max_position_age=account.max_position_age_s,
+            slots=self._slots,
         )
         return AccountRuntime(account, broker, enforcer, gate)
 
@@ -552,6 +555,12 @@ def _fleet(config: BrokerGuardConfig) -> tuple[RedisCoordinator, AccountLeases]:
         str(config.coordination_url), namespace=settings.namespace, timeout=settings.timeout_s
     )
     return coordinator, AccountLeases(coordinator, ttl=settings.lease_ttl_s)
+
+
+def _shared_slots(coordinator: RedisCoordinator) -> SharedSlots:
+    from brokerguard.coordination import SharedSlots  # noqa: PLC0415 (optional)
+
+    return SharedSlots(coordinator)
 
 
 def _shared_breaker_class() -> type[BrokerCircuitBreaker]:

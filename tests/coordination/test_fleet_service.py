@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
 
 from brokerguard.config import parse_config
 from brokerguard.risk import COORDINATION_UNAVAILABLE
+from brokerguard.server import create_app
 from brokerguard.service import GuardService
 from tests.conftest import REDIS_URL
 
@@ -78,11 +80,16 @@ def test_redis_gone_mid_run_blocks_trading_and_enforcement_until_it_returns(
         ready, reasons = service.ready()
         assert not ready
         assert any("coordination store unreachable" in r for r in reasons)
+        http = TestClient(create_app(service, control_token=None))
+        answer = http.get("/readyz")
+        assert answer.status_code == 503
+        assert any("coordination" in r for r in answer.json()["reasons"])
         assert service.status()["service"]["coordination"]["reachable"] is False
 
         proxy.restore()
         assert {r["status"] for r in service.tick().values()} == {"compliant"}
         assert service.ready()[0]
+        assert http.get("/readyz").status_code == 200
         assert gate.check_entry("C12/USD").code == "POSITION_CAP_REACHED"  # decided again
     finally:
         proxy.cut()

@@ -321,3 +321,51 @@ def test_a_worker_gives_back_an_account_another_live_worker_prefers(redis_namesp
     assert theirs
     assert all(newcomer.hold(a) is not None for a in theirs)
     assert set(first.held()) == set(accounts) - set(theirs)
+
+
+# --------------------------------------------------------------------------- fleet-wide slots
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_two_processes_gates_share_one_accounts_cap(redis_namespace, clock, shared):
+    """32 threads through two processes' gates race for 8 slots of one account.
+
+    With SharedSlots the fleet opens at most 8 positions; without (the control), each gate
+    counts only its own reservations and the account blows through its cap.
+    """
+    from brokerguard.coordination import SharedSlots  # noqa: PLC0415
+    from brokerguard.risk import EntryDenied, TradingGate  # noqa: PLC0415
+    from tests.risk.worlds import coins, paper_account  # noqa: PLC0415
+
+    prices = coins(40)
+    broker = paper_account(clock, prices=prices, positions={}, settle_delay=0)
+    gates = [
+        TradingGate(
+            broker,
+            8,
+            clock=clock,
+            slots=SharedSlots(process(redis_namespace)) if shared else None,
+        )
+        for _ in range(2)
+    ]
+    start = threading.Barrier(32)
+    symbols = list(prices)
+
+    def enter(n: int) -> None:
+        gate = gates[n % 2]
+        start.wait()
+        with contextlib.suppress(EntryDenied), gate.reserve_entry(symbols[n]):
+            time.sleep(0.01)  # wall-clock-ok: the order is in flight while others race
+            broker.place_market_order(symbols[n], "buy", 1, client_order_id=f"e{n}")
+
+    threads = [threading.Thread(target=enter, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    held = len(broker.true_positions())
+    if shared:
+        assert held <= 8
+        assert held == 8  # and the slots were all used
+    else:
+        assert held > 8  # the control: two gates, two caps

@@ -8,6 +8,7 @@ state in :mod:`brokerguard.coordination.redis_coordinator`.
 from brokerguard.coordination.breaker import SharedCircuitBreaker
 from brokerguard.coordination.nonces import RedisNonceSource
 from brokerguard.coordination.redis_coordinator import Lease, RedisCoordinator, SharedBreakerState
+from brokerguard.coordination.slots import SharedSlots
 
 __all__ = [
     "Lease",
@@ -15,4 +16,5 @@ __all__ = [
     "RedisNonceSource",
     "SharedBreakerState",
     "SharedCircuitBreaker",
+    "SharedSlots",
 ]

@@ -23,9 +23,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 import redis
 from redis.commands.core import Script
@@ -35,6 +35,8 @@ from brokerguard.errors import ConfigurationError, CoordinationUnavailableError
 __all__ = ["Lease", "RedisCoordinator", "SharedBreakerState"]
 
 log = logging.getLogger("brokerguard.coordination")
+
+T = TypeVar("T")
 
 _NOW_MS: Final = """
 local t = redis.call('TIME')
@@ -315,6 +317,19 @@ class RedisCoordinator:
     def status(self) -> dict[str, Any]:
         """For /status and the CLI: where, whether reachable, and why not."""
         return {"url": self.safe_url, "reachable": self._reachable, "reason": self._reason}
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client (for other coordination pieces: register scripts, commands)."""
+        return self._redis
+
+    def run(self, command: Callable[[], T]) -> T:
+        """Run a Redis command through the fail-closed seam.
+
+        A Redis error becomes :class:`CoordinationUnavailableError` and marks the coordinator
+        unreachable; the next good answer marks it reachable again.
+        """
+        return cast("T", self._run(command))
 
     def key(self, *parts: str) -> str:
         """The namespaced key for `parts` (``brokerguard:breaker:kraken:read``)."""

@@ -25,14 +25,22 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.brokers.base import BaseBroker, PositionSnapshot
 from brokerguard.clock import Clock
-from brokerguard.errors import BlockedError, BrokerGuardError, ConfigurationError
+from brokerguard.errors import (
+    BlockedError,
+    BrokerGuardError,
+    ConfigurationError,
+    CoordinationUnavailableError,
+)
 from brokerguard.resilience.state import BrokerHealthState
 from brokerguard.store.state import StateStore
+
+if TYPE_CHECKING:  # the fleet's slots are optional (they need redis)
+    from brokerguard.coordination.slots import SharedSlots
 
 __all__ = [
     "ACCOUNT_HALTED",
@@ -152,6 +160,9 @@ class TradingGate:
             later.
         refetch_when_degraded: True (default): while the read breaker is DEGRADED, a cached
             snapshot is not enough; the gate fetches afresh (refusing if that fails).
+        slots: in a fleet, :class:`~brokerguard.coordination.SharedSlots`: every reservation
+            is also taken fleet-wide, so processes sharing an account share its cap (Redis
+            unreachable: COORDINATION_UNAVAILABLE).
     """
 
     def __init__(
@@ -165,6 +176,7 @@ class TradingGate:
         pending_entry_ttl: float = 600.0,
         position_memory: float = 60.0,
         refetch_when_degraded: bool = True,
+        slots: SharedSlots | None = None,
     ) -> None:
         problems = [
             *int_problem("max_positions", max_positions, minimum=0),
@@ -182,6 +194,8 @@ class TradingGate:
         self.pending_entry_ttl = float(pending_entry_ttl)
         self.position_memory = float(position_memory)
         self.refetch_when_degraded = refetch_when_degraded
+        self.slots = slots
+        self._fleet_tokens: dict[int, str] = {}  # local token -> the fleet's reservation
         self._seen: dict[str, float] = {}  # symbol -> start of the latest fetch that showed it
         self._listeners: list[Callable[[str, Decision], object]] = []
         self._lock = threading.Lock()
@@ -278,8 +292,13 @@ class TradingGate:
                 )
             token = None
             if reserve:
+                fleet = self._reserve_in_fleet(symbol, occupied)
+                if isinstance(fleet, Decision):
+                    return fleet, None
                 token = next(self._tokens)
                 self._reserved[token] = symbol
+                if fleet is not None:
+                    self._fleet_tokens[token] = fleet
             return (
                 Decision.allow(
                     ALLOWED,
@@ -380,8 +399,33 @@ class TradingGate:
                     self.pending_entry_ttl,
                 )
 
+    def _reserve_in_fleet(self, symbol: str, occupied: set[str]) -> str | Decision | None:
+        """Take the slot fleet-wide too (caller holds the lock); a Decision when refused."""
+        if self.slots is None:
+            return None
+        try:
+            fleet = self.slots.reserve(self.account_id, symbol, self.max_positions, occupied)
+        except CoordinationUnavailableError:
+            return Decision.deny(COORDINATION_UNAVAILABLE, store=self.slots.coordinator.safe_url)
+        if fleet is None:
+            return Decision.deny(
+                POSITION_CAP_REACHED, open=len(occupied), fleet="yes", cap=self.max_positions
+            )
+        return fleet
+
     def _release(self, token: int, *, filled: bool) -> None:
         with self._lock:
             symbol = self._reserved.pop(token, None)
             if symbol is not None and filled:
                 self._filled[symbol] = self.clock.monotonic()
+            fleet = self._fleet_tokens.pop(token, None)
+        if fleet is None or self.slots is None:
+            return
+        try:
+            if filled:
+                self.slots.filled(self.account_id, fleet, self.pending_entry_ttl)
+            else:
+                self.slots.release(self.account_id, fleet)
+        except CoordinationUnavailableError as exc:
+            # The reservation expires by itself; until then it only errs towards "full".
+            log.warning("fleet slot %s of %s not updated: %s", fleet, self.account_id, exc)
