@@ -176,3 +176,12 @@ def test_an_api_url_replaces_every_api_url_of_the_exchange(monkeypatch):
     assert exchange.enableRateLimit is False  # brokerguard's limiter paces the calls
     assert exchange.timeout == 10_000
     service.close()
+
+
+def test_the_fleet_example_validates():
+    """examples/fleet.toml: a PostgreSQL store, Redis coordination, a paper exchange."""
+    config = load_config(EXAMPLE.parent / "fleet.toml")
+    assert config.store.url.startswith("postgresql://")
+    assert config.coordination_url == "redis://127.0.0.1:6379/0"
+    assert config.brokers["exchange"].kind == "paper_exchange"
+    assert config.coordination.lease_ttl_s == 30

@@ -422,8 +422,9 @@ def enforce(
     _known_account(config, account)
     service = GuardService(config)
     try:
-        enforcer = service.account(account).enforcer
-        result = enforcer.plan() if dry_run else enforcer.enforce_cap()[1]
+        result = (
+            service.account(account).enforcer.plan() if dry_run else service.enforce_once(account)
+        )
     finally:
         service.close()
 

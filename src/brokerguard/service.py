@@ -310,6 +310,34 @@ class GuardService:
         self.watch_operator_actions()
         return self.exits.tick()
 
+    def enforce_once(self, account_id: str) -> dict[str, Any]:
+        """Enforce one account now (the CLI's ``enforce``), under its lease in a fleet.
+
+        In a fleet the account's lease is taken first, whichever worker prefers it: if a
+        worker holds it now, nothing is done (``status: "held_elsewhere"``), because two
+        enforcers on one account could sell one position twice.
+        """
+        enforcer = self.account(account_id).enforcer
+        if self.leases is None:
+            return enforcer.enforce_cap()[1]
+        holder = (self.coordinator.lease_holder(account_id) if self.coordinator else None) or (
+            "",
+            0,
+        )
+        lease = self.leases.take(account_id)
+        if lease is None:
+            return {
+                "account_id": account_id,
+                "status": "held_elsewhere",
+                "position_count": None,
+                "max_positions": enforcer.max_positions,
+                "reason": f"worker {holder[0]} holds this account's lease; nothing was done",
+            }
+        try:
+            return enforcer.enforce_cap(fence_token=lease.token, fence_holder=self.leases.owner)[1]
+        finally:
+            self.leases.give_back(account_id)
+
     def strategy_step(self, account_id: str) -> str:
         """One move of the demo strategy: try to open a position, through the gate.
 

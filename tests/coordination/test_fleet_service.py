@@ -6,9 +6,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from brokerguard.config import parse_config
+from brokerguard.coordination import RedisCoordinator
 from brokerguard.risk import COORDINATION_UNAVAILABLE
 from brokerguard.server import create_app
 from brokerguard.service import GuardService
+from brokerguard.store import open_store
 from tests.conftest import REDIS_URL
 
 from .proxy import TcpProxy
@@ -106,3 +108,43 @@ def test_a_fleet_config_names_redis_and_refuses_passwords():
         assert "hunter2" not in str(info.value)
     with pytest.raises(Exception, match="two different stores"):
         parse_config({**base, "store": {"url": "sqlite:///y.db"}})
+
+
+def test_the_cli_works_the_same_on_a_fleet_config(redis_namespace, pg_url, tmp_path, capsys):
+    """halt, status, enforce and resume from the CLI on a Redis + PostgreSQL config."""
+    import json  # noqa: PLC0415
+
+    from brokerguard.cli import main  # noqa: PLC0415
+
+    config = tmp_path / "fleet.toml"
+    data = fleet_config(REDIS_URL, redis_namespace, pg_url)
+    accounts = "\n".join(
+        f'[[accounts]]\nid = "{a["id"]}"\nbroker = "paper"\nmax_positions = 4\n'
+        f"positions = {json.dumps(a['positions']).replace(':', ' =')}\n"
+        for a in data["accounts"]
+    )
+    config.write_text(
+        f'state_url = "{pg_url}"\ncoordination_url = "{REDIS_URL}"\nalerts = []\n'
+        f'[coordination]\nnamespace = "{redis_namespace}"\n'
+        f'[brokers.paper]\nkind = "paper"\nsettle_delay_s = 0\n'
+        f"prices = {json.dumps(PRICES).replace(':', ' =')}\n{accounts}"
+    )
+    args = ["--config", str(config)]
+    assert main(["halt", "acct-1", "--reason", "review", "--operator", "ops", *args]) == 0
+    assert main(["enforce", "acct-2", *args]) == 0  # under its lease, fenced
+    store = open_store(pg_url)
+    assert store.fence_token("acct-2") >= 1
+    worker = RedisCoordinator(REDIS_URL, namespace=redis_namespace)
+    assert worker.acquire_lease("acct-0", "worker-x", 30) is not None  # a worker has it
+    capsys.readouterr()
+    assert main(["enforce", "acct-0", "--json", *args]) == 1
+    assert json.loads(capsys.readouterr().out)["status"] == "held_elsewhere"
+    assert store.fence_token("acct-0") is None  # nothing was written for it
+    worker.close()
+    capsys.readouterr()
+    assert main(["status", "--json", *args]) == 1  # a halted account is a problem to show
+    status = json.loads(capsys.readouterr().out)
+    assert [h["account_id"] for h in status["halts"]] == ["acct-1"]
+    assert main(["resume", "acct-1", "--operator", "ops", "--reason", "done", *args]) == 0
+    assert store.halts() == []
+    store.close()

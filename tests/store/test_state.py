@@ -204,10 +204,14 @@ def test_unknown_urls_are_refused():
         open_store("mysql://root@localhost/test")
 
 
-@pytest.mark.parametrize("kind", ["file", "memory"])
-def test_concurrent_writers_and_readers_lose_nothing(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["file", "memory", "postgresql"])
+def test_concurrent_writers_and_readers_lose_nothing(tmp_path, kind, request):
     """8 threads halting, pausing, reading and auditing at once: every record lands."""
-    url = f"sqlite:///{tmp_path / 'state.db'}" if kind == "file" else "sqlite://"
+    url = {
+        "file": lambda: f"sqlite:///{tmp_path / 'state.db'}",
+        "memory": lambda: "sqlite://",
+        "postgresql": lambda: request.getfixturevalue("pg_url"),
+    }[kind]()
     store = open_store(url)
 
     def work(n: int) -> None:
@@ -226,6 +230,7 @@ def test_concurrent_writers_and_readers_lose_nothing(tmp_path, kind):
     assert len(store.halts()) == 8
     assert len(store.audit_log(limit=10_000)) == 8 * (25 + 25 + 1)
     assert all(len(store.paused_symbols(f"acct-{n}")) == 25 for n in range(8))
+    store.close()
 
 
 def test_a_halt_survives_sigkill_right_after_halt_returns(tmp_path):

@@ -129,6 +129,24 @@ class AccountLeases:
         with self._lock:
             return dict(self._held)
 
+    def take(self, account_id: str) -> Lease | None:
+        """Take the account's lease whoever prefers it; None if a worker holds it now.
+
+        For an operator's one-off step (``brokerguard enforce``), not for the loop.
+        """
+        lease = self.coordinator.acquire_lease(account_id, self.owner, self.ttl)
+        if lease is not None:
+            with self._lock:
+                self._held[account_id] = lease
+        return lease
+
+    def give_back(self, account_id: str) -> None:
+        """Release the account's lease now, if this worker holds it."""
+        with self._lock:
+            lease = self._held.pop(account_id, None)
+        if lease is not None:
+            self.coordinator.release_lease(lease)
+
     @property
     def live_workers(self) -> list[str]:
         """The live workers as of the last heartbeat."""
