@@ -124,6 +124,20 @@ class _StatusCollector(Collector):
             [],
             [([], int(service["store_ok"]))],
         )
+        coordination = service["coordination"]
+        if coordination["mode"] == "redis":
+            yield _gauge(
+                "brokerguard_coordination_up",
+                "1 when the fleet's Redis answers (0: trading blocked fleet-wide).",
+                [],
+                [([], int(coordination["reachable"]))],
+            )
+            yield _gauge(
+                "brokerguard_account_lease_held",
+                "1 for each account whose lease this worker holds (it enforces it).",
+                ["account"],
+                [([a], 1) for a in coordination["accounts_held"]],
+            )
         breaker_rows = [
             (name, scope, report)
             for name, broker in status["brokers"].items()

@@ -49,6 +49,9 @@ def test_one_worker_enforces_each_account_and_a_clean_exit_hands_them_over(redis
     status = a.status()["service"]["coordination"]
     assert status["mode"] == "redis"
     assert status["accounts_held"] == ["acct-0", "acct-1", "acct-2"]
+    scrape = TestClient(create_app(a, control_token=None)).get("/metrics").text
+    assert "brokerguard_coordination_up 1.0" in scrape
+    assert 'brokerguard_account_lease_held{account="acct-2"} 1.0' in scrape
     a.close()  # releases the leases
 
     second = b.tick()
