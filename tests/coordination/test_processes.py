@@ -54,7 +54,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(url, timeout=60) as answer:  # noqa: S310 (loopback)
         return json.loads(answer.read())
 
 
@@ -122,7 +122,12 @@ class Fleet:
 
     def __init__(self, tmp_path: Path, pg_url: str, namespace: str) -> None:
         self.tmp_path, self.pg_url, self.namespace = tmp_path, pg_url, namespace
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The processes run untraced: coverage in 5 busy processes on 2 cores starves them.
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("COV_", "COVERAGE"))},
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.store = open_store(pg_url)
         self.client = redis.Redis.from_url(REDIS_URL)
         self.exchange = subprocess.Popen(  # noqa: S603
             [
@@ -165,8 +170,11 @@ class Fleet:
         victim = self.workers[0]
 
         def liquidating() -> bool:
-            orders = get_json(f"{self.url}/admin/stats").get("orders", 0)
-            return len(self.owned_by(victim)) >= ACCOUNTS // (2 * WORKERS) and orders >= 50
+            # The victim holds its share and has sold under its leases: it dies mid-work.
+            if len(self.owned_by(victim)) < ACCOUNTS // (2 * WORKERS):
+                return False
+            recent = self.store.audit_log(limit=500)
+            return any(f":{victim.pid}:" in str(r.details.get("worker")) for r in recent)
 
         wait_for(liquidating, 120, "the fleet to be liquidating")
         outcome.victim_accounts = self.owned_by(victim)
@@ -180,7 +188,15 @@ class Fleet:
                 a in owners and f":{victim.pid}:" not in owners[a] for a in outcome.victim_accounts
             )
 
-        wait_for(taken_over, 60, "the victim's accounts to be taken over")
+        try:
+            wait_for(taken_over, 60, "the victim's accounts to be taken over")
+        except BaseException:
+            owners = leases(self.client, self.namespace)
+            left = sorted(
+                a for a in outcome.victim_accounts if f":{victim.pid}:" in owners.get(a, ":-:")
+            )
+            print(f"not taken over: {left[:10]} ({len(left)} in all)")  # noqa: T201
+            raise
         outcome.takeover = time.monotonic() - killed_at  # wall-clock-ok
 
     def account(self, n: int) -> dict:
@@ -207,6 +223,7 @@ class Fleet:
         if self.exchange.stdout is not None:
             self.exchange.stdout.close()
         self.client.close()
+        self.store.close()
 
 
 def assert_one_worker_per_account_at_a_time(store) -> set[str]:
@@ -237,11 +254,14 @@ def test_four_workers_share_the_accounts_and_survive_a_sigkill(tmp_path, pg_url,
         fleet.start_workers()
         fleet.kill_one_mid_enforcement(outcome)
         fleet.finish(outcome)
+    except BaseException:
+        store.close()
+        raise
     finally:
         fleet.close()
 
     # Takeover: the victim's leases and heartbeat expire after one ttl; the survivors claim its
-    # accounts as soon as their next heartbeat shows it gone (measured: 3.4-5.3 s for a 3 s ttl).
+    # accounts at their next heartbeat (measured: 3.3-4.2 s for a 3 s ttl).
     assert outcome.takeover <= LEASE_TTL + TAKEOVER_SLACK, outcome.takeover
     # No order twice, by id or by effect; nothing oversold; exactly the excess sold.
     stats, orders = outcome.stats, outcome.orders

@@ -64,27 +64,27 @@ class AccountLeases:
         """
         live = self.coordinator.heartbeat(self.owner, self.ttl)
         with self._lock:
-            changed = live != self._live
             self._live = live if self.owner in live else sorted([*live, self.owner])
             self._beat_at = time.monotonic()  # wall-clock-ok: paced like the lease ttl, in Redis
             if accounts is not None:
                 self._accounts = list(accounts)
-                changed = True
             known = list(self._accounts)
             held = set(self._held)
-        if changed:
-            for account_id in held:  # hand over what a newcomer now prefers
-                if not self.prefers(account_id):
+        for account_id in held:  # hand over what a newcomer now prefers
+            if not self.prefers(account_id):
+                with self._lock:
+                    stale = self._held.pop(account_id, None)
+                if stale is not None:
+                    self.coordinator.release_lease(stale)
+        # Claim what this worker prefers and does not hold: at every heartbeat, not only when
+        # the membership changes, because a departed worker's leases can outlive its heartbeat
+        # by a moment (its last renewals came after its last heartbeat).
+        for account_id in known:
+            if account_id not in held and self.prefers(account_id):
+                lease = self.coordinator.acquire_lease(account_id, self.owner, self.ttl)
+                if lease is not None:
                     with self._lock:
-                        stale = self._held.pop(account_id, None)
-                    if stale is not None:
-                        self.coordinator.release_lease(stale)
-            for account_id in known:
-                if account_id not in held and self.prefers(account_id):
-                    lease = self.coordinator.acquire_lease(account_id, self.owner, self.ttl)
-                    if lease is not None:
-                        with self._lock:
-                            self._held[account_id] = lease
+                        self._held[account_id] = lease
         return live
 
     def _fresh_membership(self) -> None:
