@@ -105,7 +105,11 @@ class SharedCircuitBreaker(BrokerCircuitBreaker):
         if not is_breaking_enabled():
             return True
         try:
-            self._adopt(self._coordinator.breaker("read", self._key, self._ms[0]))
+            self._adopt(
+                self._coordinator.breaker(
+                    "read", self._key, str(self.success_threshold), self._ms[0]
+                )
+            )
         except CoordinationUnavailableError:
             return False
         return self._state is CircuitState.CLOSED

@@ -45,23 +45,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # Every breaker script answers {state, allowed, probe, failures, remaining_ms, rt_ms, gen}.
 # remaining_ms: -1 = none (closed, or forced open: no automatic probe).
-_BREAKER_READ: Final = (
-    _NOW_MS
-    + """
-local h = redis.call('HMGET', KEYS[1], 'state', 'failures', 'open_until', 'rt', 'probes', 'gen')
-local state = h[1] or 'closed'
-local failures = tonumber(h[2]) or 0
-local open_until = tonumber(h[3]) or 0
-local rt = tonumber(h[4]) or tonumber(ARGV[1])
-local gen = tonumber(h[6]) or 0
-local remaining = -1
-if state == 'open' then remaining = math.max(0, open_until - now) end
-if state == 'half_open' then remaining = 0 end
-return {state, state == 'closed' and 1 or 0, 0, failures, remaining, rt, gen}
-"""
-)
-
-_BREAKER_ADMIT: Final = (
+# read and admit take ARGV = (success_threshold, base recovery timeout in ms).
+_LOAD_CIRCUIT: Final = (
     _NOW_MS
     + """
 local h = redis.call('HMGET', KEYS[1], 'state', 'failures', 'open_until', 'rt', 'probes', 'gen')
@@ -71,6 +56,22 @@ local open_until = tonumber(h[3]) or 0
 local rt = tonumber(h[4]) or tonumber(ARGV[2])
 local probes = tonumber(h[5]) or 0
 local gen = tonumber(h[6]) or 0
+"""
+)
+
+_BREAKER_READ: Final = (
+    _LOAD_CIRCUIT
+    + """
+local remaining = -1
+if state == 'open' then remaining = math.max(0, open_until - now) end
+if state == 'half_open' then remaining = 0 end
+return {state, state == 'closed' and 1 or 0, 0, failures, remaining, rt, gen}
+"""
+)
+
+_BREAKER_ADMIT: Final = (
+    _LOAD_CIRCUIT
+    + """
 if state == 'closed' then return {state, 1, 0, failures, -1, rt, gen} end
 if state == 'forced' then return {state, 0, 0, failures, -1, rt, gen} end
 if state == 'open' then

@@ -40,12 +40,13 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
+
+from brokerguard.sim._http import LoopbackServer, serve_until_terminated
 
 __all__ = ["KrakenEmulator", "KrakenPair", "RecordedRequest", "running_kraken"]
 
@@ -198,33 +199,18 @@ class KrakenEmulator:
             fill_market_orders=fill_market_orders,
             fill_delay=fill_delay,
         )
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackServer(self.handle, name="kraken-emulator")
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, port: int = 0) -> Self:
         """Listen on 127.0.0.1 (`port` 0: an ephemeral port) in a background thread."""
-        handler = _make_handler(self)
-        self._server = _QuietServer(("127.0.0.1", port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},  # stop() waits up to one poll interval
-            name="kraken-emulator",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start(port)
         return self
 
     def stop(self) -> None:
         """Stop listening and wait for the server thread."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        self._http.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -235,10 +221,7 @@ class KrakenEmulator:
     @property
     def url(self) -> str:
         """Base URL, to put in ``exchange.urls["api"]["public"]`` and ``["private"]``."""
-        if self._server is None:
-            raise RuntimeError("the emulator is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._http.url
 
     # ------------------------------------------------------------------ test controls
 
@@ -651,43 +634,6 @@ def _apply_fault(fault: str) -> tuple[int, bytes]:
     return _envelope([fault])
 
 
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that timed out on a "slow" fault hangs up before the answer: expected here.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-def _make_handler(emulator: KrakenEmulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # keep-alive + Nagle + delayed ACK = 40 ms per request
-
-        def _serve(self, method: str) -> None:
-            split = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            status, payload = emulator.handle(method, split.path, split.query, headers, body)
-            self.send_response(status)
-            content = "application/json" if payload.startswith(b"{") else "text/html"
-            self.send_header("Content-Type", content)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def do_GET(self) -> None:  # (http.server's name)
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-            """Stay quiet: tests read the recorded requests instead."""
-
-    return Handler
-
-
 @contextmanager
 def running_kraken(**kwargs: Any) -> Iterator[KrakenEmulator]:
     """Run a :class:`KrakenEmulator` for the duration of a ``with`` block."""
@@ -699,9 +645,8 @@ def running_kraken(**kwargs: Any) -> Iterator[KrakenEmulator]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve the emulator until interrupted; print its URL first (see the module docstring)."""
+    """Serve the emulator until SIGTERM; print its URL first (see the module docstring)."""
     import argparse  # noqa: PLC0415 (only the command line needs it)
-    import signal  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description="A Kraken REST emulator on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -711,13 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     emulator = KrakenEmulator(
         fill_delay=args.fill_delay, record_requests=False, admin=args.admin
     ).start(port=args.port)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(emulator.url, flush=True)  # noqa: T201 (the one line a caller reads)
-    with suppress(KeyboardInterrupt):
-        stop.wait()
-    emulator.stop()
-    return 0
+    return serve_until_terminated(emulator.url, emulator.stop)
 
 
 if __name__ == "__main__":

@@ -27,15 +27,12 @@ prints its URL.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
 import threading
 from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import unquote
 
@@ -44,6 +41,7 @@ from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import BrokerGuardError, BrokerRejection
 from brokerguard.models import Order, OrderRequest, parse_decimal, parse_side, parse_symbol
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
+from brokerguard.sim._http import LoopbackServer, serve_until_terminated
 
 __all__ = ["PaperExchange", "order_to_json"]
 
@@ -105,27 +103,18 @@ class PaperExchange:
         }
         self._stats: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LoopbackServer(self._respond, name="paper exchange")
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, port: int = 0) -> Self:
         """Serve on 127.0.0.1:`port` (0: a free port) in a background thread."""
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._http.start(port)
         return self
 
     def stop(self) -> None:
         """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        self._server = None
+        self._http.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -136,10 +125,7 @@ class PaperExchange:
     @property
     def url(self) -> str:
         """The base URL."""
-        if self._server is None:
-            raise RuntimeError("the paper exchange is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._http.url
 
     # ------------------------------------------------------------------ for tests
 
@@ -153,6 +139,12 @@ class PaperExchange:
             return dict(self._stats)
 
     # ------------------------------------------------------------------ the API
+
+    def _respond(
+        self, method: str, path: str, _query: str, _headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, bytes]:
+        status, payload = self.handle(method, path, body)
+        return status, json.dumps(payload, default=_json_default).encode()
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         """Answer one request; return (HTTP status, JSON-ready body)."""
@@ -228,34 +220,6 @@ class PaperExchange:
             self._stats[what] += 1
 
 
-def _handler(exchange: PaperExchange) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def _serve(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            status, payload = exchange.handle(method, self.path, body)
-            data = json.dumps(payload, default=_json_default).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:  # (http.server's name)
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-            """Quiet: the exchange's stats are the record."""
-
-    return Handler
-
-
 def _json_default(value: object) -> str:
     if isinstance(value, Decimal):
         return str(value)
@@ -277,13 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         prices=prices,
         settle_delay=args.settle_delay,
     ).start(port=args.port)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(exchange.url, flush=True)  # noqa: T201 (the one line a caller reads)
-    with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
-    exchange.stop()
-    return 0
+    return serve_until_terminated(exchange.url, exchange.stop)
 
 
 if __name__ == "__main__":
