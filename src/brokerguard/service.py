@@ -320,18 +320,16 @@ class GuardService:
         enforcer = self.account(account_id).enforcer
         if self.leases is None:
             return enforcer.enforce_cap()[1]
-        holder = (self.coordinator.lease_holder(account_id) if self.coordinator else None) or (
-            "",
-            0,
-        )
         lease = self.leases.take(account_id)
         if lease is None:
+            holder = self.leases.coordinator.lease_holder(account_id)
             return {
                 "account_id": account_id,
                 "status": "held_elsewhere",
                 "position_count": None,
                 "max_positions": enforcer.max_positions,
-                "reason": f"worker {holder[0]} holds this account's lease; nothing was done",
+                "reason": f"worker {holder[0] if holder else '?'} holds this account's lease; "
+                "nothing was done",
             }
         try:
             return enforcer.enforce_cap(fence_token=lease.token, fence_holder=self.leases.owner)[1]
