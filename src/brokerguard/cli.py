@@ -27,7 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 from brokerguard.config import BrokerGuardConfig, load_config, resolve_secret
-from brokerguard.errors import ConfigurationError
+from brokerguard.errors import BrokerGuardError, ConfigurationError
 from brokerguard.server import StatusServer, create_app
 from brokerguard.service import GuardService, embedded_default_config
 from brokerguard.sim.scenarios import SCENARIOS
@@ -347,6 +347,66 @@ def _print_live(status: Mapping[str, Any], problems: list[str]) -> None:
     console.print(_view_from(status))
     for problem in problems:
         console.print(f"[red]problem[/] {problem}")
+
+
+@cli.command()
+@config_option
+@data_dir_option
+@json_option
+def fleet(config_path: Path | None, data_dir: Path, as_json: bool) -> None:
+    """Show a fleet's workers and who enforces each account (exit 1 if any account has none)."""
+    config = _config(config_path, data_dir)
+    if config.coordination_url is None:
+        raise ConfigurationError("this configuration has no coordination_url: it is not a fleet")
+    from brokerguard.coordination import RedisCoordinator  # noqa: PLC0415 (optional)
+
+    settings = config.coordination
+    coordinator = RedisCoordinator(
+        config.coordination_url, namespace=settings.namespace, timeout=settings.timeout_s
+    )
+    try:
+        ages = coordinator.workers()
+        holders = coordinator.lease_holders([a.id for a in config.accounts])
+    except BrokerGuardError as exc:
+        reason = str(exc)
+        _emit(as_json, {"reachable": False, "reason": reason}, lambda: click.echo(reason))
+        _done(PROBLEM)
+    finally:
+        coordinator.close()
+    live = {w: age for w, age in ages.items() if age <= settings.lease_ttl_s}
+    unheld = sorted(a for a, h in holders.items() if h is None)
+    workers: dict[str, dict[str, Any]] = {
+        w: {
+            "seconds_since_heartbeat": round(age, 3),
+            "live": w in live,
+            "accounts": sorted(a for a, h in holders.items() if h and h[0] == w),
+        }
+        for w, age in sorted(ages.items())
+    }
+    data = {
+        "coordination": coordinator.safe_url,
+        "workers": workers,
+        "leases": {
+            a: None if h is None else {"worker": h[0], "token": h[1]} for a, h in holders.items()
+        },
+        "accounts_without_a_worker": unheld,
+    }
+
+    def human() -> None:
+        table = Table(title=f"fleet on {coordinator.safe_url}")
+        for column in ("worker", "heartbeat", "accounts"):
+            table.add_column(column)
+        for worker, info in workers.items():
+            state = f"{info['seconds_since_heartbeat']:.1f}s ago" + (
+                "" if info["live"] else " (gone)"
+            )
+            table.add_row(worker, state, str(len(info["accounts"])))
+        Console().print(table)
+        if unheld:
+            click.echo(f"{len(unheld)} account(s) without a worker: {', '.join(unheld[:10])}")
+
+    _emit(as_json, data, human)
+    _done(PROBLEM if unheld or not live else OK)
 
 
 # ---------------------------------------------------------------------- halt / resume

@@ -151,3 +151,42 @@ def test_the_cli_works_the_same_on_a_fleet_config(redis_namespace, pg_url, tmp_p
     assert main(["resume", "acct-1", "--operator", "ops", "--reason", "done", *args]) == 0
     assert store.halts() == []
     store.close()
+
+
+def test_the_fleet_command_shows_workers_and_who_enforces_what(redis_namespace, tmp_path, capsys):
+    """`brokerguard fleet`: live workers and each account's holder.
+
+    An account nobody holds is a problem (exit 1); a configuration without coordination_url is
+    a usage error (exit 2).
+    """
+    import json  # noqa: PLC0415
+
+    from brokerguard.cli import main  # noqa: PLC0415
+
+    state_url = f"sqlite:///{tmp_path / 's.db'}"
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        f'state_url = "{state_url}"\ncoordination_url = "{REDIS_URL}"\nalerts = []\n'
+        f'[coordination]\nnamespace = "{redis_namespace}"\n'
+        '[brokers.paper]\nkind = "paper"\n'
+        + "".join(f'[[accounts]]\nid = "acct-{n}"\nbroker = "paper"\n' for n in range(3))
+    )
+    service = GuardService(parse_config(fleet_config(REDIS_URL, redis_namespace, state_url)))
+    service.tick()
+    capsys.readouterr()
+    assert main(["fleet", "--json", "--config", str(config)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["accounts_without_a_worker"] == []
+    assert shown["workers"][service.leases.owner]["accounts"] == ["acct-0", "acct-1", "acct-2"]
+    assert shown["workers"][service.leases.owner]["live"] is True
+    service.close()  # gives the accounts back
+
+    assert main(["fleet", "--json", "--config", str(config)]) == 1
+    assert json.loads(capsys.readouterr().out)["accounts_without_a_worker"] == [
+        "acct-0",
+        "acct-1",
+        "acct-2",
+    ]
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[brokers.paper]\nkind = "paper"\n[[accounts]]\nid = "a"\nbroker = "paper"\n')
+    assert main(["fleet", "--config", str(plain)]) == 2

@@ -388,6 +388,31 @@ class RedisCoordinator:
         owner, _, token = bytes(raw).decode().rpartition("|")
         return owner, int(token)
 
+    def lease_holders(self, account_ids: Sequence[str]) -> dict[str, tuple[str, int] | None]:
+        """Who holds each account's lease (one round trip for all of them)."""
+        keys = [self.key("lease", a) for a in account_ids]
+        raws = self._run(lambda: self._redis.mget(keys)) if keys else []
+        holders: dict[str, tuple[str, int] | None] = {}
+        for account_id, raw in zip(account_ids, raws, strict=True):
+            if raw is None:
+                holders[account_id] = None
+            else:
+                owner, _, token = bytes(raw).decode().rpartition("|")
+                holders[account_id] = (owner, int(token))
+        return holders
+
+    def workers(self) -> dict[str, float]:
+        """Every worker's seconds since its last heartbeat (without beating for anyone)."""
+
+        def read() -> tuple[Any, Any]:
+            return self._redis.time(), self._redis.zrange(
+                self.key("workers"), 0, -1, withscores=True
+            )
+
+        (seconds, micros), members = self._run(read)
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        return {bytes(w).decode(): (now_ms - float(at)) / 1000 for w, at in members}
+
     def heartbeat(self, owner: str, ttl: float) -> list[str]:
         """Say `owner` is alive; return every worker that said so within `ttl` (sorted)."""
         live = self._run(
