@@ -87,6 +87,35 @@ def test_every_alert_rule_queries_an_exported_metric(exposed):
         assert metric_names(rule["expr"]) <= exposed, rule["alert"]
 
 
+def test_the_fleet_rules_query_what_a_fleet_worker_exports(redis_namespace, tmp_path):
+    """The fleet group's rules name only metrics a worker on Redis really exposes."""
+    from brokerguard.config import parse_config  # noqa: PLC0415
+    from tests.conftest import REDIS_URL  # noqa: PLC0415
+
+    config = parse_config(
+        {
+            "state_url": f"sqlite:///{tmp_path / 'state.db'}",
+            "coordination_url": REDIS_URL,
+            "coordination": {"namespace": redis_namespace},
+            "alerts": [],
+            "brokers": {"paper": {"kind": "paper"}},
+            "accounts": [{"id": "acct-1", "broker": "paper"}],
+        }
+    )
+    service = GuardService(config)
+    metrics = ServiceMetrics(service)
+    service.tick()
+    names = {f.name for f in text_string_to_metric_families(metrics.render().decode())}
+    service.close()
+    groups = {g["name"]: g["rules"] for g in yaml.safe_load(RULES.read_text())["groups"]}
+    assert {r["alert"] for r in groups["brokerguard-fleet"]} == {
+        "BrokerguardCoordinationDown",
+        "BrokerguardAccountUnenforced",
+    }
+    for rule in groups["brokerguard-fleet"]:
+        assert metric_names(rule["expr"]) <= names, rule["alert"]
+
+
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -100,7 +129,7 @@ def test_promtool_checks_the_rules():
     """`promtool check rules` accepts the file."""
     done = _promtool("check", "rules", str(RULES))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 5 rules found" in done.stdout
+    assert "SUCCESS: 7 rules found" in done.stdout
 
 
 def test_promtool_unit_tests_pass():
