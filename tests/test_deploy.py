@@ -67,6 +67,8 @@ def test_every_dashboard_panel_queries_an_exported_metric(exposed):
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] == "brokerguard-overview"
     for panel in dashboard["panels"]:
+        if panel["title"].startswith("Fleet:"):
+            continue  # checked against a fleet worker's scrape below
         for target in panel["targets"]:
             names = metric_names(target["expr"])
             assert names, panel["title"]
@@ -87,8 +89,8 @@ def test_every_alert_rule_queries_an_exported_metric(exposed):
         assert metric_names(rule["expr"]) <= exposed, rule["alert"]
 
 
-def test_the_fleet_rules_query_what_a_fleet_worker_exports(redis_namespace, tmp_path):
-    """The fleet group's rules name only metrics a worker on Redis really exposes."""
+def test_the_fleet_rules_and_panels_query_what_a_fleet_worker_exports(redis_namespace, tmp_path):
+    """The fleet rules and dashboard panels name only metrics a worker on Redis exposes."""
     from brokerguard.config import parse_config  # noqa: PLC0415
     from tests.conftest import REDIS_URL  # noqa: PLC0415
 
@@ -114,6 +116,13 @@ def test_the_fleet_rules_query_what_a_fleet_worker_exports(redis_namespace, tmp_
     }
     for rule in groups["brokerguard-fleet"]:
         assert metric_names(rule["expr"]) <= names, rule["alert"]
+    fleet_panels = [
+        p for p in json.loads(DASHBOARD.read_text())["panels"] if p["title"].startswith("Fleet:")
+    ]
+    assert len(fleet_panels) == 2
+    for panel in fleet_panels:
+        for target in panel["targets"]:
+            assert metric_names(target["expr"]) <= names, panel["title"]
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
