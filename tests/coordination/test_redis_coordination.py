@@ -305,7 +305,7 @@ def test_live_workers_split_the_accounts_and_a_departure_moves_only_its_share(re
 
 
 def test_a_worker_gives_back_an_account_another_live_worker_prefers(redis_namespace):
-    """The first worker up takes everything; a newcomer's share is handed over on the next pass."""
+    """The first worker up takes everything; it hands the newcomer's share over, never drops it."""
     from brokerguard.coordination.leases import AccountLeases  # noqa: PLC0415
 
     first = AccountLeases(process(redis_namespace), ttl=5, owner="first")
@@ -319,6 +319,10 @@ def test_a_worker_gives_back_an_account_another_live_worker_prefers(redis_namesp
         first.hold(account)  # keeps its share, releases the newcomer's
     theirs = [a for a in accounts if newcomer.prefers(a)]
     assert theirs
+    # Handed over, not dropped: the newcomer's name is on the lease before it even asks.
+    holders = first.coordinator.lease_holders(theirs)
+    assert {h[0] for h in holders.values() if h} == {"newcomer"}
+    assert all(holders.values())
     assert all(newcomer.hold(a) is not None for a in theirs)
     assert set(first.held()) == set(accounts) - set(theirs)
 

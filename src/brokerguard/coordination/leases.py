@@ -72,10 +72,7 @@ class AccountLeases:
             held = set(self._held)
         for account_id in held:  # hand over what a newcomer now prefers
             if not self.prefers(account_id):
-                with self._lock:
-                    stale = self._held.pop(account_id, None)
-                if stale is not None:
-                    self.coordinator.release_lease(stale)
+                self._hand_over(account_id)
         # Claim what this worker prefers and does not hold: at every heartbeat, not only when
         # the membership changes, because a departed worker's leases can outlive its heartbeat
         # by a moment (its last renewals came after its last heartbeat).
@@ -96,25 +93,33 @@ class AccountLeases:
         if time.monotonic() - self._beat_at > self.ttl / 3:  # wall-clock-ok
             self.begin_pass()
 
-    def prefers(self, account_id: str) -> bool:
-        """Whether this worker ranks first for the account among the live workers (HRW)."""
+    def preferred_worker(self, account_id: str) -> str:
+        """The live worker that ranks first for the account (rendezvous hashing)."""
         with self._lock:
             live = list(self._live)
-        return max(live, key=lambda worker: _score(account_id, worker)) == self.owner
+        return max(live, key=lambda worker: _score(account_id, worker))
+
+    def _hand_over(self, account_id: str) -> None:
+        """Give a held account to the worker that now prefers it, without a gap."""
+        with self._lock:
+            stale = self._held.pop(account_id, None)
+        if stale is not None:
+            self.coordinator.transfer_lease(stale, self.preferred_worker(account_id))
+
+    def prefers(self, account_id: str) -> bool:
+        """Whether this worker ranks first for the account among the live workers (HRW)."""
+        return self.preferred_worker(account_id) == self.owner
 
     def hold(self, account_id: str) -> Lease | None:
         """Take or renew the account's lease if this worker prefers it; None otherwise.
 
-        A lease on an account another live worker now prefers is given back, so the
-        preferred worker can take it on its next pass. Raises CoordinationUnavailableError
-        when Redis cannot be asked: act on nothing then.
+        A lease on an account another live worker now prefers is handed to that worker (a new
+        fencing token, its name on the lease), so the account always has a holder. Raises
+        CoordinationUnavailableError when Redis cannot be asked: act on nothing then.
         """
         self._fresh_membership()
         if not self.prefers(account_id):
-            with self._lock:
-                stale = self._held.pop(account_id, None)
-            if stale is not None:
-                self.coordinator.release_lease(stale)
+            self._hand_over(account_id)
             return None
         lease = self.coordinator.acquire_lease(account_id, self.owner, self.ttl)
         with self._lock:

@@ -183,6 +183,13 @@ end
 return 0
 """
 
+_LEASE_TRANSFER: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[2] .. '|' .. token, 'PX', ARGV[3])
+return token
+"""
+
 _LEASE_RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
@@ -284,6 +291,7 @@ class RedisCoordinator:
                 ("lease_acquire", _LEASE_ACQUIRE),
                 ("lease_renew", _LEASE_RENEW),
                 ("lease_release", _LEASE_RELEASE),
+                ("lease_transfer", _LEASE_TRANSFER),
                 ("nonce", _NONCE),
                 ("heartbeat", _HEARTBEAT),
             )
@@ -371,6 +379,22 @@ class RedisCoordinator:
             )
         )
         return bool(int(renewed))
+
+    def transfer_lease(self, lease: Lease, owner: str) -> int | None:
+        """Hand `lease` to `owner` with a new fencing token (None if `lease` is not held).
+
+        The account is never without a holder during a handover: `owner` finds it already
+        its own at its next acquire; if `owner` is gone, the lease expires after its ttl.
+        """
+        token = int(
+            self._run(
+                lambda: self._scripts["lease_transfer"](
+                    keys=[self.key("lease", lease.account_id), self.key("fence", lease.account_id)],
+                    args=[lease.value, owner, _ms(lease.ttl)],
+                )
+            )
+        )
+        return token or None
 
     def release_lease(self, lease: Lease) -> None:
         """Give the account up now (only if `lease` still holds it)."""
