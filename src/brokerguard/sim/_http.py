@@ -13,10 +13,10 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
-__all__ = ["LoopbackServer", "Responder", "serve_until_terminated"]
+__all__ = ["LoopbackServer", "Responder", "Served", "serve_until_terminated"]
 
 Responder = Callable[[str, str, str, Mapping[str, str], bytes], tuple[int, bytes]]
 """(method, path, query, lower-cased headers, body) -> (HTTP status, body)."""
@@ -64,6 +64,39 @@ class LoopbackServer:
             raise RuntimeError(f"the {self._name} is not running")
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+
+class Served:
+    """The lifecycle of an emulator serving through ``self._http``.
+
+    ``start``/``stop``, a ``with`` block, and its ``url``; ``self._http`` is its
+    :class:`LoopbackServer`.
+    """
+
+    _http: LoopbackServer
+
+    def start(self, port: int = 0) -> Self:
+        """Listen on 127.0.0.1 (`port` 0: a free port) in a background thread."""
+        self._http.start(port)
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and wait for the server thread."""
+        self._http.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL (``http://127.0.0.1:PORT``).
+
+        For a Kraken client, put it in ``exchange.urls["api"]["public"]`` and ``["private"]``.
+        """
+        return self._http.url
 
 
 def serve_until_terminated(url: str, stop: Callable[[], None]) -> int:

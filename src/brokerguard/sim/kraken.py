@@ -43,10 +43,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final, Self
+from typing import Any, Final
 from urllib.parse import parse_qs
 
-from brokerguard.sim._http import LoopbackServer, serve_until_terminated
+from brokerguard.sim._http import LoopbackServer, Served, serve_until_terminated
 
 __all__ = ["KrakenEmulator", "KrakenPair", "RecordedRequest", "running_kraken"]
 
@@ -155,7 +155,7 @@ class _State:
     while_down: int = 0
 
 
-class KrakenEmulator:
+class KrakenEmulator(Served):
     """A Kraken spot REST API on 127.0.0.1 with injectable faults (see the module docstring).
 
     Use it as a context manager (or :func:`running_kraken`); :attr:`url` is its base URL.
@@ -200,28 +200,6 @@ class KrakenEmulator:
             fill_delay=fill_delay,
         )
         self._http = LoopbackServer(self.handle, name="kraken-emulator")
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self, port: int = 0) -> Self:
-        """Listen on 127.0.0.1 (`port` 0: an ephemeral port) in a background thread."""
-        self._http.start(port)
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and wait for the server thread."""
-        self._http.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL, to put in ``exchange.urls["api"]["public"]`` and ``["private"]``."""
-        return self._http.url
 
     # ------------------------------------------------------------------ test controls
 

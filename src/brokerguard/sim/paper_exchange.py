@@ -33,7 +33,7 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Self
+from typing import Any
 from urllib.parse import unquote
 
 from brokerguard.brokers.paper import PaperBroker, PaperMarket
@@ -41,7 +41,7 @@ from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import BrokerGuardError, BrokerRejection
 from brokerguard.models import Order, OrderRequest, parse_decimal, parse_side, parse_symbol
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
-from brokerguard.sim._http import LoopbackServer, serve_until_terminated
+from brokerguard.sim._http import LoopbackServer, Served, serve_until_terminated
 
 __all__ = ["PaperExchange", "order_to_json"]
 
@@ -59,7 +59,7 @@ def order_to_json(order: Order) -> dict[str, Any]:
     }
 
 
-class PaperExchange:
+class PaperExchange(Served):
     """Paper accounts served over HTTP on 127.0.0.1.
 
     Args:
@@ -104,28 +104,6 @@ class PaperExchange:
         self._stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._http = LoopbackServer(self._respond, name="paper exchange")
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self, port: int = 0) -> Self:
-        """Serve on 127.0.0.1:`port` (0: a free port) in a background thread."""
-        self._http.start(port)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self._http.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The base URL."""
-        return self._http.url
 
     # ------------------------------------------------------------------ for tests
 
