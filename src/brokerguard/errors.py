@@ -13,8 +13,14 @@ tell the caller what to do::
     │   │   └── RateLimitedError     the broker asked us to slow down (retry_after)
     │   ├── BrokerRejection          a business refusal from a healthy broker: do not retry
     │   ├── FatalBrokerError         authentication or permission: trading must stop
-    │   └── InvalidBrokerData        the broker answered with something that is not data
-    │                                (field, value, reason): never becomes a number
+    │   ├── InvalidBrokerData        the broker answered with something that is not data
+    │   │                            (field, value, reason): never becomes a number
+    │   ├── DuplicateOrderError      the venue already has an order with this client order id:
+    │   │                            evidence that it exists, never a rejection
+    │   ├── OrderUnconfirmedError    an order's outcome is unknown (UNRESOLVED): never resend it
+    │   │                            (client_order_id, deadline, exists)
+    │   └── PositionsImplausibleError  a successful position read lost positions that nothing
+    │                                explains: suspect until confirmed (missing, agreeing, needed)
     ├── StoreUnavailableError        the state store cannot be read or written: deny new risk
     └── ConfigurationError           a setting is invalid (also a ValueError)
 
@@ -35,9 +41,12 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "CoordinationUnavailableError",
+    "DuplicateOrderError",
     "FatalBrokerError",
     "InvalidBrokerData",
     "LeaseLostError",
+    "OrderUnconfirmedError",
+    "PositionsImplausibleError",
     "RateLimitedError",
     "StoreUnavailableError",
     "TransientBrokerError",
@@ -166,6 +175,89 @@ class InvalidBrokerData(BrokerError):  # noqa: N818 (the name is the documented 
         return (_rebuild_invalid, (self.field, self.value, self.reason, self.symbol))
 
 
+class DuplicateOrderError(BrokerError):
+    """The venue answered that an order with this client order id already exists.
+
+    Kraken (``EOrder:Duplicate order``) and most venues say this only about a *live* order:
+    it is evidence that our earlier send landed, never a rejection. The order is looked up and
+    adopted; a bot that read it as "refused" would try another coin and end over its cap.
+
+    Attributes:
+        client_order_id: the id the venue says it already has, when known.
+    """
+
+    def __init__(self, message: str, *, client_order_id: str | None = None) -> None:
+        super().__init__(message)
+        self.client_order_id = client_order_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_duplicate, (str(self), self.client_order_id))
+
+
+class OrderUnconfirmedError(BrokerError):
+    """An order's outcome is unknown: it is UNRESOLVED, and it must never be resent.
+
+    A timeout, a transient error, an unknown error string or a garbled answer after a submit
+    leave the order possibly accepted (Kraken may execute it seconds later), and a lookup made
+    at once proves nothing. The order stays unresolved until it is found (its state is adopted)
+    or a lookup made after :attr:`deadline` finds it neither open nor closed (it was not
+    placed). Until then its slot stays taken and its symbol is not traded again.
+
+    Attributes:
+        client_order_id: the order's client order id: reconcile with it, never with a new one.
+        deadline: epoch seconds after which a lookup that finds nothing proves the order was
+            not placed (the venue's own deadline plus a margin); None when only finding it can
+            resolve it.
+        exists: True when the venue said the order exists (a duplicate-id answer): only
+            finding it resolves it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        client_order_id: str,
+        deadline: float | None = None,
+        exists: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.client_order_id = client_order_id
+        self.deadline = deadline
+        self.exists = exists
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_unconfirmed,
+            (str(self), self.client_order_id, self.deadline, self.exists),
+        )
+
+
+class PositionsImplausibleError(BrokerError):
+    """A successful position read lost positions that no fill, sell or transfer explains.
+
+    An exchange that answers a well-formed, empty (or thinner) balance is the incident through
+    another door: "holds nothing" would let the bot buy past its cap. The read is *suspect*:
+    the gate refuses (``POSITIONS_IMPLAUSIBLE``) and the enforcer reports ``unverified`` until
+    enough agreeing reads confirm it.
+
+    Attributes:
+        missing: the symbols the read lost.
+        agreeing: how many consecutive reads agreed on the loss so far.
+        needed: how many agreeing reads (and, see the broker, how much time) confirm it.
+    """
+
+    def __init__(
+        self, message: str, *, missing: tuple[str, ...], agreeing: int, needed: int
+    ) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.agreeing = agreeing
+        self.needed = needed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_implausible, (str(self), self.missing, self.agreeing, self.needed))
+
+
 class CoordinationUnavailableError(BlockedError):
     """The shared coordination backend (Redis) cannot be reached.
 
@@ -203,3 +295,21 @@ def _rebuild_invalid(
     field: str, value: object, reason: str, symbol: str | None
 ) -> InvalidBrokerData:
     return InvalidBrokerData(field, value, reason, symbol=symbol)
+
+
+def _rebuild_duplicate(message: str, client_order_id: str | None) -> DuplicateOrderError:
+    return DuplicateOrderError(message, client_order_id=client_order_id)
+
+
+def _rebuild_unconfirmed(
+    message: str, client_order_id: str, deadline: float | None, exists: bool
+) -> OrderUnconfirmedError:
+    return OrderUnconfirmedError(
+        message, client_order_id=client_order_id, deadline=deadline, exists=exists
+    )
+
+
+def _rebuild_implausible(
+    message: str, missing: tuple[str, ...], agreeing: int, needed: int
+) -> PositionsImplausibleError:
+    return PositionsImplausibleError(message, missing=missing, agreeing=agreeing, needed=needed)

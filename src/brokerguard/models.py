@@ -183,12 +183,19 @@ class Quote:
 
 @dataclass(frozen=True, slots=True)
 class OrderRequest:
-    """What we ask a broker to do; the client order id makes the request idempotent."""
+    """What we ask a broker to do; the client order id makes the request idempotent.
+
+    ``deadline`` (epoch seconds) is when the venue must stop accepting the request: Kraken
+    takes it as AddOrder's ``deadline``. It bounds how long an order whose answer was lost can
+    still appear, so that a lookup after it can prove the order absent (see
+    :mod:`brokerguard.orders`). None: the broker sets one when it sends.
+    """
 
     symbol: str
     side: Side
     quantity: Decimal
     client_order_id: str
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         symbol = parse_symbol(self.symbol)
@@ -200,6 +207,9 @@ class OrderRequest:
             parse_decimal(self.quantity, field="quantity", allow_zero=False, symbol=symbol),
         )
         _set(self, "client_order_id", parse_symbol(self.client_order_id, field="client_order_id"))
+        if self.deadline is not None:
+            stamp = parse_decimal(self.deadline, field="deadline", allow_zero=False)
+            _set(self, "deadline", float(stamp))
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,14 +276,33 @@ def test_a_lost_confirmation_returns_the_order_the_broker_has(broker):
     assert broker.calls == ["submit_order", "fetch_order"]
 
 
-def test_an_order_proven_absent_is_resent_with_the_same_id(broker, clock):
-    """Submit failed before reaching the broker: the lookup proves it absent, then one resend."""
+def test_an_order_not_found_right_after_a_failed_send_is_unresolved_not_resent(broker, clock):
+    """Absence right after an ambiguous failure proves nothing: no resend until the deadline."""
     broker.faults["submit_order"] = [ConnectionError("reset")]
+    with pytest.raises(OrderUnconfirmedError) as info:
+        broker.place_market_order("BTC/USD", "buy", 1, client_order_id="c1")
+    assert info.value.deadline is not None
+    assert broker.calls == ["submit_order", "fetch_order"]
+    assert [o.client_order_id for o in broker.unresolved_orders()] == ["c1"]
+    # A retry before the deadline looks it up again and still sends nothing.
+    clock.advance(5.0)
+    with pytest.raises(OrderUnconfirmedError):
+        broker.place_market_order("BTC/USD", "buy", 1, client_order_id="c1")
+    assert broker.submissions == {}
+
+
+def test_an_order_proven_absent_after_its_deadline_is_resent_with_the_same_id(broker, clock):
+    """A lookup made after the deadline (plus margin) that finds nothing allows one resend."""
+    broker.faults["submit_order"] = [ConnectionError("reset")]
+    with pytest.raises(OrderUnconfirmedError) as info:
+        broker.place_market_order("BTC/USD", "buy", 1, client_order_id="c1")
+    assert info.value.deadline is not None
+    clock.advance(info.value.deadline - clock.time())
     order = broker.place_market_order("BTC/USD", "buy", 1, client_order_id="c1")
     assert order.status is OrderStatus.FILLED
     assert broker.submissions == {"c1": 1}
-    assert broker.calls == ["submit_order", "fetch_order", "submit_order"]
-    assert len(clock.sleeps) == 1
+    assert broker.calls == ["submit_order", "fetch_order", "fetch_order", "submit_order"]
+    assert broker.unresolved_orders() == []
 
 
 def test_an_unconfirmable_order_is_never_resent(broker):
@@ -366,12 +385,13 @@ def test_ten_thousand_orders_with_lost_confirmations_make_no_duplicate(clock):
                 break
             except OrderUnconfirmedError:
                 outcomes["unconfirmed"] += 1
-                clock.advance(1.0)
+                clock.advance(5.0)
             except CircuitOpenError as exc:
                 outcomes["circuit_open"] += 1
                 clock.advance(exc.next_probe_in or 1.0)
             except (TransientBrokerError, ConnectionError):
                 pass  # proven absent and out of attempts: retrying the same id is safe
+        assert broker.unresolved_orders() == []
         assert order.client_order_id == cid
     assert len(broker.orders) == n
     assert set(broker.submissions.values()) == {1}

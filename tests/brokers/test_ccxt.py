@@ -16,6 +16,7 @@ from brokerguard import (
     FatalBrokerError,
     InvalidBrokerData,
     OrderStatus,
+    OrderUnconfirmedError,
     Position,
     RateLimitedError,
     TransientBrokerError,
@@ -211,17 +212,28 @@ def test_a_lost_add_order_answer_is_looked_up_not_resent(broker, kraken):
     assert len(kraken.orders()) == 1
 
 
-def test_an_add_order_that_never_landed_is_resent_once(broker, kraken):
-    """A 503 before execution: proven absent (open and closed), resent with the same id."""
+def test_an_add_order_that_never_landed_is_resent_once_after_its_deadline(broker, kraken, clock):
+    """A 503 before execution: unresolved (not resent) until a lookup after the deadline."""
     broker.get_positions()
     kraken.inject("http:503", endpoint="AddOrder")
+    with pytest.raises(OrderUnconfirmedError) as info:
+        broker.place_market_order("ETH/USD", "buy", "1", client_order_id="bg-retry")
+    assert kraken.count("AddOrder") == 1
+    assert info.value.deadline is not None
+    clock.advance(info.value.deadline - clock.time())
     order = broker.place_market_order("ETH/USD", "buy", "1", client_order_id="bg-retry")
     assert order.client_order_id == "bg-retry"
     assert kraken.count("AddOrder") == 2
     assert [o["cl_ord_id"] for o in kraken.orders()] == ["bg-retry"]
     endpoints = [r.endpoint for r in kraken.requests]
     first_add = endpoints.index("AddOrder")
-    assert endpoints[first_add + 1 : first_add + 4] == ["OpenOrders", "ClosedOrders", "AddOrder"]
+    assert endpoints[first_add + 1 :] == [
+        "OpenOrders",
+        "ClosedOrders",
+        "OpenOrders",
+        "ClosedOrders",
+        "AddOrder",
+    ]
 
 
 def test_many_orders_through_random_faults_make_no_duplicate(kraken, clock):
@@ -232,13 +244,21 @@ def test_many_orders_through_random_faults_make_no_duplicate(kraken, clock):
     )
     broker.get_positions()
     faults = ["accept_then:http:504", "http:503", "EService:Busy", "accept_then:EService:Busy"]
+    unresolved = 0
     for i in range(120):
         if i % 2:
             kraken.inject(faults[i % len(faults)], endpoint="AddOrder")
-        broker.place_market_order("SOL/USD", "buy", "0.1", client_order_id=f"bg-{i}")
+        while True:
+            try:
+                broker.place_market_order("SOL/USD", "buy", "0.1", client_order_id=f"bg-{i}")
+                break
+            except OrderUnconfirmedError as exc:
+                unresolved += 1
+                clock.advance((exc.deadline or clock.time()) - clock.time() + 1)
     ids = [o["cl_ord_id"] for o in kraken.orders()]
     assert sorted(ids) == sorted(f"bg-{i}" for i in range(120))
     assert kraken.count("AddOrder") > 120  # some were resent after proven absence
+    assert unresolved >= 20
 
 
 # --------------------------------------------------------------------------- nonces

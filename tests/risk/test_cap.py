@@ -231,7 +231,7 @@ def test_an_open_write_circuit_stops_the_liquidation(clock, store):
     assert result["trading_halted"] is True
     assert broker.all_orders() == []
     assert broker.write_breaker.state is CircuitState.OPEN
-    assert {e.status for e in store.journal(broker.account_id)} == {"not_sent"}
+    assert {e.status for e in store.journal(broker.account_id)} == {"not_placed"}
 
 
 @pytest.mark.parametrize(

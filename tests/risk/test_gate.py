@@ -7,7 +7,14 @@ import threading
 
 import pytest
 
-from brokerguard import BrokerGuardError, ConfigurationError, StoreUnavailableError
+from brokerguard import (
+    BrokerGuardError,
+    BrokerRejection,
+    ConfigurationError,
+    OrderUnconfirmedError,
+    StoreUnavailableError,
+    TransientBrokerError,
+)
 from brokerguard.brokers import FaultPlan
 from brokerguard.risk import (
     ACCOUNT_HALTED,
@@ -173,22 +180,38 @@ def test_an_unreachable_store_refuses(clock, store):
     assert gate.trading_state() is TradingState.HALTED
 
 
-def test_reservations_take_slots_and_failed_entries_give_them_back(clock, store):
-    """A held reservation counts; an entry that raises releases its slot."""
+def test_reservations_take_slots_and_rejected_entries_give_them_back(clock, store):
+    """A held reservation counts; an entry the broker rejected releases its slot."""
     gate = TradingGate(account(clock, held=7), 8, store=store)
     seen = []
 
-    def failing_entry() -> None:
+    def rejected_entry() -> None:
         with gate.reserve_entry("C10/USD"):
             seen.append(gate.check_entry("C11/USD").reason)
-            raise RuntimeError("order rejected")
+            raise BrokerRejection("insufficient funds")
 
-    with pytest.raises(RuntimeError):
-        failing_entry()
+    with pytest.raises(BrokerRejection):
+        rejected_entry()
     assert seen == ["POSITION_CAP_REACHED: open=7 reserved=1 cap=8"]
     with gate.reserve_entry("C11/USD"):  # C10's slot came back
         pass
     assert gate.check_entry("C12/USD").reason == "POSITION_CAP_REACHED: open=8 reserved=0 cap=8"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("the bot's own bug after sending"),
+        OrderUnconfirmedError("timed out", client_order_id="c-1", deadline=2000.0),
+        TransientBrokerError("read timeout"),
+    ],
+)
+def test_an_entry_with_an_unknown_outcome_keeps_its_slot(clock, store, error):
+    """Anything but proof that nothing was placed keeps the slot: unknown is not zero."""
+    gate = TradingGate(account(clock, held=7), 8, store=store)
+    with pytest.raises(type(error)), gate.reserve_entry("C10/USD"):
+        raise error
+    assert gate.check_entry("C11/USD").code == "POSITION_CAP_REACHED"
 
 
 def test_a_cancelled_reservation_gives_its_slot_back(clock, store):

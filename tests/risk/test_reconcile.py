@@ -44,15 +44,37 @@ def test_an_open_sell_left_by_a_previous_process_is_not_sold_again(clock, store)
     assert {e.status for e in store.journal(broker.account_id)} == {"open"}
 
 
-def test_an_intent_that_never_reached_the_broker_is_marked_not_sent_and_resold(clock, store):
-    """Killed between journaling and sending: the broker proves it absent, a new sell goes."""
+def test_an_intent_not_found_before_its_deadline_stays_unresolved_and_is_not_resold(clock, store):
+    """Killed between journaling and sending: "not found" at once proves nothing; no halt."""
     prices = coins(9)
     broker = paper_account(clock, prices=prices, positions=dict.fromkeys(prices, "1"))
     store.record_order_intent(
         broker.account_id,
-        OrderRequest("C01/USD", Side.SELL, Decimal(1), "crashed-before-send"),
+        OrderRequest("C01/USD", Side.SELL, Decimal(1), "crashed-before-send", clock.time() + 10),
         purpose="cap_liquidation",
     )
+
+    ok, result = PositionCapEnforcer(broker, 8, store=store).enforce_cap()
+
+    assert not ok
+    assert result["status"] == "unverified"
+    assert result["trading_halted"] is False
+    assert result["unresolved"] == ["crashed-before-send"]
+    assert broker.all_orders() == []  # nothing else sold while its fate is unknown
+    statuses = {e.client_order_id: e.status for e in store.journal(broker.account_id)}
+    assert statuses["crashed-before-send"] == "unresolved"
+
+
+def test_an_intent_proven_absent_after_its_deadline_is_marked_not_placed_and_resold(clock, store):
+    """After the deadline (plus margin) a lookup that finds nothing proves it: a new sell goes."""
+    prices = coins(9)
+    broker = paper_account(clock, prices=prices, positions=dict.fromkeys(prices, "1"))
+    store.record_order_intent(
+        broker.account_id,
+        OrderRequest("C01/USD", Side.SELL, Decimal(1), "crashed-before-send", clock.time() + 10),
+        purpose="cap_liquidation",
+    )
+    clock.advance(10 + broker.resolution_margin_s)
 
     ok, result = PositionCapEnforcer(broker, 8, store=store).enforce_cap()
 
@@ -62,15 +84,31 @@ def test_an_intent_that_never_reached_the_broker_is_marked_not_sent_and_resold(c
             "client_order_id": "crashed-before-send",
             "symbol": "C01/USD",
             "from": "intent",
-            "to": "not_sent",
+            "to": "not_placed",
         }
     ]
     assert [o.client_order_id for o in broker.all_orders()] == result["orders"]
     assert "crashed-before-send" not in result["orders"]
     statuses = {e.client_order_id: e.status for e in store.journal(broker.account_id)}
-    assert statuses["crashed-before-send"] == "not_sent"
+    assert statuses["crashed-before-send"] == "not_placed"
     audit = [r for r in store.audit_log(broker.account_id) if r.action == "order_reconciled"]
     assert [r.details["client_order_id"] for r in audit] == ["crashed-before-send"]
+
+
+def test_a_journal_entry_from_before_deadlines_waits_for_the_local_bound(clock, store):
+    """No deadline was sent with it: absence proves nothing before the local floor of 60 s."""
+    prices = coins(9)
+    broker = paper_account(clock, prices=prices, positions=dict.fromkeys(prices, "1"))
+    store.record_order_intent(
+        broker.account_id,
+        OrderRequest("C01/USD", Side.SELL, Decimal(1), "old-intent"),
+        purpose="cap_liquidation",
+    )
+    enforcer = PositionCapEnforcer(broker, 8, store=store)
+    clock.advance(30)
+    assert enforcer.reconcile_orders()[0]["to"] == "unresolved"
+    clock.advance(40)
+    assert enforcer.reconcile_orders()[0]["to"] == "not_placed"
 
 
 def test_a_sent_but_unrecorded_order_is_found_by_its_id_and_not_resent(clock, store):

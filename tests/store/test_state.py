@@ -305,8 +305,8 @@ def test_fences_are_per_account_and_unfenced_writes_pass(store):
         store.fenced("acct-1", 0)
 
 
-def test_a_version_1_store_is_migrated_to_version_2(durable_url, clock):
-    """A store written before fencing opens, gains bg_fences, and says version 2."""
+def test_a_version_1_store_is_migrated_to_the_current_version(durable_url, clock):
+    """A store written before fencing opens, gains bg_fences, and says the current version."""
     url = durable_url
     first = open_store(url, clock=clock)
     first.halt("acct-1", "kept across the migration", "ops")
@@ -315,8 +315,32 @@ def test_a_version_1_store_is_migrated_to_version_2(durable_url, clock):
         conn.execute(text("DROP TABLE bg_fences"))
     first.close()
     second = open_store(url, clock=clock)
-    assert second.schema_version() == 2
+    assert second.schema_version() == SCHEMA_VERSION
     assert second.is_halted("acct-1")
     second.fenced("acct-1", 3).record_audit("acct-1", "x", "w", "r")
     assert second.fence_token("acct-1") == 3
+    second.close()
+
+
+def test_a_version_2_store_gains_the_journal_deadline(durable_url, clock):
+    """A journal written before deadlines keeps its rows (deadline None) and records new ones."""
+    first = open_store(durable_url, clock=clock)
+    with first._engine.begin() as conn:
+        conn.execute(text("UPDATE bg_schema_version SET version = 2"))
+        conn.execute(text("ALTER TABLE bg_orders DROP COLUMN deadline"))
+        conn.execute(
+            text(
+                "INSERT INTO bg_orders (client_order_id, account_id, symbol, side, quantity, "
+                "status, purpose, created_at, updated_at) VALUES ('old', 'acct-1', 'BTC/USD', "
+                "'sell', '1', 'intent', 'cap_liquidation', 1.0, 1.0)"
+            )
+        )
+    first.close()
+    second = open_store(durable_url, clock=clock)
+    assert second.schema_version() == 3
+    second.record_order_intent(
+        "acct-1", OrderRequest("ETH/USD", "sell", "2", "new", deadline=1234.5), purpose="test"
+    )
+    journal = {e.client_order_id: e.deadline for e in second.journal("acct-1")}
+    assert journal == {"old": None, "new": 1234.5}
     second.close()

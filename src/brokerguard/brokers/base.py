@@ -23,17 +23,23 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+from brokerguard._validation import seconds_problem
+from brokerguard.brokers.plausibility import PlausibilityPolicy, PositionPlausibility, Suspicion
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import (
-    BrokerError,
     BrokerRejection,
     CircuitOpenError,
+    ConfigurationError,
+    DuplicateOrderError,
     FatalBrokerError,
     InvalidBrokerData,
+    OrderUnconfirmedError,
+    PositionsImplausibleError,
+    RateLimitedError,
 )
 from brokerguard.models import (
     Order,
@@ -47,6 +53,7 @@ from brokerguard.models import (
     parse_side,
     parse_symbol,
 )
+from brokerguard.orders import Evidence, OrderState, evidence_from_lookup, next_state
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.registry import get_circuit_breaker
@@ -57,6 +64,7 @@ __all__ = [
     "OrderUnconfirmedError",
     "PositionSnapshot",
     "PriceCheck",
+    "UnresolvedOrder",
 ]
 
 log = logging.getLogger("brokerguard.broker")
@@ -76,24 +84,12 @@ circuit: nothing was sent)."""
 _REMEMBERED_ORDER_IDS = 100_000
 """Client order ids this process has sent, remembered so a caller's retry is looked up first."""
 
+LOCAL_DEADLINE_FLOOR_S = 60.0
+"""Where a venue does not enforce an order deadline, absence proves nothing before this many
+seconds after the send: a queued request is not known to be dead any sooner."""
 
-class OrderUnconfirmedError(BrokerError):
-    """An order may or may not be at the broker, and the broker could not be asked.
-
-    Never resend it: reconcile with :meth:`BaseBroker.get_order` using
-    :attr:`client_order_id` once the broker answers again.
-    """
-
-    def __init__(self, message: str, *, client_order_id: str) -> None:
-        super().__init__(message)
-        self.client_order_id = client_order_id
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_unconfirmed, (str(self), self.client_order_id))
-
-
-def _rebuild_unconfirmed(message: str, client_order_id: str) -> OrderUnconfirmedError:
-    return OrderUnconfirmedError(message, client_order_id=client_order_id)
+_SELL_EXPLAINS_S = 600.0
+"""A sell we sent explains a position's disappearance for this long (monotonic seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +125,45 @@ class PriceCheck:
         return None if quote is None else quote.price
 
 
+@dataclass(frozen=True, slots=True)
+class UnresolvedOrder:
+    """An order whose outcome is unknown: nothing is resent for it until it is resolved.
+
+    ``absent_after`` (epoch seconds) is when a lookup that finds nothing proves it was not
+    placed: its deadline plus the broker's margin; None when only finding it resolves it (the
+    venue said it exists).
+    """
+
+    request: OrderRequest
+    state: OrderState
+    since: float
+    absent_after: float | None
+    reason: str
+
+    @property
+    def client_order_id(self) -> str:
+        """The order's client order id."""
+        return self.request.client_order_id
+
+    @property
+    def symbol(self) -> str:
+        """The order's symbol."""
+        return self.request.symbol
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view for status pages."""
+        return {
+            "client_order_id": self.client_order_id,
+            "symbol": self.symbol,
+            "side": self.request.side.value,
+            "quantity": str(self.request.quantity),
+            "state": self.state.value,
+            "since": self.since,
+            "absent_after": self.absent_after,
+            "reason": self.reason,
+        }
+
+
 class BaseBroker(abc.ABC):
     """Base class of every broker adapter; subclasses implement the four raw methods.
 
@@ -145,7 +180,18 @@ class BaseBroker(abc.ABC):
         client_order_id_factory: makes client order ids (default: a random UUID).
         rate_limiter: a budget of raw calls shared with the other accounts on this broker;
             every raw call (probes included) waits for its slot.
+        order_deadline_s: seconds after the send when the venue must stop accepting an order
+            (sent as the order's deadline where the venue enforces one, see
+            :attr:`enforces_order_deadline`; otherwise absence proves nothing before
+            :data:`LOCAL_DEADLINE_FLOOR_S`).
+        resolution_margin_s: seconds added to a deadline before absence counts as evidence
+            (clock skew between us and the venue, and the venue's own processing).
+        plausibility: when a successful position read that lost positions is believed.
     """
+
+    enforces_order_deadline: ClassVar[bool] = False
+    """Whether the venue rejects an order it would accept after ``OrderRequest.deadline``.
+    Adapters that pass the deadline to such a venue (Kraken's AddOrder ``deadline``) say so."""
 
     def __init__(
         self,
@@ -159,8 +205,19 @@ class BaseBroker(abc.ABC):
         write_breaker: BrokerCircuitBreaker | None = None,
         client_order_id_factory: Callable[[], str] | None = None,
         rate_limiter: RateLimiter | None = None,
+        order_deadline_s: float = 10.0,
+        resolution_margin_s: float = 5.0,
+        plausibility: PlausibilityPolicy | None = None,
     ) -> None:
         self.broker_name = parse_symbol(broker_name, field="broker_name")
+        problems = [
+            *seconds_problem("order_deadline_s", order_deadline_s, allow_zero=False),
+            *seconds_problem("resolution_margin_s", resolution_margin_s),
+        ]
+        if problems:
+            raise ConfigurationError(f"invalid broker {broker_name!r}: " + "; ".join(problems))
+        self.order_deadline_s = float(order_deadline_s)
+        self.resolution_margin_s = float(resolution_margin_s)
         self.account_type = account_type
         self.user_id = user_id
         self.account_id = account_id or ":".join(
@@ -175,7 +232,11 @@ class BaseBroker(abc.ABC):
         self._bg_new_cid = client_order_id_factory or _uuid_client_order_id
         self._bg_lock = threading.Lock()
         self._bg_data_quality: Counter[str] = Counter()
-        self._bg_sent_ids: OrderedDict[str, None] = OrderedDict()
+        # Every client order id this process sent, with the state its order is known to be in.
+        self._bg_sent: OrderedDict[str, OrderState] = OrderedDict()
+        self._bg_unresolved: dict[str, UnresolvedOrder] = {}
+        self._bg_sells: dict[str, float] = {}  # symbol -> monotonic time of our last sell
+        self._bg_plausibility = PositionPlausibility(plausibility)
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
         self._bg_limiter = rate_limiter
@@ -228,9 +289,59 @@ class BaseBroker(abc.ABC):
         snapshot = PositionSnapshot(tuple(positions), started)
         with self._bg_lock:
             last = self._bg_last_positions
-            if last is None or last.fetched_at <= started:
+            if last is not None and last.fetched_at > started:
+                # A slower read that started earlier: a newer one was judged already.
+                return list(positions)
+            verdict = self._bg_plausibility.observe(
+                (p.symbol for p in positions), started, explained=self._explained_losses(started)
+            )
+            if verdict.believed:
                 self._bg_last_positions = snapshot
+        if verdict.confirmed_loss:
+            log.warning(
+                "account %s on broker %r: positions %s are gone and %d agreeing reads over %.0fs "
+                "confirm it; believing the read",
+                self.account_id,
+                self.broker_name,
+                ", ".join(verdict.confirmed_loss),
+                self._bg_plausibility.policy.confirm_reads,
+                self._bg_plausibility.policy.confirm_after_s,
+            )
+        suspicion = verdict.suspicion
+        if not verdict.believed and suspicion is not None:
+            raise self._implausible(suspicion)
         return list(positions)
+
+    def position_suspicion(self) -> Suspicion | None:
+        """Return the pending suspicion about the positions (a read lost some), if any."""
+        with self._bg_lock:
+            return self._bg_plausibility.suspicion
+
+    def _implausible(self, suspicion: Suspicion) -> PositionsImplausibleError:
+        self._count_bad_data("positions", "implausible")
+        needed = self._bg_plausibility.policy.confirm_reads
+        log.critical(
+            "account %s on broker %r: a successful position read lost %s with no sell of ours "
+            "to explain it (%d of %d agreeing reads); not believed: no new entries until it is "
+            "confirmed or the positions come back",
+            self.account_id,
+            self.broker_name,
+            ", ".join(suspicion.missing),
+            suspicion.agreeing,
+            needed,
+        )
+        return PositionsImplausibleError(
+            f"positions of account {self.account_id} on {self.broker_name!r} implausible: "
+            f"{', '.join(suspicion.missing)} vanished with no sell to explain it "
+            f"({suspicion.agreeing} of {needed} agreeing reads)",
+            missing=suspicion.missing,
+            agreeing=suspicion.agreeing,
+            needed=needed,
+        )
+
+    def _explained_losses(self, now: float) -> set[str]:
+        """Symbols a sell of ours explains the disappearance of (caller holds the lock)."""
+        return {s for s, at in self._bg_sells.items() if now - at <= _SELL_EXPLAINS_S}
 
     def last_position_snapshot(self) -> PositionSnapshot | None:
         """Return the latest successful position fetch, or None if there never was one."""
@@ -301,16 +412,25 @@ class BaseBroker(abc.ABC):
         quantity: Decimal | int | str,
         *,
         client_order_id: str | None = None,
+        deadline: float | None = None,
     ) -> Order:
-        """Send a market order at most once per client order id.
+        """Send a market order at most once per client order id (see :mod:`brokerguard.orders`).
 
-        The id is generated when not given. If this process already sent that id (a caller
-        retrying), or when a submit fails in a way that may have reached the broker, the order
-        is looked up first; it is (re)sent only when the broker proves it absent. If the broker
-        cannot be asked, :class:`OrderUnconfirmedError` is raised: never resend then.
+        The id is generated when not given; `deadline` (epoch seconds) is when the venue must
+        stop accepting it (default: now plus ``order_deadline_s``). A failure that may have
+        reached the venue (timeout, transient or unknown error, garbled answer) is looked up at
+        once: found, it is adopted; not found, the order is UNRESOLVED and
+        :class:`OrderUnconfirmedError` is raised — it is *not* resent, because the venue may
+        still accept it. Call again with the same id (or :meth:`resolve_order`) after the
+        error's ``deadline``: a lookup then that finds nothing proves it was not placed, and
+        only then is it sent again. A duplicate-id answer means the order exists: it is looked
+        up and adopted. Refusals that prove nothing was processed (rate limit, bad nonce) are
+        retried with backoff within the deadline.
         """
         with self._observed("write", "place_market_order"):
-            return self._place_market_order(symbol, side, quantity, client_order_id=client_order_id)
+            return self._place_market_order(
+                symbol, side, quantity, client_order_id=client_order_id, deadline=deadline
+            )
 
     def _place_market_order(
         self,
@@ -319,6 +439,7 @@ class BaseBroker(abc.ABC):
         quantity: Decimal | int | str,
         *,
         client_order_id: str | None,
+        deadline: float | None,
     ) -> Order:
         """The body of :meth:`place_market_order` (observed by the wrapper)."""
         symbol = parse_symbol(symbol)
@@ -327,10 +448,12 @@ class BaseBroker(abc.ABC):
             parse_side(side),
             parse_decimal(quantity, field="quantity", allow_zero=False, symbol=symbol),
             client_order_id or self._bg_new_cid(),
+            deadline,
         )
         cid = request.client_order_id
-        if self._was_sent(cid):
-            existing = self._lookup_after_failure(cid, cause=None)
+        known = self._sent_state(cid)
+        if known is not None and known not in {OrderState.NOT_PLACED, OrderState.REJECTED}:
+            existing = self.resolve_order(cid)  # raises while the order is unresolved
             if existing is not None:
                 return existing
         attempt = 0
@@ -339,33 +462,44 @@ class BaseBroker(abc.ABC):
         while True:
             attempt += 1
             self._probe_if_due(self._bg_write, real_call_is_probe=False)
-            self._remember_sent(cid)
+            now = self._bg_clock.time()
+            to_send = replace(request, deadline=request.deadline or now + self.order_deadline_s)
+            absent_after = self._absent_after(to_send, now)
+            self._set_sent_state(cid, OrderState.SENT)
+            if to_send.side is Side.SELL:
+                with self._bg_lock:
+                    self._bg_sells[symbol] = self._bg_clock.monotonic()
             try:
-                return self._bg_write.call(self._submit_checked, request)
-            except (CircuitOpenError, BrokerRejection, FatalBrokerError):
-                # Not sent, refused, or refused at the door (bad key): nothing to look up.
-                raise
+                order = self._bg_write.call(self._submit_checked, to_send)
+            except DuplicateOrderError as exc:
+                return self._adopt_or_unresolved(
+                    to_send, Evidence.DUPLICATE_ID, None, cause=exc, reason="duplicate_id"
+                )
             except Exception as exc:
-                existing = self._lookup_after_failure(cid, cause=exc)
-                if existing is not None:
-                    log.warning(
-                        "order %s (%s %s %s) on broker %r failed to confirm (%s) but the broker "
-                        "has it: returning it, not resending",
-                        cid,
-                        request.side.value,
-                        request.quantity,
-                        request.symbol,
-                        self.broker_name,
-                        exc,
+                if not isinstance(exc, CircuitOpenError | BrokerRejection | FatalBrokerError) and (
+                    not _not_processed(exc)
+                ):
+                    # The venue may have processed it: the outcome is unknown.
+                    return self._adopt_or_unresolved(
+                        to_send, Evidence.AMBIGUOUS, absent_after, cause=exc, reason=_reason(exc)
                     )
-                    return existing
-                outcome = self._bg_write.classify(exc)
-                delay = policy.next_delay(attempt, outcome, exc, slept=slept)
-                if delay is None:
+                # Refused before the venue processed it, or a definite business refusal.
+                self._set_sent_state(
+                    cid,
+                    OrderState.REJECTED
+                    if isinstance(exc, BrokerRejection)
+                    else OrderState.NOT_PLACED,
+                )
+                if not _not_processed(exc) or isinstance(exc, CircuitOpenError):
+                    raise
+                delay = policy.next_delay(attempt, self._bg_write.classify(exc), exc, slept=slept)
+                if delay is None or (
+                    request.deadline is not None
+                    and self._bg_clock.time() + delay >= request.deadline
+                ):
                     raise
                 log.warning(
-                    "order %s on broker %r failed (%s) and the broker proves it absent: "
-                    "resending in %.1fs",
+                    "order %s on broker %r refused before processing (%s): resending in %.1fs",
                     cid,
                     self.broker_name,
                     exc,
@@ -373,6 +507,193 @@ class BaseBroker(abc.ABC):
                 )
                 self._bg_clock.sleep(delay)
                 slept += delay
+                continue
+            self._set_sent_state(cid, OrderState(order.status.value))
+            return order
+
+    def resolve_order(
+        self, client_order_id: str, *, absent_after: float | None = None
+    ) -> Order | None:
+        """Look an order of unknown outcome up and apply the evidence rule.
+
+        Returns the order when it is found (its state is adopted), or None when a lookup that
+        started after its deadline (plus margin) proves it was never placed. Raises
+        :class:`OrderUnconfirmedError` while it stays unresolved (not found yet, or the lookup
+        failed). `absent_after` (epoch seconds) is for orders this process did not send (a
+        journal entry after a restart); the later of it and the process's own is used. An order
+        this process does not know and that has no `absent_after` can only be resolved by
+        finding it.
+        """
+        cid = parse_symbol(client_order_id, field="client_order_id")
+        with self._bg_lock:
+            entry = self._bg_unresolved.get(cid)
+        state = entry.state if entry is not None else OrderState.UNRESOLVED
+        horizon: float | None = None
+        if state is not OrderState.EXISTS:
+            own = None if entry is None else entry.absent_after
+            known = [h for h in (absent_after, own) if h is not None]
+            horizon = max(known) if known else None
+        started = self._bg_clock.time()
+        try:
+            found = self.get_order(cid)
+        except Exception as exc:
+            raise self._unresolved_error(cid, entry, horizon, cause=exc) from exc
+        evidence = evidence_from_lookup(found, looked_at=started, absent_after=horizon)
+        resolved = next_state(state, evidence)
+        if found is not None:
+            self._settle_unresolved(cid, OrderState(found.status.value), found)
+            return found
+        if resolved is OrderState.NOT_PLACED:
+            self._settle_unresolved(cid, OrderState.NOT_PLACED, None)
+            return None
+        raise self._unresolved_error(cid, entry, horizon, cause=None)
+
+    def resolve_unresolved(self) -> dict[str, str]:
+        """Try to resolve every unresolved order; return client order id -> state now.
+
+        The state is ``unresolved`` or ``exists`` for those still unknown (the lookup found
+        nothing yet or could not be made).
+        """
+        outcome: dict[str, str] = {}
+        for entry in self.unresolved_orders():
+            try:
+                found = self.resolve_order(entry.client_order_id)
+            except OrderUnconfirmedError:
+                with self._bg_lock:
+                    still = self._bg_unresolved.get(entry.client_order_id)
+                outcome[entry.client_order_id] = (still or entry).state.value
+                continue
+            outcome[entry.client_order_id] = (
+                OrderState.NOT_PLACED.value if found is None else found.status.value
+            )
+        return outcome
+
+    def unresolved_orders(self) -> list[UnresolvedOrder]:
+        """Return the orders this process sent whose outcome is still unknown, oldest first."""
+        with self._bg_lock:
+            return sorted(self._bg_unresolved.values(), key=lambda e: e.since)
+
+    def order_state(self, client_order_id: str) -> OrderState | None:
+        """Return what this process knows of an order it sent (None: never sent from here)."""
+        return self._sent_state(client_order_id)
+
+    def order_deadline(self, now: float | None = None) -> float:
+        """Return the deadline (epoch seconds) an order sent `now` would carry."""
+        return (self._bg_clock.time() if now is None else now) + self.order_deadline_s
+
+    def absent_after(self, deadline: float, sent_at: float) -> float:
+        """Return when a lookup that finds nothing proves an order with `deadline` absent."""
+        if self.enforces_order_deadline:
+            return deadline + self.resolution_margin_s
+        return max(deadline, sent_at + LOCAL_DEADLINE_FLOOR_S) + self.resolution_margin_s
+
+    def _absent_after(self, request: OrderRequest, now: float) -> float:
+        deadline = request.deadline if request.deadline is not None else self.order_deadline(now)
+        return self.absent_after(deadline, now)
+
+    def _adopt_or_unresolved(
+        self,
+        request: OrderRequest,
+        evidence: Evidence,
+        absent_after: float | None,
+        *,
+        cause: Exception,
+        reason: str,
+    ) -> Order:
+        """After an ambiguous send: adopt the order if the venue has it, else hold it unresolved."""
+        cid = request.client_order_id
+        state = next_state(OrderState.SENT, evidence)
+        entry = UnresolvedOrder(
+            request,
+            state,
+            self._bg_clock.time(),
+            None if state is OrderState.EXISTS else absent_after,
+            reason,
+        )
+        with self._bg_lock:
+            self._bg_unresolved[cid] = entry
+            self._bg_sent[cid] = state
+        try:
+            found = self.get_order(cid)
+        except Exception as exc:  # noqa: BLE001 (whatever stopped the lookup, the fate is unknown)
+            raise self._unresolved_error(cid, entry, entry.absent_after, cause=exc) from cause
+        if found is not None:
+            self._settle_unresolved(cid, OrderState(found.status.value), found)
+            log.warning(
+                "order %s (%s %s %s) on broker %r failed to confirm (%s) but the broker has it: "
+                "adopting it, not resending",
+                cid,
+                request.side.value,
+                request.quantity,
+                request.symbol,
+                self.broker_name,
+                cause,
+            )
+            return found
+        # Found nowhere right after the send: that proves nothing (the venue may accept it later).
+        raise self._unresolved_error(cid, entry, entry.absent_after, cause=cause) from cause
+
+    def _unresolved_error(
+        self,
+        cid: str,
+        entry: UnresolvedOrder | None,
+        horizon: float | None,
+        *,
+        cause: BaseException | None,
+    ) -> OrderUnconfirmedError:
+        exists = entry is not None and entry.state is OrderState.EXISTS
+        what = (
+            f"{entry.request.side.value} {entry.request.quantity} {entry.request.symbol}"
+            if entry is not None
+            else "journaled order"
+        )
+        if exists:
+            wait = "the venue says it exists: it is resolved only by finding it"
+        elif horizon is None:
+            wait = "its deadline is not known here: it is resolved by finding it or by reconciling"
+        else:
+            wait = f"a lookup after {horizon:.0f} (epoch s) that finds nothing proves it absent"
+        log.critical(
+            "order %s (%s) on broker %r (account %s) is UNRESOLVED (%s): not resent; %s",
+            cid,
+            what,
+            self.broker_name,
+            self.account_id,
+            cause or "not found yet",
+            wait,
+        )
+        return OrderUnconfirmedError(
+            f"order {cid} ({what}) on broker {self.broker_name!r} (account {self.account_id}) is "
+            f"unresolved ({cause or 'not found yet'}); it will not be resent: {wait}",
+            client_order_id=cid,
+            deadline=None if exists else horizon,
+            exists=exists,
+        )
+
+    def _settle_unresolved(self, cid: str, state: OrderState, found: Order | None) -> None:
+        with self._bg_lock:
+            entry = self._bg_unresolved.pop(cid, None)
+            self._bg_sent[cid] = state
+        if entry is not None:
+            log.warning(
+                "order %s on broker %r (account %s) resolved: %s",
+                cid,
+                self.broker_name,
+                self.account_id,
+                state.value if found is None else f"found {found.status.value}",
+            )
+
+    def _sent_state(self, cid: str) -> OrderState | None:
+        with self._bg_lock:
+            return self._bg_sent.get(cid)
+
+    def _set_sent_state(self, cid: str, state: OrderState) -> None:
+        with self._bg_lock:
+            self._bg_sent[cid] = state
+            self._bg_sent.move_to_end(cid)
+            while len(self._bg_sent) > _REMEMBERED_ORDER_IDS:
+                oldest, _ = self._bg_sent.popitem(last=False)
+                self._bg_unresolved.pop(oldest, None)
 
     def close_position(self, symbol: str) -> Order:
         """Sell the whole position in `symbol` at market (a risk-reducing order)."""
@@ -545,28 +866,6 @@ class BaseBroker(abc.ABC):
             raise self._bad_payload("order", order, "does_not_match_request")
         return order
 
-    def _lookup_after_failure(self, cid: str, *, cause: Exception | None) -> Order | None:
-        try:
-            return self.get_order(cid)
-        except Exception as exc:  # noqa: BLE001 (whatever stopped the lookup, the fate is unknown)
-            raise OrderUnconfirmedError(
-                f"order {cid} on broker {self.broker_name!r} (account {self.account_id}) may "
-                f"have been sent ({cause or 'sent before'}) and cannot be looked up ({exc}); "
-                "it will not be resent: reconcile it with get_order() once the broker answers",
-                client_order_id=cid,
-            ) from (cause or exc)
-
-    def _was_sent(self, cid: str) -> bool:
-        with self._bg_lock:
-            return cid in self._bg_sent_ids
-
-    def _remember_sent(self, cid: str) -> None:
-        with self._bg_lock:
-            self._bg_sent_ids[cid] = None
-            self._bg_sent_ids.move_to_end(cid)
-            while len(self._bg_sent_ids) > _REMEMBERED_ORDER_IDS:
-                self._bg_sent_ids.popitem(last=False)
-
     def _bad_payload(self, what: str, value: object, reason: str) -> InvalidBrokerData:
         self._count_bad_data(what, reason)
         log.error(
@@ -590,3 +889,18 @@ class BaseBroker(abc.ABC):
 
 def _uuid_client_order_id() -> str:
     return str(uuid.uuid4())
+
+
+def _not_processed(exc: BaseException) -> bool:
+    """Whether a send's failure proves the venue did not process it (safe to send again).
+
+    An open circuit sent nothing; a rate-limit refusal and a refused nonce are answered at the
+    venue's door, before the order is read. Errors say so with a true ``not_processed``.
+    """
+    return isinstance(exc, CircuitOpenError | RateLimitedError) or bool(
+        getattr(exc, "not_processed", False)
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]

@@ -65,7 +65,13 @@ LOCKOUT_SECONDS = 900.0
 
 
 class InvalidNonceError(TransientBrokerError):
-    """The exchange refused our nonce (it saw a larger one for this API key)."""
+    """The exchange refused our nonce (it saw a larger one for this API key).
+
+    Authentication comes before anything else: a refused nonce proves the request was not
+    processed, so an order refused this way may be sent again.
+    """
+
+    not_processed = True
 
 
 def _rate_limited(message: str) -> BrokerGuardError:

@@ -267,7 +267,12 @@ class PaperBroker(BaseBroker):
             own, from `prices`, `seed` and `volatility`).
         recorded_calls: how many raw calls :attr:`calls` keeps (the newest), so a paper broker
             running for days does not grow without bound.
+
+    Like Kraken's AddOrder ``deadline``, an order is never accepted after its
+    ``OrderRequest.deadline`` (:attr:`enforces_order_deadline`).
     """
+
+    enforces_order_deadline = True
 
     def __init__(
         self,
@@ -365,6 +370,9 @@ class PaperBroker(BaseBroker):
                 # Like a real exchange refusing a duplicate open cl_ord_id.
                 self._record(now, "submit_order", "duplicate")
                 raise BrokerRejection(f"duplicate client order id {order.client_order_id}")
+            if order.deadline is not None and self.clock.time() > order.deadline:
+                self._record(now, "submit_order", "rejected")
+                raise BrokerRejection(f"deadline elapsed for {order.client_order_id}")
             if order.symbol not in self.market:
                 self._record(now, "submit_order", "rejected")
                 raise BrokerRejection(f"unknown symbol {order.symbol}")

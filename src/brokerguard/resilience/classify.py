@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 
-from brokerguard.errors import BrokerRejection, FatalBrokerError, TransientBrokerError
+from brokerguard.errors import (
+    BrokerRejection,
+    DuplicateOrderError,
+    FatalBrokerError,
+    TransientBrokerError,
+)
 
 __all__ = ["Classifier", "Outcome", "default_classifier"]
 
@@ -47,7 +52,8 @@ def default_classifier(exc: BaseException) -> Outcome:
     timeouts and rejections never trip). Network-level errors are transient. An error from a
     nested breaker (``CircuitOpenError``) is a plain failure: the inner breaker owns that wait.
     """
-    if isinstance(exc, BrokerRejection):
+    if isinstance(exc, BrokerRejection | DuplicateOrderError):
+        # A duplicate-id answer is the broker answering clearly too (the order exists).
         return Outcome.IGNORED
     if isinstance(exc, FatalBrokerError):
         return Outcome.FATAL

@@ -10,10 +10,13 @@ What it never does: act on positions it could not fetch (the result is ``unverif
 order is sent), rank a position by a made-up value, sell a symbol twice while its first sell is
 still open, or resend an order whose fate is unknown.
 
-Every liquidation is journaled (with its audit record, in one transaction) before it is sent.
-Each enforcement starts by reconciling the journal: orders a previous run (or a killed process)
-left live are looked up by client order id, their fate recorded, and their symbols are not sold
-again while they may still be live. That is what makes a restart safe.
+Every liquidation is journaled (with its audit record and its deadline, in one transaction)
+before it is sent. Each enforcement starts by reconciling the journal: orders a previous run (or
+a killed process) left live are looked up by client order id, their fate recorded, and their
+symbols are not sold again while they may still be live. An order whose outcome is unknown stays
+``unresolved`` until it is found or a lookup made after its deadline proves it was never placed
+(:mod:`brokerguard.orders`): "not found" right after a timeout proves nothing. That is what
+makes a restart safe.
 """
 
 from __future__ import annotations
@@ -22,20 +25,29 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from brokerguard._validation import int_problem, seconds_problem
-from brokerguard.brokers.base import BaseBroker, OrderUnconfirmedError
+from brokerguard.brokers.base import LOCAL_DEADLINE_FLOOR_S, BaseBroker
 from brokerguard.clock import Clock
 from brokerguard.errors import (
     BrokerGuardError,
     BrokerRejection,
     CircuitOpenError,
     ConfigurationError,
+    OrderUnconfirmedError,
+    PositionsImplausibleError,
 )
 from brokerguard.models import Order, OrderRequest, PriceProblem, Side
+from brokerguard.orders import OrderState, journal_state
 from brokerguard.risk.valuation import Valuation, ValuationReport, Valuator
-from brokerguard.store.state import LIVE_ORDER_STATUSES, AuditNote, StateStore, open_store
+from brokerguard.store.state import (
+    LIVE_ORDER_STATUSES,
+    AuditNote,
+    JournalEntry,
+    StateStore,
+    open_store,
+)
 
 __all__ = ["ENFORCER_SOURCE", "PositionCapEnforcer"]
 
@@ -150,6 +162,7 @@ class PositionCapEnforcer:
             "unvalued_symbols": [],
             "orders": [],
             "reconciled": [],
+            "unresolved": [],
             "reason": "",
         }
         # symbol -> client order id of a sell not yet final (or whose fate is still unknown)
@@ -166,6 +179,9 @@ class PositionCapEnforcer:
                 )
                 return True, self._finish(result)
             if result["cycles"] == self.max_cycles:
+                waiting = self._unresolved_in_journal()
+                if waiting:
+                    return False, self._wait_for_unresolved(result, waiting)
                 return self._fail_and_halt(result)
             result["cycles"] += 1
             log.warning(
@@ -203,31 +219,17 @@ class PositionCapEnforcer:
         pending: dict[str, str] = {}
         for entry in self.store.journal(self.account_id, statuses=set(LIVE_ORDER_STATUSES)):
             cid = entry.client_order_id
-            try:
-                order = self.broker.get_order(cid)
-            except BrokerGuardError as exc:
-                log.warning(
-                    "journaled order %s (%s %s) on %s cannot be looked up (%s): %s is not sold "
-                    "again until it can",
-                    cid,
-                    entry.side,
-                    entry.symbol,
-                    self.account_id,
-                    exc,
-                    entry.symbol,
-                )
+            status = self._look_up(entry)
+            if status in _STILL_LIVE:
                 pending[entry.symbol] = cid
+            if status == "unknown":
                 changes.append(_change(cid, entry.symbol, entry.status, "unknown"))
                 continue
-            status = self._reconciled_status(entry.status, order)
-            if order is not None and not order.is_final:
-                pending[entry.symbol] = cid
             if status == entry.status:
                 continue
             self.store.record_order_status(
                 cid,
                 status,
-                broker_order_id=None if order is None else order.broker_order_id,
                 account_id=self.account_id,
                 audit=AuditNote(
                     "order_reconciled",
@@ -237,17 +239,63 @@ class PositionCapEnforcer:
                 ),
             )
             changes.append(_change(cid, entry.symbol, entry.status, status))
+        for order in self.broker.unresolved_orders():
+            # Sells of ours this process could not resolve (whoever sent them) count too.
+            if order.request.side is Side.SELL:
+                pending.setdefault(order.symbol, order.client_order_id)
         return pending
 
-    @staticmethod
-    def _reconciled_status(journaled: str, order: Order | None) -> str:
-        if order is not None:
-            return order.status.value
-        if journaled in {"intent", "unconfirmed"}:
-            return "not_sent"  # the broker proves it absent: it never arrived
-        # Seen live before, now found neither open nor among the recent closed orders: it
-        # closed long ago. The next position fetch tells what it did.
-        return "vanished"
+    def _look_up(self, entry: JournalEntry) -> str:
+        """Return what the journal entry's order is now (``unknown``: the broker cannot say)."""
+        state = journal_state(entry.status)
+        cid = entry.client_order_id
+        try:
+            if state in {OrderState.OPEN, OrderState.PARTIALLY_FILLED}:
+                order = self.broker.get_order(cid)
+                # Seen live, now neither open nor among the recent closed orders: it closed
+                # long ago, and the next position fetch tells what it did.
+                return OrderState.VANISHED.value if order is None else order.status.value
+            found = self.broker.resolve_order(cid, absent_after=self._absent_after(entry))
+        except OrderUnconfirmedError as exc:
+            if exc.__cause__ is not None:  # the lookup itself failed: the broker cannot say
+                return self._unknown(entry, exc.__cause__)
+            log.warning(
+                "journaled order %s (%s %s) on %s is still unresolved: %s is not sold again "
+                "until it is found or proven absent",
+                cid,
+                entry.side,
+                entry.symbol,
+                self.account_id,
+                entry.symbol,
+            )
+            if exc.exists:
+                return OrderState.EXISTS.value
+            return OrderState.UNRESOLVED.value if state is not OrderState.EXISTS else entry.status
+        except BrokerGuardError as exc:
+            return self._unknown(entry, exc)
+        return OrderState.NOT_PLACED.value if found is None else found.status.value
+
+    def _unknown(self, entry: JournalEntry, exc: BaseException) -> str:
+        log.warning(
+            "journaled order %s (%s %s) on %s cannot be looked up (%s): %s is not sold again "
+            "until it can",
+            entry.client_order_id,
+            entry.side,
+            entry.symbol,
+            self.account_id,
+            exc,
+            entry.symbol,
+        )
+        return "unknown"
+
+    def _absent_after(self, entry: JournalEntry) -> float | None:
+        """When absence proves the journaled order was never placed (None: only finding it)."""
+        if journal_state(entry.status) is OrderState.EXISTS:
+            return None
+        if entry.deadline is None:
+            # Journaled before deadlines were sent: the venue had no deadline to enforce.
+            return entry.created_at + LOCAL_DEADLINE_FLOOR_S + self.broker.resolution_margin_s
+        return self.broker.absent_after(entry.deadline, entry.created_at)
 
     # ------------------------------------------------------------------ steps
 
@@ -257,7 +305,11 @@ class PositionCapEnforcer:
             positions = self.broker.get_positions()
         except BrokerGuardError as exc:
             result["status"] = "unverified"
-            result["reason"] = f"positions could not be fetched: {type(exc).__name__}: {exc}"
+            result["reason"] = (
+                f"positions implausible: {exc}"
+                if isinstance(exc, PositionsImplausibleError)
+                else f"positions could not be fetched: {type(exc).__name__}: {exc}"
+            )
             log.error(
                 "cap enforcement for account %s UNVERIFIED: %s; no order sent, new entries "
                 "stay blocked until positions are known",
@@ -378,7 +430,8 @@ class PositionCapEnforcer:
         Raises CircuitOpenError (after journaling it as not sent) when the write circuit is open.
         """
         cid = self._new_order_id()
-        request = OrderRequest(symbol, Side.SELL, quantity, cid)
+        deadline = self.broker.order_deadline()
+        request = OrderRequest(symbol, Side.SELL, quantity, cid, deadline)
         self.store.record_order_intent(
             self.account_id,
             request,
@@ -397,30 +450,36 @@ class PositionCapEnforcer:
         )
         result["orders"].append(cid)
         try:
-            order = self.broker.place_market_order(symbol, Side.SELL, quantity, client_order_id=cid)
+            order = self.broker.place_market_order(
+                symbol, Side.SELL, quantity, client_order_id=cid, deadline=deadline
+            )
         except CircuitOpenError as exc:
-            self.store.record_order_status(cid, "not_sent")
+            self.store.record_order_status(cid, OrderState.NOT_PLACED.value)
             log.error("liquidation of %s on %s not sent: %s", symbol, self.account_id, exc)
             raise
         except BrokerRejection as exc:
-            self.store.record_order_status(cid, "rejected")
+            self.store.record_order_status(cid, OrderState.REJECTED.value)
             log.error("liquidation of %s on %s rejected: %s", symbol, self.account_id, exc)
             return None
         except OrderUnconfirmedError as exc:
-            self.store.record_order_status(cid, "unconfirmed")
+            state = OrderState.EXISTS if exc.exists else OrderState.UNRESOLVED
+            self.store.record_order_status(cid, state.value)
             log.critical(
-                "liquidation %s of %s on %s is UNCONFIRMED (%s): it will not be resent; "
-                "the next cycle's position fetch tells whether it happened",
+                "liquidation %s of %s on %s is UNRESOLVED (%s): it will not be resent, and %s is "
+                "not sold again until the order is found or proven absent",
                 cid,
                 symbol,
                 self.account_id,
                 exc,
+                symbol,
             )
             result["liquidated"].append(symbol)
+            result["unresolved"].append(cid)
             return cid
         except BrokerGuardError as exc:
-            self.store.record_order_status(cid, "failed")
-            log.error("liquidation of %s on %s failed: %s", symbol, self.account_id, exc)
+            # Refused before the venue processed it (rate limit, nonce) past the deadline.
+            self.store.record_order_status(cid, OrderState.NOT_PLACED.value)
+            log.error("liquidation of %s on %s not placed: %s", symbol, self.account_id, exc)
             return None
         self.store.record_order_status(
             cid, order.status.value, broker_order_id=order.broker_order_id
@@ -443,10 +502,41 @@ class PositionCapEnforcer:
 
     def _poll(self, cid: str) -> Order | None:
         try:
-            return self.broker.get_order(cid)
+            return self.broker.resolve_order(cid)
+        except OrderUnconfirmedError:
+            return None  # still unresolved: it stays pending
         except BrokerGuardError as exc:
             log.warning("could not poll liquidation %s on %s: %s", cid, self.account_id, exc)
             return None
+
+    def _unresolved_in_journal(self) -> list[str]:
+        try:
+            entries = self.store.journal(
+                self.account_id,
+                statuses={OrderState.UNRESOLVED.value, OrderState.EXISTS.value},
+            )
+        except BrokerGuardError:
+            return []  # unknown: halting is the fail-closed reading
+        return [e.client_order_id for e in entries]
+
+    def _wait_for_unresolved(self, result: dict[str, Any], waiting: list[str]) -> dict[str, Any]:
+        """Over the cap while sells have unknown outcomes: wait for the evidence, not halt.
+
+        An unresolved sell may have happened; selling another position now could sell one too
+        many, and halting would ask an operator to decide what the venue will tell us within
+        the order's deadline. New entries stay refused (the account is over the cap).
+        """
+        result["status"] = "unverified"
+        result["unresolved"] = waiting
+        result["reason"] = (
+            f"over the position cap of {self.max_positions} while {len(waiting)} liquidation(s) "
+            f"have unknown outcomes ({', '.join(waiting)}): waiting until each is found or "
+            "proven absent after its deadline"
+        )
+        log.error(
+            "cap enforcement for account %s UNVERIFIED: %s", self.account_id, result["reason"]
+        )
+        return self._finish(result)
 
     def _fail_and_halt(self, result: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         reason = (
@@ -470,6 +560,17 @@ class PositionCapEnforcer:
         except BrokerGuardError:
             result["trading_halted"] = True  # unknown: report the fail-closed reading
         return result
+
+
+_STILL_LIVE: Final = frozenset(
+    {
+        "unknown",
+        OrderState.UNRESOLVED.value,
+        OrderState.EXISTS.value,
+        OrderState.OPEN.value,
+        OrderState.PARTIALLY_FILLED.value,
+    }
+)
 
 
 def _change(cid: str, symbol: str, old: str, new: str) -> dict[str, str]:

@@ -13,7 +13,13 @@ circuit (bench/time_to_safety.py).
 
 :meth:`TradingGate.reserve_entry` takes a slot atomically for the duration of an entry, so 64
 threads racing for 8 slots get 8. A filled entry keeps its slot until a position snapshot
-fetched *after* the fill shows the position: a stale snapshot can never free a slot.
+fetched *after* the fill shows the position: a stale snapshot can never free a slot. An entry
+whose outcome is unknown keeps its slot too: the slot is given back only when the block was
+cancelled or failed in a way that proves nothing was placed (refused by brokerguard, or
+rejected by the broker); an order left unresolved (:mod:`brokerguard.orders`) holds its slot
+until the broker finds it or proves it absent, and its symbol is not entered again meanwhile
+(``ORDER_UNRESOLVED``). A successful position read that lost positions nothing explains is not
+believed (``POSITIONS_IMPLAUSIBLE``) until agreeing reads confirm it.
 """
 
 from __future__ import annotations
@@ -33,9 +39,14 @@ from brokerguard.clock import Clock
 from brokerguard.errors import (
     BlockedError,
     BrokerGuardError,
+    BrokerRejection,
     ConfigurationError,
     CoordinationUnavailableError,
+    OrderUnconfirmedError,
+    PositionsImplausibleError,
 )
+from brokerguard.models import Side
+from brokerguard.orders import OrderState
 from brokerguard.resilience.state import BrokerHealthState
 from brokerguard.store.state import StateStore
 
@@ -47,6 +58,8 @@ __all__ = [
     "ALLOWED",
     "BROKER_OFFLINE",
     "COORDINATION_UNAVAILABLE",
+    "ORDER_UNRESOLVED",
+    "POSITIONS_IMPLAUSIBLE",
     "POSITIONS_UNKNOWN",
     "POSITION_CAP_REACHED",
     "RISK_REDUCING",
@@ -70,6 +83,14 @@ POSITIONS_UNKNOWN: Final = "POSITIONS_UNKNOWN"
 POSITION_CAP_REACHED: Final = "POSITION_CAP_REACHED"
 STORE_UNAVAILABLE: Final = "STORE_UNAVAILABLE"
 COORDINATION_UNAVAILABLE: Final = "COORDINATION_UNAVAILABLE"
+POSITIONS_IMPLAUSIBLE: Final = "POSITIONS_IMPLAUSIBLE"
+"""A successful read lost positions that nothing explains; believed only once confirmed."""
+ORDER_UNRESOLVED: Final = "ORDER_UNRESOLVED"
+"""An order in this symbol has an unknown outcome: the symbol is not entered again until it is
+found or proven absent."""
+
+
+_NEVER_PLACED: Final = frozenset({OrderState.NOT_PLACED, OrderState.REJECTED})
 
 
 class TradingState(StrEnum):
@@ -201,7 +222,8 @@ class TradingGate:
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._reserved: dict[int, str] = {}
-        self._filled: dict[str, float] = {}  # symbol -> monotonic time the entry completed
+        # symbol -> (monotonic time the entry completed, its client order id when known)
+        self._filled: dict[str, tuple[float, str | None]] = {}
 
     @property
     def account_id(self) -> str:
@@ -234,8 +256,12 @@ class TradingGate:
         reservation = Reservation(symbol, token)
         try:
             yield reservation
-        except BaseException:
-            self._release(token, filled=False)
+        except BaseException as exc:
+            # Give the slot back only on proof that nothing was placed; anything else may have
+            # reached the broker, and the slot stays taken until a snapshot or the broker says.
+            not_placed = reservation.cancelled or isinstance(exc, BlockedError | BrokerRejection)
+            cid = exc.client_order_id if isinstance(exc, OrderUnconfirmedError) else None
+            self._release(token, filled=not not_placed, client_order_id=cid)
             raise
         self._release(token, filled=not reservation.cancelled)
 
@@ -254,7 +280,11 @@ class TradingGate:
         except BrokerGuardError:
             return TradingState.HALTED  # the halt cannot be ruled out
         snapshot = self.broker.last_position_snapshot()
-        if snapshot is None or snapshot.count > self.max_positions:
+        if (
+            snapshot is None
+            or snapshot.count > self.max_positions
+            or self.broker.position_suspicion() is not None
+        ):
             return TradingState.REDUCING
         return TradingState.ACTIVE
 
@@ -268,16 +298,25 @@ class TradingGate:
                 log.exception("gate listener %r failed", listener)
 
     def _decide(self, symbol: str, *, reserve: bool) -> tuple[Decision, int | None]:
-        for check in (self._halted, self._broker_offline, lambda: self._paused(symbol)):
+        for check in (
+            self._halted,
+            self._broker_offline,
+            lambda: self._paused(symbol),
+            lambda: self._unresolved(symbol),
+            self._implausible,
+        ):
             denied = check()
             if denied is not None:
                 return denied, None
         snapshot = self._fresh_snapshot()
         if isinstance(snapshot, Decision):
             return snapshot, None
+        unresolved_buys = {
+            o.symbol for o in self.broker.unresolved_orders() if o.request.side is Side.BUY
+        }
         with self._lock:
             self._absorb(snapshot)
-            held = set(self._seen) | set(self._filled)
+            held = set(self._seen) | set(self._filled) | unresolved_buys
             reserved = set(self._reserved.values())
             occupied = held | reserved
             if symbol not in occupied and len(occupied) >= self.max_positions:
@@ -344,6 +383,25 @@ class TradingGate:
             return Decision.deny(SYMBOL_PAUSED, symbol=symbol)
         return None
 
+    def _unresolved(self, symbol: str) -> Decision | None:
+        for order in self.broker.unresolved_orders():
+            if order.symbol == symbol:
+                return Decision.deny(
+                    ORDER_UNRESOLVED,
+                    symbol=symbol,
+                    client_order_id=order.client_order_id,
+                    state=order.state.value,
+                )
+        return None
+
+    def _implausible(self) -> Decision | None:
+        suspicion = self.broker.position_suspicion()
+        if suspicion is None:
+            return None
+        return Decision.deny(
+            POSITIONS_IMPLAUSIBLE, missing=",".join(suspicion.missing), agreeing=suspicion.agreeing
+        )
+
     def _fresh_snapshot(self) -> PositionSnapshot | Decision:
         snapshot = self.broker.last_position_snapshot()
         now = self.clock.monotonic()
@@ -358,6 +416,10 @@ class TradingGate:
             return snapshot
         try:
             self.broker.get_positions()
+        except PositionsImplausibleError as exc:
+            return Decision.deny(
+                POSITIONS_IMPLAUSIBLE, missing=",".join(exc.missing), agreeing=exc.agreeing
+            )
         except BrokerGuardError as exc:
             log.warning(
                 "entry check on account %s: positions unknown (%s); refusing entries",
@@ -386,9 +448,11 @@ class TradingGate:
         for symbol, seen_at in list(self._seen.items()):
             if symbol not in shown and now - seen_at > self.position_memory:
                 del self._seen[symbol]
-        for symbol, filled_at in list(self._filled.items()):
+        for symbol, (filled_at, cid) in list(self._filled.items()):
             if symbol in shown and snapshot.fetched_at > filled_at:
                 del self._filled[symbol]
+            elif cid is not None and self.broker.order_state(cid) in _NEVER_PLACED:
+                del self._filled[symbol]  # the broker proved it was never placed
             elif now - filled_at > self.pending_entry_ttl:
                 del self._filled[symbol]
                 log.warning(
@@ -413,11 +477,11 @@ class TradingGate:
             )
         return fleet
 
-    def _release(self, token: int, *, filled: bool) -> None:
+    def _release(self, token: int, *, filled: bool, client_order_id: str | None = None) -> None:
         with self._lock:
             symbol = self._reserved.pop(token, None)
             if symbol is not None and filled:
-                self._filled[symbol] = self.clock.monotonic()
+                self._filled[symbol] = (self.clock.monotonic(), client_order_id)
             fleet = self._fleet_tokens.pop(token, None)
         if fleet is None or self.slots is None:
             return

@@ -21,9 +21,10 @@ __all__ = [
     "SCHEMA_VERSION_TABLE",
 ]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The version this code writes (1: halts, pauses, audit log, order journal; 2: adds bg_fences,
-the fencing tokens). Older stores are migrated on open, one step at a time."""
+the fencing tokens; 3: adds bg_orders.deadline, when a journaled order can no longer be
+accepted). Older stores are migrated on open, one step at a time."""
 
 METADATA = MetaData()
 
@@ -80,6 +81,9 @@ ORDERS = Table(
     Column("purpose", String(50), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Epoch seconds after which the venue can no longer accept the order (schema 3; NULL for
+    # orders journaled before it, which are given a conservative bound when reconciled).
+    Column("deadline", Float, nullable=True),
 )
 
 FENCES = Table(

@@ -26,6 +26,7 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -103,9 +104,23 @@ class AuditNote:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-LIVE_ORDER_STATUSES: Final = frozenset({"intent", "unconfirmed", "open", "partially_filled"})
+LIVE_ORDER_STATUSES: Final = frozenset(
+    {
+        "intent",
+        "sent",
+        "unresolved",
+        "exists",
+        "open",
+        "partially_filled",
+        # Written by versions before the order lifecycle: their fate was decided on a lookup
+        # made too early, so they are looked up again.
+        "unconfirmed",
+        "failed",
+    }
+)
 """Journal statuses whose order may still be (or become) live at the broker: they are looked
-up by client order id before anything else is sent for their symbol."""
+up by client order id before anything else is sent for their symbol (see
+:mod:`brokerguard.orders`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +137,9 @@ class JournalEntry:
     purpose: str
     created_at: float
     updated_at: float
+    deadline: float | None = None
+    """Epoch seconds after which the venue can no longer accept it (None: journaled before
+    deadlines were recorded)."""
 
 
 def open_store(url: str, *, clock: Clock | None = None) -> StateStore:
@@ -407,7 +425,9 @@ class StateStore:
     ) -> None:
         """Write an order down *before* it is sent, so a crash cannot make it sent twice.
 
-        `audit`, when given, is appended in the same transaction.
+        The request's ``deadline`` is kept: after a restart, absence proves the order was not
+        placed only once that deadline has passed. `audit`, when given, is appended in the
+        same transaction.
         """
         now = self._clock.time()
 
@@ -424,6 +444,7 @@ class StateStore:
                     purpose=purpose,
                     created_at=now,
                     updated_at=now,
+                    deadline=request.deadline,
                 )
             )
             if audit is not None:
@@ -478,6 +499,7 @@ class StateStore:
                     r.purpose,
                     r.created_at,
                     r.updated_at,
+                    r.deadline,
                 )
                 for r in rows
             ]
@@ -509,7 +531,11 @@ class StateStore:
                     )
                 )
             elif found < SCHEMA_VERSION:
-                # 1 -> 2 added bg_fences, which create_all above has just made.
+                # 1 -> 2 added bg_fences, which create_all above has just made; 2 -> 3 adds
+                # bg_orders.deadline, which create_all does not add to an existing table.
+                columns = {c["name"] for c in inspect(conn).get_columns(ORDERS.name)}
+                if "deadline" not in columns:
+                    conn.execute(text("ALTER TABLE bg_orders ADD COLUMN deadline FLOAT"))
                 conn.execute(update(SCHEMA_VERSION_TABLE).values(version=SCHEMA_VERSION))
             elif found > SCHEMA_VERSION:
                 raise ConfigurationError(

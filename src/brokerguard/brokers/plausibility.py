@@ -1,0 +1,131 @@
+"""Whether a successful position read may be believed: a pure policy, no I/O.
+
+A read that *fails* is handled by the breaker. The dangerous read is the one that succeeds and
+says less than before: an exchange answering ``{"error": [], "result": {}}`` for a balance, or a
+position list that silently lacks half the positions. Believed, it reads as "holds nothing" and
+the bot buys past its cap — the incident this project exists for, through another door.
+
+The rule: a read that *loses* symbols (held in the last believed read, absent now) that no sell
+of ours explains is **suspect**. It is believed only when ``confirm_reads`` consecutive reads
+agree on exactly the same holdings **and** at least ``confirm_after_s`` seconds separate the
+first of them from the last: a glitch that repeats for a few quick reads is not enough, a real
+change (a manual sale on the exchange's website, a withdrawal) is believed after a short wait.
+Until then the gate refuses new entries (``POSITIONS_IMPLAUSIBLE``) and the enforcer reports
+``unverified``. A read that gains symbols is always believed: more exposure is never a reason
+to take more risk.
+
+A sell we sent explains the loss of its symbol. Other explanations (deposits, transfers, the
+exchange's trade history) are not read here; they only make the wait necessary, never unsafe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from brokerguard._validation import int_problem, seconds_problem
+from brokerguard.errors import ConfigurationError
+
+__all__ = ["PlausibilityPolicy", "PositionPlausibility", "Suspicion", "Verdict"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlausibilityPolicy:
+    """When a loss of positions is believed.
+
+    Args:
+        confirm_reads: consecutive reads showing the same holdings needed to believe a loss
+            (default 3; 1 believes every read, which is the unsafe behaviour of old).
+        confirm_after_s: seconds that must separate the first and the last of those reads
+            (default 30).
+    """
+
+    confirm_reads: int = 3
+    confirm_after_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        problems = [
+            *int_problem("confirm_reads", self.confirm_reads, minimum=1),
+            *seconds_problem("confirm_after_s", self.confirm_after_s),
+        ]
+        if problems:
+            raise ConfigurationError("invalid PlausibilityPolicy: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Suspicion:
+    """A loss of positions not believed yet."""
+
+    missing: tuple[str, ...]
+    """The symbols the reads lost, sorted."""
+    shown: frozenset[str]
+    """What the suspect reads show."""
+    since: float
+    """When the first suspect read started (monotonic seconds)."""
+    agreeing: int
+    """How many consecutive reads showed exactly ``shown``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The policy's answer about one read."""
+
+    believed: bool
+    suspicion: Suspicion | None = None
+    """Set when the read is not believed."""
+    confirmed_loss: tuple[str, ...] = ()
+    """Symbols whose loss this read confirmed (believed after agreeing reads)."""
+
+
+class PositionPlausibility:
+    """Remember the last believed holdings and judge each new read against them.
+
+    Not thread-safe by itself: the broker calls it under its own lock.
+    """
+
+    def __init__(self, policy: PlausibilityPolicy | None = None) -> None:
+        self.policy = policy or PlausibilityPolicy()
+        self._believed: frozenset[str] | None = None
+        self._suspicion: Suspicion | None = None
+
+    @property
+    def suspicion(self) -> Suspicion | None:
+        """The pending suspicion, if the last read was not believed."""
+        return self._suspicion
+
+    @property
+    def believed(self) -> frozenset[str] | None:
+        """The symbols of the last believed read (None before the first read)."""
+        return self._believed
+
+    def observe(
+        self, shown: Iterable[str], now: float, *, explained: Iterable[str] = ()
+    ) -> Verdict:
+        """Judge a successful read that showed `shown` symbols, started at `now` (monotonic).
+
+        `explained`: symbols whose disappearance a sell of ours explains.
+        """
+        shown = frozenset(shown)
+        if self._believed is None:
+            return self._believe(shown)
+        missing = tuple(sorted(self._believed - shown - frozenset(explained)))
+        if not missing:
+            return self._believe(shown)
+        previous = self._suspicion
+        if previous is not None and previous.shown == shown:
+            suspicion = Suspicion(missing, shown, previous.since, previous.agreeing + 1)
+        else:
+            suspicion = Suspicion(missing, shown, now, 1)
+        if (
+            suspicion.agreeing >= self.policy.confirm_reads
+            and now - suspicion.since >= self.policy.confirm_after_s
+        ):
+            verdict = self._believe(shown)
+            return Verdict(believed=True, confirmed_loss=missing, suspicion=verdict.suspicion)
+        self._suspicion = suspicion
+        return Verdict(believed=False, suspicion=suspicion)
+
+    def _believe(self, shown: frozenset[str]) -> Verdict:
+        self._believed = shown
+        self._suspicion = None
+        return Verdict(believed=True)
