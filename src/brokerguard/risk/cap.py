@@ -239,8 +239,10 @@ class PositionCapEnforcer:
                 ),
             )
             changes.append(_change(cid, entry.symbol, entry.status, status))
+        # Orders this process sent whose outcome is unknown (a bot's entries, other sells):
+        # resolve what the evidence allows; unresolved sells keep their symbols off the block.
+        self.broker.resolve_unresolved()
         for order in self.broker.unresolved_orders():
-            # Sells of ours this process could not resolve (whoever sent them) count too.
             if order.request.side is Side.SELL:
                 pending.setdefault(order.symbol, order.client_order_id)
         return pending
