@@ -167,11 +167,17 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Quote:
-    """A usable price for a symbol at a time (epoch seconds). A quote is never zero or NaN."""
+    """A usable price for a symbol at a time (epoch seconds). A quote is never zero or NaN.
+
+    ``timestamp`` is the venue's own time for the price when it sent one. When it did not
+    (Kraken's REST Ticker has none), the quote is stamped when it was received and
+    ``stamped_on_receipt`` says so: its age then says nothing about how old the price is.
+    """
 
     symbol: str
     price: Decimal
     timestamp: float
+    stamped_on_receipt: bool = False
 
     def __post_init__(self) -> None:
         symbol = parse_symbol(self.symbol)

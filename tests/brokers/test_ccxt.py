@@ -32,8 +32,11 @@ from brokerguard.sim.kraken import DEFAULT_API_KEY, DEFAULT_API_SECRET, running_
 
 
 @pytest.fixture
-def kraken():
-    with running_kraken(balances={"ZUSD": "100000", "XXBT": "0.5", "XETH": "0"}) as emulator:
+def kraken(clock):
+    # The emulator keeps the test's time: order deadlines are read on the same clock.
+    with running_kraken(
+        balances={"ZUSD": "100000", "XXBT": "0.5", "XETH": "0"}, time_source=clock.time
+    ) as emulator:
         yield emulator
 
 
@@ -272,13 +275,13 @@ def test_a_refused_nonce_is_resynced_and_retried_once(broker, kraken):
     assert broker.get_status()["nonce_collisions"] == 1
 
 
-def test_a_nonce_refused_twice_gives_up(broker, kraken):
-    """The retry is once: a second refusal is raised as a transient nonce error."""
+def test_a_nonce_refused_past_the_resyncs_gives_up(broker, kraken):
+    """Five re-syncs per call: a sixth refusal is raised as a transient nonce error."""
     broker.get_positions()
-    kraken.inject("EAPI:Invalid nonce", endpoint="BalanceEx", times=2)
+    kraken.inject("EAPI:Invalid nonce", endpoint="BalanceEx", times=6)
     with pytest.raises(InvalidNonceError):
         broker.fetch_positions()
-    assert broker.get_status()["nonce_collisions"] == 1
+    assert broker.get_status()["nonce_collisions"] == 5
 
 
 def test_threads_sharing_a_key_never_collide(kraken, clock):

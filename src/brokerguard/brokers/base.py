@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from brokerguard._validation import seconds_problem
 from brokerguard.brokers.plausibility import PlausibilityPolicy, PositionPlausibility, Suspicion
@@ -189,7 +189,7 @@ class BaseBroker(abc.ABC):
         plausibility: when a successful position read that lost positions is believed.
     """
 
-    enforces_order_deadline: ClassVar[bool] = False
+    enforces_order_deadline: bool = False
     """Whether the venue rejects an order it would accept after ``OrderRequest.deadline``.
     Adapters that pass the deadline to such a venue (Kraken's AddOrder ``deadline``) say so."""
 
@@ -339,6 +339,14 @@ class BaseBroker(abc.ABC):
             needed=needed,
         )
 
+    def note_sell(self, symbol: str) -> None:
+        """Record a sell of `symbol` this process did not send (a journal entry of an earlier run).
+
+        Its position may then vanish without the read being suspect: the journal explains it.
+        """
+        with self._bg_lock:
+            self._bg_sells[parse_symbol(symbol)] = self._bg_clock.monotonic()
+
     def _explained_losses(self, now: float) -> set[str]:
         """Symbols a sell of ours explains the disappearance of (caller holds the lock)."""
         return {s for s, at in self._bg_sells.items() if now - at <= _SELL_EXPLAINS_S}
@@ -367,7 +375,9 @@ class BaseBroker(abc.ABC):
             value = raw.get(symbol)
             try:
                 quotes[symbol] = (
-                    value if isinstance(value, Quote) else Quote(symbol, parse_price(value), now)
+                    value
+                    if isinstance(value, Quote)
+                    else Quote(symbol, parse_price(value), now, stamped_on_receipt=True)
                 )
             except InvalidBrokerData as exc:
                 problems[symbol] = PriceProblem(exc.reason)
@@ -616,7 +626,9 @@ class BaseBroker(abc.ABC):
         try:
             found = self.get_order(cid)
         except Exception as exc:  # noqa: BLE001 (whatever stopped the lookup, the fate is unknown)
-            raise self._unresolved_error(cid, entry, entry.absent_after, cause=exc) from cause
+            raise self._unresolved_error(
+                cid, entry, entry.absent_after, cause=exc, announce=True
+            ) from cause
         if found is not None:
             self._settle_unresolved(cid, OrderState(found.status.value), found)
             log.warning(
@@ -631,7 +643,9 @@ class BaseBroker(abc.ABC):
             )
             return found
         # Found nowhere right after the send: that proves nothing (the venue may accept it later).
-        raise self._unresolved_error(cid, entry, entry.absent_after, cause=cause) from cause
+        raise self._unresolved_error(
+            cid, entry, entry.absent_after, cause=cause, announce=True
+        ) from cause
 
     def _unresolved_error(
         self,
@@ -640,6 +654,7 @@ class BaseBroker(abc.ABC):
         horizon: float | None,
         *,
         cause: BaseException | None,
+        announce: bool = False,
     ) -> OrderUnconfirmedError:
         exists = entry is not None and entry.state is OrderState.EXISTS
         what = (
@@ -653,12 +668,14 @@ class BaseBroker(abc.ABC):
             wait = "its deadline is not known here: it is resolved by finding it or by reconciling"
         else:
             wait = f"a lookup after {horizon:.0f} (epoch s) that finds nothing proves it absent"
-        log.critical(
-            "order %s (%s) on broker %r (account %s) is UNRESOLVED (%s): not resent; %s",
+        log.log(
+            logging.CRITICAL if announce else logging.INFO,
+            "order %s (%s) on broker %r (account %s) is %s (%s): not resent; %s",
             cid,
             what,
             self.broker_name,
             self.account_id,
+            "UNRESOLVED" if announce else "still unresolved",
             cause or "not found yet",
             wait,
         )

@@ -9,8 +9,20 @@ uniqueness only against open orders.
 ccxt's own retry loop (``maxRetriesOnFailure``) is forced to 0: it would resend orders blindly.
 brokerguard owns retries.
 
-Every ccxt exception becomes a brokerguard one in :func:`translate_ccxt_error`, most specific
-first, re-raised ``from`` the original; nothing above this module imports ccxt.
+Every ccxt exception becomes a brokerguard one in :func:`translate_ccxt_error`, re-raised
+``from`` the original; nothing above this module imports ccxt. For Kraken the error string
+decides first (:mod:`brokerguard.brokers.kraken_errors`: ``EService:Deadline elapsed`` is
+transient, ``EOrder:Duplicate order`` means the order exists, an unknown ``E...`` string leaves
+a write unresolved), then ccxt's exception type, most specific first.
+
+Orders sent to Kraken carry AddOrder's ``deadline`` (RFC 3339): after it the engine rejects the
+request, so a lookup made after it that finds nothing proves the order was never placed.
+
+Holdings under suffixed Kraken asset codes (``XBT.F`` flexible/Earn, ``.S`` staked, ``.M``,
+``.B``, ``.P``) are holdings of their base asset and count toward the cap; ``ignore_assets``
+opts out explicitly. A ticker's own timestamp becomes the quote's time, so ``max_quote_age``
+sees an old quote; a ticker without one (Kraken's REST Ticker has none) is stamped on receipt
+and says so (``Quote.stamped_on_receipt``).
 """
 
 from __future__ import annotations
@@ -20,17 +32,20 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import ccxt
 
 from brokerguard.brokers.base import BaseBroker
+from brokerguard.brokers.kraken_errors import KrakenErrorClass, classify_kraken_error
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import (
     BrokerError,
     BrokerGuardError,
     BrokerRejection,
+    DuplicateOrderError,
     FatalBrokerError,
     InvalidBrokerData,
     RateLimitedError,
@@ -41,6 +56,7 @@ from brokerguard.models import (
     OrderRequest,
     OrderStatus,
     Position,
+    Quote,
     parse_decimal,
     parse_symbol,
 )
@@ -95,19 +111,43 @@ _TRANSLATIONS = (
     ((ccxt.BadResponse,), _unparseable),
 )
 _MARKERS: tuple[tuple[str, Callable[[str], BrokerGuardError]], ...] = (
-    # Where ccxt is too coarse (a plain ExchangeError), Kraken's error string decides.
+    # Where ccxt is too coarse (a plain ExchangeError) and the exchange is not Kraken (whose
+    # strings are all classified in kraken_errors), these strings decide.
     ("EAPI:Invalid key", FatalBrokerError),
     ("EAPI:Invalid signature", FatalBrokerError),
     ("EGeneral:Permission denied", FatalBrokerError),
-    ("EOrder:Duplicate order", BrokerRejection),
+    ("EOrder:Duplicate order", DuplicateOrderError),
     ("EOrder:Unknown order", BrokerRejection),
     ("EQuery:Unknown asset", BrokerRejection),
 )
 
+_KRAKEN_CLASSES: Mapping[KrakenErrorClass, Callable[[str], BrokerGuardError]] = {
+    KrakenErrorClass.TRANSIENT: TransientBrokerError,
+    KrakenErrorClass.RATE_LIMITED: _rate_limited,
+    KrakenErrorClass.NONCE: InvalidNonceError,
+    KrakenErrorClass.REJECTED: BrokerRejection,
+    KrakenErrorClass.FATAL: FatalBrokerError,
+    KrakenErrorClass.EXISTS: DuplicateOrderError,
+    KrakenErrorClass.NOT_FOUND: BrokerRejection,
+    # Never seen before: a read counts as a failure; a write is unresolved (looked up).
+    KrakenErrorClass.UNKNOWN: BrokerError,
+}
 
-def translate_ccxt_error(exc: BaseException) -> BrokerGuardError:
-    """Return the brokerguard error for a ccxt (or transport) error: the one translation seam."""
+
+def translate_ccxt_error(exc: BaseException, *, exchange_id: str | None = None) -> BrokerGuardError:
+    """Return the brokerguard error for a ccxt (or transport) error: the one translation seam.
+
+    For Kraken (`exchange_id` ``"kraken"``, or a ccxt message that names it) the Kraken error
+    string decides before ccxt's exception type: ccxt calls a market in ``cancel_only`` mode a
+    network error and leaves ``EService:Deadline elapsed`` a plain ``ExchangeError``.
+    """
     message = str(exc)
+    if isinstance(exc, ccxt.BaseError) and (
+        exchange_id == "kraken" or message.startswith("kraken ")
+    ):
+        kraken_class = classify_kraken_error(message)
+        if kraken_class is not None:
+            return _KRAKEN_CLASSES[kraken_class](message)
     for classes, make in _TRANSLATIONS:
         if isinstance(exc, classes):
             return make(message)
@@ -140,14 +180,22 @@ class NonceSource:
 
     Kraken rejects a nonce that is not larger than the last one it saw for the key. ccxt's own
     counter is per exchange instance, so two instances (or threads with their own instances)
-    on one key can collide; one shared source per key cannot. After a rejection,
-    :meth:`resync` jumps past whatever the exchange saw and counts the collision.
+    on one key can collide; one shared source per key cannot. Another writer on the same key
+    that we do not share a source with (a second host, a hand-run script) can still be ahead of
+    us, and Kraken never says by how much. So after a refusal :meth:`resync` moves the source
+    *ahead of its own clock* by a learned offset that doubles with each consecutive refusal
+    (1 s, then 2 s, 4 s ... past the last nonce handed out) and **keeps** that offset for
+    every later nonce: a writer 10 s ahead is cleared after four refusals (1 + 2 + 4 + 8 s),
+    and stays cleared while it keeps writing, instead of overtaking us again a second later.
+    :meth:`accepted` ends a streak of refusals.
     """
 
     def __init__(self, clock: Clock | None = None, *, resync_jump_ms: int = 1000) -> None:
         self._clock = clock if clock is not None else SYSTEM_CLOCK
         self._lock = threading.Lock()
         self._last = 0
+        self._offset_ms = 0
+        self._streak = 0
         self.resync_jump_ms = resync_jump_ms
         self.call_lock = threading.RLock()
         """Held across each private call: increasing nonces must also *arrive* in order."""
@@ -155,21 +203,35 @@ class NonceSource:
         """How many times the exchange refused one of our nonces."""
 
     def next(self) -> int:
-        """Return a nonce larger than every nonce returned before."""
+        """Return a nonce larger than every nonce returned before (and than the learned mark)."""
         with self._lock:
-            self._last = max(self._last + 1, int(self._clock.time() * 1000))
+            self._last = max(self._last + 1, int(self._clock.time() * 1000) + self._offset_ms)
             return self._last
 
     def resync(self) -> None:
         """Record a refused nonce and jump ahead so the next one clears the exchange's mark."""
         with self._lock:
             self.collisions += 1
-            self._last = max(self._last, int(self._clock.time() * 1000)) + self.resync_jump_ms
+            self._streak += 1
+            jump = self.resync_jump_ms * 2 ** min(self._streak - 1, 16)
+            now_ms = int(self._clock.time() * 1000)
+            self._offset_ms = max(self._offset_ms, self._last - now_ms) + jump
+            self._last = now_ms + self._offset_ms - 1
+
+    def accepted(self) -> None:
+        """Record that the exchange accepted a nonce: the next refusal starts a new streak."""
+        with self._lock:
+            self._streak = 0
 
     @property
     def last(self) -> int:
         """The last nonce handed out."""
         return self._last
+
+    @property
+    def offset_ms(self) -> int:
+        """How far ahead of the clock the source runs, learned from refusals (milliseconds)."""
+        return self._offset_ms
 
 
 _nonce_sources: dict[str, NonceSource] = {}
@@ -186,8 +248,36 @@ def nonce_source_for(api_key: str, clock: Clock | None = None) -> NonceSource:
         return source
 
 
+_STAKED_ALIASES: Mapping[str, str] = {
+    # Kraken's staked ether was its own asset (ETH2, ETH2.S); it is ether exposure all the same.
+    "ETH2": "ETH",
+}
+
+
+def _rfc3339(epoch_seconds: float) -> str:
+    """Format an epoch time the way Kraken's AddOrder ``deadline`` takes it."""
+    moment = datetime.fromtimestamp(epoch_seconds, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _quote_or_raw(symbol: str, ticker: Mapping[str, Any]) -> object:
+    """The ticker's last price as a Quote at the ticker's own time, or raw when it has none.
+
+    A bad price stays raw: the guarded broker judges it (unusable, counted, never a number).
+    """
+    last = ticker["last"]
+    stamp = ticker.get("timestamp")
+    if stamp is None:
+        return last
+    try:
+        return Quote(symbol, last, float(parse_decimal(stamp, field="timestamp") / 1000))
+    except InvalidBrokerData:
+        return last
+
+
 _STATUS = {
     "open": OrderStatus.OPEN,
+    "pending": OrderStatus.OPEN,
     "closed": OrderStatus.FILLED,
     "canceled": OrderStatus.CANCELED,
     "cancelled": OrderStatus.CANCELED,
@@ -204,9 +294,14 @@ class CcxtBroker(BaseBroker):
         broker_name: defaults to the exchange id (``"kraken"``).
         quote_currency: the currency positions are valued in; its balance is cash, not a
             position.
-        ignore_assets: other balances that are not positions (fiat, staking variants).
+        ignore_assets: balance codes that are not positions (other fiat, fee credits): the
+            opt-out from counting a holding. A base code (``"DOT"``) ignores its suffixed
+            variants too; a suffixed one (``"DOT.S"``) only itself. Suffixed holdings count
+            toward the cap unless named here (fail closed).
         nonce_source: shared nonces for the API key (default: the process-wide source for the
             exchange's key, when it has one).
+        nonce_resyncs: refused nonces re-synced and retried per call (each jump doubles: 5
+            clears a writer up to 31 s ahead); a refused nonce proves nothing was processed.
         Other arguments: as for :class:`BaseBroker`.
     """
 
@@ -220,12 +315,14 @@ class CcxtBroker(BaseBroker):
         quote_currency: str = "USD",
         ignore_assets: Sequence[str] = (),
         nonce_source: NonceSource | None = None,
+        nonce_resyncs: int = 5,
         account_id: str | None = None,
         clock: Clock | None = None,
         read_breaker: BrokerCircuitBreaker | None = None,
         write_breaker: BrokerCircuitBreaker | None = None,
         client_order_id_factory: Callable[[], str] | None = None,
         rate_limiter: RateLimiter | None = None,
+        order_deadline_s: float = 10.0,
     ) -> None:
         super().__init__(
             broker_name or str(exchange.id),
@@ -237,8 +334,14 @@ class CcxtBroker(BaseBroker):
             write_breaker=write_breaker,
             client_order_id_factory=client_order_id_factory,
             rate_limiter=rate_limiter,
+            order_deadline_s=order_deadline_s,
         )
         self.exchange = exchange
+        self._exchange_id = str(exchange.id)
+        # Kraken's AddOrder takes a deadline (now + 2 s to now + 60 s) after which its engine
+        # rejects the request; other venues get none, and absence waits for the local bound.
+        self.enforces_order_deadline = self._exchange_id == "kraken"
+        self.nonce_resyncs = nonce_resyncs
         self.quote_currency = quote_currency
         self.ignore_assets = frozenset(ignore_assets)
         if exchange.options.get("maxRetriesOnFailure", 0):
@@ -259,23 +362,50 @@ class CcxtBroker(BaseBroker):
     # ------------------------------------------------------------------ the four raw methods
 
     def fetch_positions(self) -> Sequence[Position]:
-        """Return the non-quote balances with a positive total as spot positions."""
+        """Return every non-quote holding with a positive total as a spot position.
+
+        Suffixed asset codes (ccxt turns Kraken's ``XBT.F`` into ``BTC.F``) are holdings of
+        their base asset: they are added to it, because the cap must see all exposure. An
+        answer that lists no asset at all is not evidence of an empty account (a funded account
+        always lists its cash): it is refused as invalid data.
+        """
         self._ensure_markets()
         balance = self._ccxt(self.exchange.fetch_balance, private=True)
         totals = balance.get("total") if isinstance(balance, Mapping) else None
         if not isinstance(totals, Mapping) or not isinstance(balance.get("info"), Mapping):
             raise InvalidBrokerData("balance", balance, "no_totals")
-        positions = []
+        if not totals:
+            raise InvalidBrokerData("balance", balance.get("info"), "empty")
+        held: dict[str, Decimal] = {}
         for code, total in sorted(totals.items()):
-            if code == self.quote_currency or code in self.ignore_assets or "." in str(code):
+            base = self._base_asset(str(code))
+            if base is None:
                 continue
             quantity = parse_decimal(total, field="quantity", symbol=str(code))
             if quantity > 0:
-                positions.append(Position(f"{code}/{self.quote_currency}", quantity))
-        return positions
+                held[base] = held.get(base, Decimal(0)) + quantity
+        return [
+            Position(f"{base}/{self.quote_currency}", qty) for base, qty in sorted(held.items())
+        ]
+
+    def _base_asset(self, code: str) -> str | None:
+        """The asset a balance code holds, or None when it is cash or explicitly ignored."""
+        if code in self.ignore_assets:
+            return None
+        base, _, suffix = code.partition(".")
+        if suffix:
+            base = str(self.exchange.safe_currency_code(base))
+            base = _STAKED_ALIASES.get(base, base)
+        if base == self.quote_currency or base in self.ignore_assets:
+            return None
+        return base
 
     def fetch_prices(self, symbols: Sequence[str]) -> Mapping[str, object]:
-        """Return each known symbol's last trade price from one ``fetch_tickers`` call."""
+        """Return each known symbol's last trade price from one ``fetch_tickers`` call.
+
+        A ticker with its own timestamp becomes a :class:`Quote` at that time, so an old quote
+        is seen as stale; one without (Kraken's REST Ticker) is left raw and stamped on receipt.
+        """
         markets = self._ensure_markets()
         known = [s for s in symbols if s in markets]
         if not known:
@@ -287,12 +417,15 @@ class CcxtBroker(BaseBroker):
         for symbol in known:
             ticker = tickers.get(symbol)
             if isinstance(ticker, Mapping) and "last" in ticker:
-                prices[symbol] = ticker["last"]
+                prices[symbol] = _quote_or_raw(symbol, ticker)
         return prices
 
     def submit_order(self, order: OrderRequest) -> Order:
-        """Send a market order with our client order id (Kraken's ``cl_ord_id``)."""
+        """Send a market order with our client order id (Kraken's ``cl_ord_id``) and deadline."""
         self._ensure_markets()
+        params: dict[str, Any] = {"clientOrderId": order.client_order_id}
+        if self.enforces_order_deadline and order.deadline is not None:
+            params["deadline"] = _rfc3339(order.deadline)
         placed = self._ccxt(
             self.exchange.create_order,
             order.symbol,
@@ -300,7 +433,7 @@ class CcxtBroker(BaseBroker):
             order.side.value,
             str(order.quantity),
             None,
-            {"clientOrderId": order.client_order_id},
+            params,
             private=True,
         )
         return self._order_from(placed, order.client_order_id, order)
@@ -354,22 +487,28 @@ class CcxtBroker(BaseBroker):
         return self._ccxt_once_more_on_nonce(func, args)
 
     def _ccxt_once_more_on_nonce(self, func: Callable[..., T], args: tuple[Any, ...]) -> T:
-        for attempt in (1, 2):
+        for attempt in range(1, self.nonce_resyncs + 2):
             try:
-                return func(*args)
+                result = func(*args)
             except ccxt.InvalidNonce as exc:
-                if attempt == 2 or self._nonce is None:  # noqa: PLR2004 (the one retry)
-                    raise translate_ccxt_error(exc) from exc
+                if attempt > self.nonce_resyncs or self._nonce is None:
+                    raise translate_ccxt_error(exc, exchange_id=self._exchange_id) from exc
                 self._nonce.resync()
                 log.warning(
-                    "nonce refused by %r (%s); re-synced the shared nonce source and retrying "
-                    "once (%d collision(s) so far)",
+                    "nonce refused by %r (%s); another writer on this key is ahead: the shared "
+                    "nonce source now runs %.1fs ahead of the clock; retrying (%d collision(s) "
+                    "so far)",
                     self.broker_name,
                     exc,
+                    self._nonce.offset_ms / 1000,
                     self._nonce.collisions,
                 )
             except ccxt.BaseError as exc:
-                raise translate_ccxt_error(exc) from exc
+                raise translate_ccxt_error(exc, exchange_id=self._exchange_id) from exc
+            else:
+                if self._nonce is not None:
+                    self._nonce.accepted()
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _order_from(self, raw: object, client_order_id: str, request: OrderRequest | None) -> Order:

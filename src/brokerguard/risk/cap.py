@@ -219,6 +219,9 @@ class PositionCapEnforcer:
         pending: dict[str, str] = {}
         for entry in self.store.journal(self.account_id, statuses=set(LIVE_ORDER_STATUSES)):
             cid = entry.client_order_id
+            if entry.side == Side.SELL.value:
+                # Whatever it did, the journal explains its position's disappearance.
+                self.broker.note_sell(entry.symbol)
             status = self._look_up(entry)
             if status in _STILL_LIVE:
                 pending[entry.symbol] = cid
