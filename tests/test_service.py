@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from brokerguard import ConfigurationError, PaperBroker
+from brokerguard import BrokerGuardError, ConfigurationError, PaperBroker
 from brokerguard.brokers.ccxt import CcxtBroker
 from brokerguard.config import parse_config
 from brokerguard.service import GuardService, embedded_default_config
@@ -169,3 +169,31 @@ def test_many_accounts_on_one_broker_stay_within_its_rate_limit(tmp_path):
         assert in_window <= 2 + 5, (start, in_window)
     assert service.status()["brokers"]["paper"]["rate_limit"]["waited_s"] > 0
     service.close()
+
+
+def test_status_shows_unresolved_orders_from_the_broker_and_the_journal(service):
+    """An order of unknown outcome is visible (and counted in metrics) until it is resolved."""
+    from brokerguard.metrics import ServiceMetrics  # noqa: PLC0415 (only this test scrapes)
+    from brokerguard.models import OrderRequest  # noqa: PLC0415
+
+    runtime = service.accounts["paper-main"]
+    service.store.record_order_intent(
+        "paper-main",
+        OrderRequest("BTC/USD", "sell", "1", "journaled-1", service.clock.time() + 10),
+        purpose="cap_liquidation",
+    )
+    service.store.record_order_status("journaled-1", "unresolved")
+    runtime.broker.set_fault_plan(type(runtime.broker.fault_plan)(error_rate={"submit_order": 1.0}))
+    with pytest.raises(BrokerGuardError):
+        runtime.broker.place_market_order("ETH/USD", "buy", "0.01", client_order_id="sent-1")
+
+    account = json.loads(json.dumps(service.status()))["accounts"]["paper-main"]
+    scrape = ServiceMetrics(service).render().decode()
+
+    assert {o["client_order_id"] for o in account["unresolved_orders"]} == {
+        "sent-1",
+        "journaled-1",
+    }
+    assert account["positions_suspect"] is None
+    assert 'brokerguard_orders_unresolved{account="paper-main"} 2.0' in scrape
+    assert 'brokerguard_positions_implausible{account="paper-main"} 0.0' in scrape

@@ -31,6 +31,8 @@ from brokerguard.risk.exits import (
     EnforcementCrashed,
     EnforcementEvent,
     EnforcementUnverified,
+    OrdersUnresolved,
+    PositionsImplausible,
     SymbolsRevalued,
     SymbolsUnvaluable,
     TradingHalted,
@@ -82,7 +84,7 @@ class AlertSink(Protocol):
         ...
 
 
-def alert_for(event: EnforcementEvent) -> Alert | None:  # noqa: PLR0911 (a case per kind)
+def alert_for(event: EnforcementEvent) -> Alert | None:  # noqa: C901, PLR0911 (a case per kind)
     """Return the alert an event deserves, or None if it is routine."""
     a, at = event.account_id, event.at
     match event:
@@ -96,6 +98,20 @@ def alert_for(event: EnforcementEvent) -> Alert | None:  # noqa: PLR0911 (a case
                 AlertLevel.CRITICAL, "symbols_unvaluable", a, f"no valid price on {a}",
                 f"{', '.join(symbols)}: no usable price; paused (no entries, no management) "
                 "until a valid price arrives. No fallback price is used.", at,
+            )  # fmt: skip
+        case OrdersUnresolved(client_order_ids=ids, symbols=symbols):
+            return Alert(
+                AlertLevel.CRITICAL, "orders_unresolved", a, f"order outcome UNKNOWN on {a}",
+                f"{', '.join(ids)} ({', '.join(symbols) or 'journaled'}): the broker may have "
+                "placed them. Not resent; their symbols are not traded again until each is found "
+                "or proven absent after its deadline.", at,
+            )  # fmt: skip
+        case PositionsImplausible(missing=missing):
+            return Alert(
+                AlertLevel.CRITICAL, "positions_implausible", a, f"implausible positions on {a}",
+                f"a successful read lost {', '.join(missing)} with no sell to explain it; not "
+                "believed: new entries refused until agreeing reads confirm it or the "
+                "positions come back.", at,
             )  # fmt: skip
         case EnforcementCrashed(error=error):
             return Alert(

@@ -219,6 +219,18 @@ class _StatusCollector(Collector):
             [([a, s["trading_state"]], 1) for a, s in accounts],
         )
         yield _gauge(
+            "brokerguard_orders_unresolved",
+            "Orders whose outcome is unknown (not resent; their symbols not traded again).",
+            ["account"],
+            [([a], len(s["unresolved_orders"])) for a, s in accounts],
+        )
+        yield _gauge(
+            "brokerguard_positions_implausible",
+            "1 while a position read that lost positions is not believed (entries refused).",
+            ["account"],
+            [([a], int(s["positions_suspect"] is not None)) for a, s in accounts],
+        )
+        yield _gauge(
             "brokerguard_data_quality",
             "Bad data received from the broker, by kind.",
             ["account", "kind"],

@@ -37,6 +37,7 @@ from brokerguard.config import (
 )
 from brokerguard.errors import BrokerGuardError, ConfigurationError
 from brokerguard.models import Side
+from brokerguard.orders import OrderState
 from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_enabled
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.state import CircuitState
@@ -461,6 +462,31 @@ class GuardService:
                     reasons.append(f"broker {name} offline ({scope} circuit open)")
         return not reasons, reasons
 
+    def _unresolved_orders(self, broker: BaseBroker, store_ok: bool) -> list[dict[str, Any]]:
+        """This process's unresolved orders and the journal's (maybe an earlier run's), once."""
+        orders = [o.as_dict() for o in broker.unresolved_orders()]
+        if not store_ok:
+            return orders
+        known = {o["client_order_id"] for o in orders}
+        journaled = self.store.journal(
+            broker.account_id, statuses={OrderState.UNRESOLVED.value, OrderState.EXISTS.value}
+        )
+        orders.extend(
+            {
+                "client_order_id": entry.client_order_id,
+                "symbol": entry.symbol,
+                "side": entry.side,
+                "quantity": str(entry.quantity),
+                "state": entry.status,
+                "since": entry.updated_at,
+                "absent_after": None,
+                "reason": "journaled",
+            }
+            for entry in journaled
+            if entry.client_order_id not in known
+        )
+        return orders
+
     def status(self) -> dict[str, Any]:
         """Everything an operator sees: brokers, accounts, halts, recent events. No secrets."""
         store_ok = self.store.ping()
@@ -484,6 +510,8 @@ class GuardService:
                 ),
                 "last_enforcement": results.get(account_id),
                 "data_quality": runtime.broker.data_quality(),
+                "unresolved_orders": self._unresolved_orders(runtime.broker, store_ok),
+                "positions_suspect": _suspicion_dict(runtime.broker),
             }
         brokers = {}
         for name, breakers in self.breakers.items():
@@ -531,6 +559,17 @@ class GuardService:
             "halts": list(halts.values()),
             "events": [event_to_dict(e) for e in self.recent_events(50)],
         }
+
+
+def _suspicion_dict(broker: BaseBroker) -> dict[str, Any] | None:
+    suspicion = broker.position_suspicion()
+    if suspicion is None:
+        return None
+    return {
+        "missing": list(suspicion.missing),
+        "agreeing_reads": suspicion.agreeing,
+        "needed_reads": broker.plausibility_policy.confirm_reads,
+    }
 
 
 def event_to_dict(event: EnforcementEvent) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from brokerguard import ConfigurationError
+from brokerguard.alerts import AlertLevel, alert_for
 from brokerguard.brokers import FaultPlan
 from brokerguard.risk import (
     CapRestored,
@@ -15,7 +16,9 @@ from brokerguard.risk import (
     ContinuousExitEnforcer,
     EnforcementCrashed,
     EnforcementUnverified,
+    OrdersUnresolved,
     PositionCapEnforcer,
+    PositionsImplausible,
     PositionsLiquidated,
     SymbolsRevalued,
     SymbolsUnvaluable,
@@ -194,3 +197,48 @@ def test_a_broker_can_be_given_directly(clock, store):
     loop = ContinuousExitEnforcer(broker, max_positions=8, store=store, interval=5)
     assert loop.tick()["direct:master"]["status"] == "compliant"
     assert len(broker.true_positions()) == 8
+
+
+def test_orders_with_unknown_outcomes_are_announced_once(clock, store):
+    """A liquidation whose send fails is unresolved: one OrdersUnresolved event, a critical alert."""
+    enforcer = enforcer_for(
+        clock, store, "doubt", held=9, plan=FaultPlan(error_rate={"submit_order": 1.0})
+    )
+    loop = ContinuousExitEnforcer(enforcer, interval=5)
+    events = []
+    loop.add_listener(events.append)
+    first = loop.tick()["doubt:master"]
+    loop.tick()
+    announced = [e for e in events if isinstance(e, OrdersUnresolved)]
+
+    assert first["status"] == "unverified"
+    assert first["trading_halted"] is False
+    assert len(announced) == 1
+    assert announced[0].client_order_ids == tuple(first["unresolved"])
+    alert = alert_for(announced[0])
+    assert alert is not None
+    assert alert.level is AlertLevel.CRITICAL
+    assert alert.kind == "orders_unresolved"
+
+
+def test_a_position_read_that_lost_positions_is_announced_once(clock, store):
+    """Positions vanish with no sell: one PositionsImplausible event, a critical alert."""
+    enforcer = enforcer_for(clock, store, "thin", held=3)
+    loop = ContinuousExitEnforcer(enforcer, interval=5)
+    events = []
+    loop.add_listener(events.append)
+    loop.tick()
+    broker = enforcer.broker
+    broker.set_fault_plan(FaultPlan(error_rate={}))
+    with broker._lock:
+        broker._positions.clear()  # gone, as an empty but successful read would say
+    loop.tick()
+    loop.tick()
+    announced = [e for e in events if isinstance(e, PositionsImplausible)]
+
+    assert len(announced) == 1
+    assert announced[0].missing == ("C01/USD", "C02/USD", "C03/USD")
+    alert = alert_for(announced[0])
+    assert alert is not None
+    assert alert.kind == "positions_implausible"
+    assert loop.last_results["thin:master"]["status"] == "unverified"

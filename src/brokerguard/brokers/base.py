@@ -312,6 +312,11 @@ class BaseBroker(abc.ABC):
             raise self._implausible(suspicion)
         return list(positions)
 
+    @property
+    def plausibility_policy(self) -> PlausibilityPolicy:
+        """When a successful position read that lost positions is believed."""
+        return self._bg_plausibility.policy
+
     def position_suspicion(self) -> Suspicion | None:
         """Return the pending suspicion about the positions (a read lost some), if any."""
         with self._bg_lock:

@@ -35,6 +35,8 @@ __all__ = [
     "EnforcementEvent",
     "EnforcementUnverified",
     "EventListener",
+    "OrdersUnresolved",
+    "PositionsImplausible",
     "PositionsLiquidated",
     "SymbolsRevalued",
     "SymbolsUnvaluable",
@@ -116,6 +118,24 @@ class EnforcementUnverified(EnforcementEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class OrdersUnresolved(EnforcementEvent):
+    """Orders of the account have unknown outcomes: never resent, their symbols left alone.
+
+    Each stays so until it is found or proven absent after its deadline.
+    """
+
+    client_order_ids: tuple[str, ...]
+    symbols: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PositionsImplausible(EnforcementEvent):
+    """A successful position read lost positions that nothing explains: not believed yet."""
+
+    missing: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class EnforcementCrashed(EnforcementEvent):
     """The enforcement step raised unexpectedly; the other accounts carried on."""
 
@@ -184,6 +204,8 @@ class ContinuousExitEnforcer:
         self._thread: threading.Thread | None = None
         self._results: dict[str, dict[str, Any]] = {}
         self._unvalued: dict[str, set[str]] = {}
+        self._unresolved: dict[str, set[str]] = {}
+        self._suspect: dict[str, tuple[str, ...]] = {}
         self.ticks = 0
 
     def add_listener(self, listener: EventListener) -> None:
@@ -327,6 +349,7 @@ class ContinuousExitEnforcer:
         previous: dict[str, Any] | None,
     ) -> None:
         account, now = enforcer.account_id, self.clock.time()
+        self._announce_doubts(enforcer, result, now)
         if result["status"] == "unverified":
             self._emit(EnforcementUnverified(account, now, result["reason"]))
             return
@@ -356,6 +379,34 @@ class ContinuousExitEnforcer:
             self._emit(SymbolsRevalued(account, now, tuple(sorted(before - unvalued))))
         with self._lock:
             self._unvalued[account] = unvalued
+
+    def _announce_doubts(
+        self, enforcer: PositionCapEnforcer, result: dict[str, Any], now: float
+    ) -> None:
+        """Announce orders newly unresolved and a newly implausible position read, once each."""
+        account, broker = enforcer.account_id, enforcer.broker
+        unresolved = {o.client_order_id: o.symbol for o in broker.unresolved_orders()}
+        journal_unresolved = result.get("unresolved") or ()
+        for cid in journal_unresolved:
+            unresolved.setdefault(cid, "")
+        suspicion = broker.position_suspicion()
+        missing = () if suspicion is None else suspicion.missing
+        with self._lock:
+            new = set(unresolved) - self._unresolved.get(account, set())
+            self._unresolved[account] = set(unresolved)
+            newly_suspect = bool(missing) and missing != self._suspect.get(account)
+            self._suspect[account] = missing
+        if new:
+            self._emit(
+                OrdersUnresolved(
+                    account,
+                    now,
+                    tuple(sorted(new)),
+                    tuple(sorted({unresolved[c] for c in new if unresolved[c]})),
+                )
+            )
+        if newly_suspect:
+            self._emit(PositionsImplausible(account, now, missing))
 
     def _emit(self, event: EnforcementEvent) -> None:
         for listener in tuple(self._listeners):
