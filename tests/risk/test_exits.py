@@ -200,7 +200,7 @@ def test_a_broker_can_be_given_directly(clock, store):
 
 
 def test_orders_with_unknown_outcomes_are_announced_once(clock, store):
-    """A liquidation whose send fails is unresolved: one OrdersUnresolved event, a critical alert."""
+    """A liquidation whose send fails is unresolved: announced once, as a critical alert."""
     enforcer = enforcer_for(
         clock, store, "doubt", held=9, plan=FaultPlan(error_rate={"submit_order": 1.0})
     )
