@@ -197,3 +197,48 @@ def test_status_shows_unresolved_orders_from_the_broker_and_the_journal(service)
     assert account["positions_suspect"] is None
     assert 'brokerguard_orders_unresolved{account="paper-main"} 2.0' in scrape
     assert 'brokerguard_positions_implausible{account="paper-main"} 0.0' in scrape
+
+
+def test_the_order_truth_settings_reach_every_broker(tmp_path):
+    """order_deadline_s, the margin, the plausibility policy and ignore_assets are applied."""
+    config = parse_config(
+        {
+            "store": {"url": "sqlite://"},
+            "brokers": {
+                "paper": {
+                    "kind": "paper",
+                    "order_deadline_s": 20,
+                    "resolution_margin_s": 2,
+                    "positions_confirm_reads": 5,
+                    "positions_confirm_after_s": 90,
+                },
+                "kraken": {"kind": "ccxt", "exchange": "kraken", "ignore_assets": ["KFEE"]},
+            },
+            "accounts": [
+                {"id": "p-1", "broker": "paper", "max_positions": 2},
+                {"id": "k-1", "broker": "kraken", "max_positions": 2},
+            ],
+        }
+    )
+    service = GuardService(config, clock=FakeClock(start=1_795_000_000.0))
+    paper = service.accounts["p-1"].broker
+    kraken = service.accounts["k-1"].broker
+    assert (paper.order_deadline_s, paper.resolution_margin_s) == (20.0, 2.0)
+    assert paper.plausibility_policy.confirm_reads == 5
+    assert paper.plausibility_policy.confirm_after_s == 90
+    assert isinstance(kraken, CcxtBroker)
+    assert kraken.ignore_assets == frozenset({"KFEE"})
+    assert kraken.order_deadline_s == 10.0
+    service.close()
+
+
+@pytest.mark.parametrize("deadline", [0, 1.5, 61])
+def test_an_order_deadline_kraken_would_refuse_is_a_configuration_error(deadline):
+    """Kraken takes a deadline 2 to 60 seconds ahead: anything else is refused at load."""
+    with pytest.raises(ConfigurationError):
+        parse_config(
+            {
+                "brokers": {"paper": {"kind": "paper", "order_deadline_s": deadline}},
+                "accounts": [{"id": "p-1", "broker": "paper", "max_positions": 2}],
+            }
+        )

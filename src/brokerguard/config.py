@@ -150,6 +150,29 @@ class BrokerConfig(_Model):
     )
     timeout_s: PositiveSeconds = Field(10.0, description="ccxt only: per-request timeout")
     quote_currency: str = "USD"
+    ignore_assets: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="ccxt only: balance codes that are not positions (fee credits, other fiat); "
+        "'DOT' ignores DOT and its suffixed variants, 'DOT.S' only the staked one. Everything "
+        "else counts toward the cap.",
+    )
+    order_deadline_s: float = Field(
+        10.0,
+        gt=2,
+        le=60,
+        allow_inf_nan=False,
+        description="seconds after sending when the venue must stop accepting an order (Kraken "
+        "takes 2 to 60); an order whose answer was lost is unresolved at least this long",
+    )
+    resolution_margin_s: Seconds = Field(
+        5.0, description="added to a deadline before absence proves an order was never placed"
+    )
+    positions_confirm_reads: int = Field(
+        3, ge=1, description="agreeing reads needed to believe that positions are gone"
+    )
+    positions_confirm_after_s: Seconds = Field(
+        30.0, description="seconds those agreeing reads must span"
+    )
     seed: int = Field(0, description="paper only: seeds prices and faults")
     prices: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict, description="paper only: starting prices (default: a dozen pairs)"

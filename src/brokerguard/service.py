@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from brokerguard.alerts import AlertRouter, sinks_from_config
 from brokerguard.brokers.base import BaseBroker
 from brokerguard.brokers.paper import MISSING, FaultPlan, OutageWindow, PaperBroker, PaperMarket
+from brokerguard.brokers.plausibility import PlausibilityPolicy
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.config import (
     AccountConfig,
@@ -646,6 +647,38 @@ def _make_broker(
     paper: tuple[PaperMarket, FaultPlan] | None = None,
     coordinator: RedisCoordinator | None = None,
 ) -> BaseBroker:
+    broker = _make_raw_broker(
+        account,
+        config,
+        index,
+        read=read,
+        write=write,
+        clock=clock,
+        limiter=limiter,
+        paper=paper,
+        coordinator=coordinator,
+    )
+    broker.order_deadline_s = config.order_deadline_s
+    broker.resolution_margin_s = config.resolution_margin_s
+    broker.plausibility_policy = PlausibilityPolicy(
+        confirm_reads=config.positions_confirm_reads,
+        confirm_after_s=config.positions_confirm_after_s,
+    )
+    return broker
+
+
+def _make_raw_broker(
+    account: AccountConfig,
+    config: BrokerConfig,
+    index: int,
+    *,
+    read: BrokerCircuitBreaker,
+    write: BrokerCircuitBreaker,
+    clock: Clock,
+    limiter: RateLimiter | None,
+    paper: tuple[PaperMarket, FaultPlan] | None = None,
+    coordinator: RedisCoordinator | None = None,
+) -> BaseBroker:
     name = read.broker_name
     if config.kind == "paper_exchange":
         from brokerguard.brokers.paper_exchange import PaperExchangeBroker  # noqa: PLC0415
@@ -732,6 +765,7 @@ def _make_ccxt_broker(
         read.broker_name,
         account_id=account.id,
         quote_currency=config.quote_currency,
+        ignore_assets=config.ignore_assets,
         nonce_source=nonce_source,
         clock=clock,
         read_breaker=read,

@@ -317,6 +317,11 @@ class BaseBroker(abc.ABC):
         """When a successful position read that lost positions is believed."""
         return self._bg_plausibility.policy
 
+    @plausibility_policy.setter
+    def plausibility_policy(self, policy: PlausibilityPolicy) -> None:
+        with self._bg_lock:
+            self._bg_plausibility.policy = policy
+
     def position_suspicion(self) -> Suspicion | None:
         """Return the pending suspicion about the positions (a read lost some), if any."""
         with self._bg_lock:
