@@ -23,7 +23,7 @@ from brokerguard import (
     TradingGate,
 )
 from brokerguard.brokers.ccxt import CcxtBroker, NonceSource
-from brokerguard.errors import InvalidBrokerData, PositionsImplausibleError
+from brokerguard.errors import BrokerError, InvalidBrokerData, PositionsImplausibleError
 from brokerguard.models import OrderRequest, Side
 from brokerguard.risk import ORDER_UNRESOLVED, POSITIONS_IMPLAUSIBLE
 from brokerguard.risk.valuation import Valuator
@@ -329,3 +329,28 @@ def test_the_nonce_resync_clears_another_writer_ahead_and_stays_ahead(kraken, cl
             other.fetch_balance()
     assert source.collisions == {1.5: 2, 10.0: 4}[ahead_s]  # jumps of 1, 2, 4, 8 s
     assert source.offset_ms > ahead_s * 1000
+
+
+# --------------------------------------------------------------------------- unknown strings
+
+
+def test_an_unknown_kraken_error_on_a_write_leaves_the_order_unresolved(broker, kraken):
+    """A string nobody classified may hide an accepted order: looked up, never resent."""
+    broker.get_positions()
+    kraken.inject("accept_then:EOrder:Something entirely new", endpoint="AddOrder")
+    order = broker.place_market_order("SOL/USD", "buy", "1", client_order_id="bg-new-1")
+    assert order.status is OrderStatus.FILLED  # the lookup found it: adopted
+    kraken.inject("EGeneral:Another new thing", endpoint="AddOrder")
+    with pytest.raises(OrderUnconfirmedError):
+        broker.place_market_order("SOL/USD", "buy", "1", client_order_id="bg-new-2")
+    assert kraken.count("AddOrder") == 2
+
+
+def test_an_unknown_kraken_error_on_a_read_is_a_counted_failure_not_retried(broker, kraken):
+    """Reads: an unknown string counts against the breaker and is raised, never read as empty."""
+    kraken.inject("EGeneral:Something entirely new", endpoint="BalanceEx")
+    with pytest.raises(BrokerError) as info:
+        broker.get_positions()
+    assert type(info.value) is BrokerError
+    assert kraken.count("BalanceEx") == 1
+    assert broker.read_breaker.get_status()["failure_count"] == 1
