@@ -14,6 +14,8 @@ and a stable reason code. Nothing here ever substitutes a value.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -22,6 +24,7 @@ from typing import Final, TypeVar
 from brokerguard.errors import InvalidBrokerData
 
 __all__ = [
+    "CURRENCY_ALIASES",
     "MAX_MAGNITUDE",
     "Balance",
     "Order",
@@ -113,16 +116,42 @@ def parse_price(value: object, *, symbol: str | None = None) -> Decimal:
     return parse_decimal(value, field="price", allow_zero=False, symbol=symbol)
 
 
+CURRENCY_ALIASES: Final[Mapping[str, str]] = {
+    # Kraken's own codes for assets everyone else names otherwise (ccxt maps them the same way).
+    "XBT": "BTC",
+    "XDG": "DOGE",
+}
+"""Currency codes that name the same asset as their target: one asset, one symbol."""
+
+
 def parse_symbol(value: object, *, field: str = "symbol") -> str:
-    """Return `value` as a non-empty, stripped symbol, or raise `InvalidBrokerData`."""
+    """Return `value` as a non-empty, stripped identifier, or raise `InvalidBrokerData`.
+
+    A trading symbol (``field="symbol"``, the default) is also put in its one canonical form,
+    the one the gate compares and the broker trades: upper case, no whitespace around its
+    parts, and exchange aliases mapped (``xbt/usd `` is ``BTC/USD``). Otherwise
+    ``"DOGE/USD "`` would pass a gate that paused ``DOGE/USD`` and still be traded as it.
+    Other identifiers (client order ids, broker names) are only stripped.
+    """
     if value is None:
         raise InvalidBrokerData(field, value, PriceProblem.MISSING)
     if not isinstance(value, str):
         raise InvalidBrokerData(field, value, "not_a_string")
-    symbol = value.strip()
-    if not symbol:
+    text = value.strip()
+    if not text:
         raise InvalidBrokerData(field, value, "empty")
-    return symbol
+    if field != "symbol":
+        return text
+    return _canonical_symbol(text, value)
+
+
+def _canonical_symbol(text: str, value: object) -> str:
+    parts = re.split(r"([/:])", text.upper())
+    codes = parts[::2]
+    if any(not code.strip() or any(c.isspace() for c in code.strip()) for code in codes):
+        raise InvalidBrokerData("symbol", value, "malformed")
+    parts[::2] = [CURRENCY_ALIASES.get(code.strip(), code.strip()) for code in codes]
+    return "".join(parts)
 
 
 def _to_decimal(value: object, *, field: str, symbol: str | None) -> Decimal:

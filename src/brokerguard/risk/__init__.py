@@ -19,9 +19,11 @@ from brokerguard.risk.exits import (
 )
 from brokerguard.risk.gate import (
     ACCOUNT_HALTED,
+    ACCOUNT_REDUCING,
     ALLOWED,
     BROKER_OFFLINE,
     COORDINATION_UNAVAILABLE,
+    INVALID_SYMBOL,
     ORDER_UNRESOLVED,
     POSITION_CAP_REACHED,
     POSITIONS_IMPLAUSIBLE,
@@ -39,10 +41,12 @@ from brokerguard.risk.valuation import Valuation, ValuationReport, Valuator
 
 __all__ = [
     "ACCOUNT_HALTED",
+    "ACCOUNT_REDUCING",
     "ALLOWED",
     "BROKER_OFFLINE",
     "COORDINATION_UNAVAILABLE",
     "ENFORCER_SOURCE",
+    "INVALID_SYMBOL",
     "ORDER_UNRESOLVED",
     "POSITIONS_IMPLAUSIBLE",
     "POSITIONS_UNKNOWN",

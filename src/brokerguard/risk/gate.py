@@ -42,10 +42,11 @@ from brokerguard.errors import (
     BrokerRejection,
     ConfigurationError,
     CoordinationUnavailableError,
+    InvalidBrokerData,
     OrderUnconfirmedError,
     PositionsImplausibleError,
 )
-from brokerguard.models import Side
+from brokerguard.models import Side, parse_symbol
 from brokerguard.orders import OrderState
 from brokerguard.resilience.state import BrokerHealthState
 from brokerguard.store.state import StateStore
@@ -55,9 +56,11 @@ if TYPE_CHECKING:  # the fleet's slots are optional (they need redis)
 
 __all__ = [
     "ACCOUNT_HALTED",
+    "ACCOUNT_REDUCING",
     "ALLOWED",
     "BROKER_OFFLINE",
     "COORDINATION_UNAVAILABLE",
+    "INVALID_SYMBOL",
     "ORDER_UNRESOLVED",
     "POSITIONS_IMPLAUSIBLE",
     "POSITIONS_UNKNOWN",
@@ -77,6 +80,9 @@ log = logging.getLogger("brokerguard.gate")
 ALLOWED: Final = "ALLOWED"
 RISK_REDUCING: Final = "RISK_REDUCING"
 ACCOUNT_HALTED: Final = "ACCOUNT_HALTED"
+ACCOUNT_REDUCING: Final = "ACCOUNT_REDUCING"
+"""The account holds more positions than its cap: only risk-reducing orders until it does not."""
+INVALID_SYMBOL: Final = "INVALID_SYMBOL"
 BROKER_OFFLINE: Final = "BROKER_OFFLINE"
 SYMBOL_PAUSED: Final = "SYMBOL_PAUSED"
 POSITIONS_UNKNOWN: Final = "POSITIONS_UNKNOWN"
@@ -237,7 +243,11 @@ class TradingGate:
     # ------------------------------------------------------------------ decisions
 
     def check_entry(self, symbol: str) -> Decision:
-        """Return whether a new position in `symbol` may be opened now (takes no slot)."""
+        """Return whether a new position in `symbol` may be opened now (takes no slot).
+
+        Never more permissive than :meth:`reserve_entry`: in a fleet it reads the fleet's
+        reservations too (and refuses when Redis cannot be asked).
+        """
         decision, _ = self._decide(symbol, reserve=False)
         self._announce(decision)
         return decision
@@ -246,14 +256,16 @@ class TradingGate:
     def reserve_entry(self, symbol: str) -> Iterator[Reservation]:
         """Hold a slot while the entry is placed; raise EntryDenied if none is free.
 
-        The slot is released if the block raises (or :meth:`Reservation.cancel` was called);
-        otherwise the entry counts as an open position until a fresh snapshot shows it.
+        The slot is given back when :meth:`Reservation.cancel` was called or the block raised
+        a proof that nothing was placed (a refusal by brokerguard, a rejection by the broker);
+        otherwise the entry counts as an open position until a fresh snapshot shows it, the
+        broker proves its order was never placed, or ``pending_entry_ttl`` passes.
         """
         decision, token = self._decide(symbol, reserve=True)
         self._announce(decision)
         if token is None:
             raise EntryDenied(decision, account_id=self.account_id, symbol=symbol)
-        reservation = Reservation(symbol, token)
+        reservation = Reservation(parse_symbol(symbol), token)
         try:
             yield reservation
         except BaseException as exc:
@@ -267,6 +279,10 @@ class TradingGate:
 
     def check_exit(self, symbol: str) -> Decision:
         """Risk-reducing orders stay allowed when halted or over the cap, not when paused."""
+        try:
+            symbol = parse_symbol(symbol)
+        except InvalidBrokerData as exc:
+            return Decision.deny(INVALID_SYMBOL, symbol=repr(symbol), reason=exc.reason)
         paused = self._paused(symbol)
         if paused is not None:
             return paused
@@ -297,7 +313,12 @@ class TradingGate:
             except Exception:
                 log.exception("gate listener %r failed", listener)
 
-    def _decide(self, symbol: str, *, reserve: bool) -> tuple[Decision, int | None]:
+    def _decide(self, raw_symbol: str, *, reserve: bool) -> tuple[Decision, int | None]:
+        try:
+            # The form the broker will trade: case, whitespace and aliases (XBT) folded.
+            symbol = parse_symbol(raw_symbol)
+        except InvalidBrokerData as exc:
+            return Decision.deny(INVALID_SYMBOL, symbol=repr(raw_symbol), reason=exc.reason), None
         for check in (
             self._halted,
             self._broker_offline,
@@ -316,37 +337,53 @@ class TradingGate:
         }
         with self._lock:
             self._absorb(snapshot)
-            held = set(self._seen) | set(self._filled) | unresolved_buys
-            reserved = set(self._reserved.values())
-            occupied = held | reserved
-            if symbol not in occupied and len(occupied) >= self.max_positions:
-                return (
-                    Decision.deny(
-                        POSITION_CAP_REACHED,
-                        open=len(held),
-                        reserved=len(reserved - held),
-                        cap=self.max_positions,
-                    ),
-                    None,
-                )
-            token = None
-            if reserve:
-                fleet = self._reserve_in_fleet(symbol, occupied)
-                if isinstance(fleet, Decision):
-                    return fleet, None
-                token = next(self._tokens)
-                self._reserved[token] = symbol
-                if fleet is not None:
-                    self._fleet_tokens[token] = fleet
+            return self._take_slot(
+                symbol, set(self._seen) | set(self._filled) | unresolved_buys, reserve=reserve
+            )
+
+    def _take_slot(
+        self, symbol: str, held: set[str], *, reserve: bool
+    ) -> tuple[Decision, int | None]:
+        """Count the slots and, for a reservation, take one (caller holds the lock)."""
+        if len(held) > self.max_positions:
+            # REDUCING: over the cap, only risk-reducing orders (adding to a held symbol adds
+            # risk too).
+            return Decision.deny(ACCOUNT_REDUCING, open=len(held), cap=self.max_positions), None
+        reserved = set(self._reserved.values())
+        if not reserve:
+            fleet_held = self._fleet_occupied()
+            if isinstance(fleet_held, Decision):
+                return fleet_held, None
+            reserved |= fleet_held
+        occupied = held | reserved
+        if symbol not in occupied and len(occupied) >= self.max_positions:
             return (
-                Decision.allow(
-                    ALLOWED,
+                Decision.deny(
+                    POSITION_CAP_REACHED,
                     open=len(held),
-                    reserved=len(reserved - held) + (reserve and symbol not in occupied),
+                    reserved=len(reserved - held),
                     cap=self.max_positions,
                 ),
-                token,
+                None,
             )
+        token = None
+        if reserve:
+            fleet = self._reserve_in_fleet(symbol, occupied)
+            if isinstance(fleet, Decision):
+                return fleet, None
+            token = next(self._tokens)
+            self._reserved[token] = symbol
+            if fleet is not None:
+                self._fleet_tokens[token] = fleet
+        return (
+            Decision.allow(
+                ALLOWED,
+                open=len(held),
+                reserved=len(reserved - held) + (reserve and symbol not in occupied),
+                cap=self.max_positions,
+            ),
+            token,
+        )
 
     def _halted(self) -> Decision | None:
         if self.store is None:
@@ -462,6 +499,15 @@ class TradingGate:
                     self.account_id,
                     self.pending_entry_ttl,
                 )
+
+    def _fleet_occupied(self) -> set[str] | Decision:
+        """The symbols the fleet's live reservations hold (caller holds the lock)."""
+        if self.slots is None:
+            return set()
+        try:
+            return set(self.slots.occupied(self.account_id))
+        except CoordinationUnavailableError:
+            return Decision.deny(COORDINATION_UNAVAILABLE, store=self.slots.coordinator.safe_url)
 
     def _reserve_in_fleet(self, symbol: str, occupied: set[str]) -> str | Decision | None:
         """Take the slot fleet-wide too (caller holds the lock); a Decision when refused."""
