@@ -43,10 +43,15 @@ def test_an_entry_with_an_unknown_outcome_keeps_its_slot_and_the_cap_holds(clock
         broker.set_fault_plan(
             FaultPlan(fail_after_accept_rate=1.0, error_rate={"fetch_order": 1.0})
         )
-    with pytest.raises((OrderUnconfirmedError, RuntimeError)), gate.reserve_entry("C01/USD"):
-        broker.place_market_order("C01/USD", "buy", 1, client_order_id="first")
-        if failure == "bot_error_after_the_fill":
-            raise RuntimeError("the bot's bookkeeping failed after the order")
+
+    def enter() -> None:
+        with gate.reserve_entry("C01/USD"):
+            broker.place_market_order("C01/USD", "buy", 1, client_order_id="first")
+            if failure == "bot_error_after_the_fill":
+                raise RuntimeError("the bot's bookkeeping failed after the order")
+
+    with pytest.raises((OrderUnconfirmedError, RuntimeError)):
+        enter()
     broker.set_fault_plan(FaultPlan())
     decision = gate.check_entry("C02/USD")
 
