@@ -31,6 +31,7 @@ from brokerguard._validation import seconds_problem
 from brokerguard.brokers.plausibility import PlausibilityPolicy, PositionPlausibility, Suspicion
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import (
+    BlockedError,
     BrokerRejection,
     CircuitOpenError,
     ConfigurationError,
@@ -57,6 +58,7 @@ from brokerguard.orders import Evidence, OrderState, evidence_from_lookup, next_
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.registry import get_circuit_breaker
+from brokerguard.resilience.retry import RetryPolicy
 from brokerguard.resilience.state import BrokerHealthState
 
 __all__ = [
@@ -87,6 +89,9 @@ _REMEMBERED_ORDER_IDS = 100_000
 LOCAL_DEADLINE_FLOOR_S = 60.0
 """Where a venue does not enforce an order deadline, absence proves nothing before this many
 seconds after the send: a queued request is not known to be dead any sooner."""
+
+_RECENT_SENDS = 8
+"""Sends remembered per symbol and side, for the gate's question "did this entry send?"."""
 
 _SELL_EXPLAINS_S = 600.0
 """A sell we sent explains a position's disappearance for this long (monotonic seconds)."""
@@ -236,6 +241,8 @@ class BaseBroker(abc.ABC):
         self._bg_sent: OrderedDict[str, OrderState] = OrderedDict()
         self._bg_unresolved: dict[str, UnresolvedOrder] = {}
         self._bg_sells: dict[str, float] = {}  # symbol -> monotonic time of our last sell
+        # (symbol, side) -> the last few sends (monotonic time, client order id)
+        self._bg_recent_sends: dict[tuple[str, Side], list[tuple[float, str]]] = {}
         self._bg_plausibility = PositionPlausibility(plausibility)
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
@@ -290,8 +297,9 @@ class BaseBroker(abc.ABC):
         with self._bg_lock:
             last = self._bg_last_positions
             if last is not None and last.fetched_at > started:
-                # A slower read that started earlier: a newer one was judged already.
-                return list(positions)
+                # A slower read that started earlier: a newer one was judged already, and it is
+                # the better answer (this one may be thin and is not judged).
+                return list(last.positions)
             verdict = self._bg_plausibility.observe(
                 (p.symbol for p in positions), started, explained=self._explained_losses(started)
             )
@@ -471,31 +479,30 @@ class BaseBroker(abc.ABC):
             deadline,
         )
         cid = request.client_order_id
-        known = self._sent_state(cid)
-        if known is not None and known not in {OrderState.NOT_PLACED, OrderState.REJECTED}:
-            existing = self.resolve_order(cid)  # raises while the order is unresolved
-            if existing is not None:
-                return existing
+        existing = self._claim_or_resolve(request)
+        if existing is not None:
+            return existing
         attempt = 0
         policy = self._bg_write.retry_policy
         slept = 0.0
         while True:
             attempt += 1
-            self._probe_if_due(self._bg_write, real_call_is_probe=False)
             now = self._bg_clock.time()
             to_send = replace(request, deadline=request.deadline or now + self.order_deadline_s)
             absent_after = self._absent_after(to_send, now)
-            self._set_sent_state(cid, OrderState.SENT)
-            if to_send.side is Side.SELL:
-                with self._bg_lock:
-                    self._bg_sells[symbol] = self._bg_clock.monotonic()
+            try:
+                self._probe_if_due(self._bg_write, real_call_is_probe=False)
+            except BaseException:
+                self._set_sent_state(cid, OrderState.NOT_PLACED)  # the probe failed: not sent
+                raise
+            self._record_send(to_send)
             try:
                 order = self._bg_write.call(self._submit_checked, to_send)
             except DuplicateOrderError as exc:
                 return self._adopt_or_unresolved(
                     to_send, Evidence.DUPLICATE_ID, None, cause=exc, reason="duplicate_id"
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (every failure is sorted: landed or not)
                 if not isinstance(exc, CircuitOpenError | BrokerRejection | FatalBrokerError) and (
                     not _not_processed(exc)
                 ):
@@ -504,20 +511,11 @@ class BaseBroker(abc.ABC):
                         to_send, Evidence.AMBIGUOUS, absent_after, cause=exc, reason=_reason(exc)
                     )
                 # Refused before the venue processed it, or a definite business refusal.
-                self._set_sent_state(
-                    cid,
-                    OrderState.REJECTED
-                    if isinstance(exc, BrokerRejection)
-                    else OrderState.NOT_PLACED,
-                )
-                if not _not_processed(exc) or isinstance(exc, CircuitOpenError):
-                    raise
-                delay = policy.next_delay(attempt, self._bg_write.classify(exc), exc, slept=slept)
-                if delay is None or (
-                    request.deadline is not None
-                    and self._bg_clock.time() + delay >= request.deadline
-                ):
-                    raise
+                delay = self._resend_delay(request, exc, attempt, slept, policy)
+                # "Not processed" is the venue's word; a lookup costs one read and settles it.
+                existing = self._look_before_resending(to_send, exc)
+                if existing is not None:
+                    return existing
                 log.warning(
                     "order %s on broker %r refused before processing (%s): resending in %.1fs",
                     cid,
@@ -529,7 +527,150 @@ class BaseBroker(abc.ABC):
                 slept += delay
                 continue
             self._set_sent_state(cid, OrderState(order.status.value))
+            self._note_own_sell(request)
             return order
+
+    def _resend_delay(
+        self,
+        request: OrderRequest,
+        exc: Exception,
+        attempt: int,
+        slept: float,
+        policy: RetryPolicy,
+    ) -> float:
+        """The wait before resending an order the venue did not process; raise `exc` if none."""
+        final = OrderState.REJECTED if isinstance(exc, BrokerRejection) else None
+        delay = (
+            None
+            if final is not None
+            or isinstance(exc, CircuitOpenError | FatalBrokerError)
+            or not _not_processed(exc)
+            else policy.next_delay(attempt, self._bg_write.classify(exc), exc, slept=slept)
+        )
+        if delay is None or (
+            request.deadline is not None and self._bg_clock.time() + delay >= request.deadline
+        ):
+            self._set_sent_state(request.client_order_id, final or OrderState.NOT_PLACED)
+            raise exc
+        return delay
+
+    def _claim_or_resolve(self, request: OrderRequest) -> Order | None:
+        """Take the right to send the request, or return the order its id already names.
+
+        Raises OrderUnconfirmedError while an earlier send of the id is unresolved, and
+        BlockedError when the request may not be sent (see :meth:`_refuse_a_second_unresolved`).
+        """
+        cid = request.client_order_id
+        if not self._claim(cid):
+            # Sent before (by this process): the venue's answer decides, never a second send.
+            existing = self.resolve_order(cid)  # raises while the order is unresolved
+            if existing is not None:
+                return self._same_order(existing, request)
+            if not self._claim(cid):  # proven absent, but another caller is sending it now
+                raise self._unresolved_error(cid, None, None, cause=None)
+        try:
+            self._refuse_a_second_unresolved(request)
+        except BlockedError:
+            self._set_sent_state(cid, OrderState.NOT_PLACED)
+            raise
+        return None
+
+    def sent_since(self, symbol: str, side: Side | str, since: float) -> list[str]:
+        """Client order ids sent for `symbol` and `side` since `since` (monotonic), oldest first.
+
+        Only orders not proven unplaced are listed: what the gate must treat as possibly filled.
+        """
+        key = (parse_symbol(symbol), parse_side(side))
+        with self._bg_lock:
+            return [
+                cid
+                for at, cid in self._bg_recent_sends.get(key, ())
+                if at >= since
+                and self._bg_sent.get(cid) not in {OrderState.NOT_PLACED, OrderState.REJECTED}
+            ]
+
+    def _record_send(self, request: OrderRequest) -> None:
+        key = (request.symbol, request.side)
+        with self._bg_lock:
+            recent = self._bg_recent_sends.setdefault(key, [])
+            recent.append((self._bg_clock.monotonic(), request.client_order_id))
+            del recent[:-_RECENT_SENDS]
+
+    def _claim(self, cid: str) -> bool:
+        """Atomically take the right to send `cid`: only if it was never sent or proven absent."""
+        with self._bg_lock:
+            state = self._bg_sent.get(cid)
+            if state is not None and state not in {OrderState.NOT_PLACED, OrderState.REJECTED}:
+                return False
+            self._bg_sent[cid] = OrderState.SENT
+            self._bg_sent.move_to_end(cid)
+            self._forget_oldest()
+            return True
+
+    def _same_order(self, found: Order, request: OrderRequest) -> Order:
+        """A client order id names one order: reusing it for another is refused, never sent."""
+        if (found.symbol, found.side) != (request.symbol, request.side):
+            raise BlockedError(
+                f"client order id {request.client_order_id} on broker {self.broker_name!r} "
+                f"names {found.side.value} {found.symbol} already; refusing to reuse it for "
+                f"{request.side.value} {request.symbol}: nothing was sent"
+            )
+        return found
+
+    def _refuse_a_second_unresolved(self, request: OrderRequest) -> None:
+        """Refuse an order in a symbol and side whose last one is unresolved: it may have filled.
+
+        A bot that catches OrderUnconfirmedError and retries under a new id would otherwise
+        execute twice.
+        """
+        with self._bg_lock:
+            blocking = next(
+                (
+                    o
+                    for o in self._bg_unresolved.values()
+                    if o.symbol == request.symbol
+                    and o.request.side is request.side
+                    and o.client_order_id != request.client_order_id
+                ),
+                None,
+            )
+        if blocking is not None:
+            raise BlockedError(
+                f"{request.side.value} {request.symbol} on broker {self.broker_name!r} refused: "
+                f"order {blocking.client_order_id} for it is unresolved (it may have filled); "
+                "nothing was sent until it is found or proven absent"
+            )
+
+    def _look_before_resending(self, request: OrderRequest, cause: Exception) -> Order | None:
+        """Look the order up before a resend; an order found is adopted, a failed lookup stops."""
+        try:
+            found = self.get_order(request.client_order_id)
+        except Exception:  # noqa: BLE001 (whatever stopped the lookup, the fate is unknown)
+            return self._adopt_or_unresolved(
+                request,
+                Evidence.AMBIGUOUS,
+                self._absent_after(request, self._bg_clock.time()),
+                cause=cause,
+                reason=_reason(cause),
+            )
+        if found is not None:
+            self._set_sent_state(request.client_order_id, OrderState(found.status.value))
+            self._note_own_sell(request)
+        return found
+
+    def _note_own_sell(self, request: OrderRequest) -> None:
+        """A sell of the whole believed position explains that position's disappearance."""
+        if request.side is not Side.SELL:
+            return
+        with self._bg_lock:
+            snapshot = self._bg_last_positions
+            held = None
+            if snapshot is not None:
+                held = next(
+                    (p.quantity for p in snapshot.positions if p.symbol == request.symbol), None
+                )
+            if held is None or request.quantity >= held:
+                self._bg_sells[request.symbol] = self._bg_clock.monotonic()
 
     def resolve_order(
         self, client_order_id: str, *, absent_after: float | None = None
@@ -639,6 +780,7 @@ class BaseBroker(abc.ABC):
             raise self._unresolved_error(
                 cid, entry, entry.absent_after, cause=exc, announce=True
             ) from cause
+        self._note_own_sell(request)  # it may have sold: its position may vanish
         if found is not None:
             self._settle_unresolved(cid, OrderState(found.status.value), found)
             log.warning(
@@ -718,9 +860,19 @@ class BaseBroker(abc.ABC):
         with self._bg_lock:
             self._bg_sent[cid] = state
             self._bg_sent.move_to_end(cid)
-            while len(self._bg_sent) > _REMEMBERED_ORDER_IDS:
-                oldest, _ = self._bg_sent.popitem(last=False)
-                self._bg_unresolved.pop(oldest, None)
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Keep the memory bounded, but never forget an order whose outcome is unknown."""
+        overflow = len(self._bg_sent) - _REMEMBERED_ORDER_IDS
+        if overflow <= 0:
+            return
+        for cid in list(self._bg_sent)[: overflow + len(self._bg_unresolved)]:
+            if overflow <= 0:
+                break
+            if cid not in self._bg_unresolved:
+                del self._bg_sent[cid]
+                overflow -= 1
 
     def close_position(self, symbol: str) -> Order:
         """Sell the whole position in `symbol` at market (a risk-reducing order)."""

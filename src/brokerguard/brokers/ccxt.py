@@ -190,8 +190,17 @@ class NonceSource:
     :meth:`accepted` ends a streak of refusals.
     """
 
-    def __init__(self, clock: Clock | None = None, *, resync_jump_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        *,
+        resync_jump_ms: int = 1000,
+        max_offset_ms: int = 60_000,
+    ) -> None:
         self._clock = clock if clock is not None else SYSTEM_CLOCK
+        self.max_offset_ms = max_offset_ms
+        """The lead is never learned past this: a burst of refusals (a hostile or broken
+        answer) cannot push our nonces hours ahead and lock every other client out of the key."""
         self._lock = threading.Lock()
         self._last = 0
         self._offset_ms = 0
@@ -215,8 +224,10 @@ class NonceSource:
             self._streak += 1
             jump = self.resync_jump_ms * 2 ** min(self._streak - 1, 16)
             now_ms = int(self._clock.time() * 1000)
-            self._offset_ms = max(self._offset_ms, self._last - now_ms) + jump
-            self._last = now_ms + self._offset_ms - 1
+            self._offset_ms = min(
+                max(self._offset_ms, self._last - now_ms) + jump, self.max_offset_ms
+            )
+            self._last = max(self._last, now_ms + self._offset_ms - 1)
 
     def accepted(self) -> None:
         """Record that the exchange accepted a nonce: the next refusal starts a new streak."""
@@ -247,6 +258,9 @@ def nonce_source_for(api_key: str, clock: Clock | None = None) -> NonceSource:
             source = _nonce_sources[fingerprint] = NonceSource(clock)
         return source
 
+
+_VENUE_TIME_RESOLUTION_S = 1.0
+"""Kraken's ``Time`` answers whole seconds: the venue's clock is known to within one."""
 
 _STAKED_ALIASES: Mapping[str, str] = {
     # Kraken's staked ether was its own asset (ETH2, ETH2.S); it is ether exposure all the same.
@@ -342,6 +356,9 @@ class CcxtBroker(BaseBroker):
         # rejects the request; other venues get none, and absence waits for the local bound.
         self.enforces_order_deadline = self._exchange_id == "kraken"
         self.nonce_resyncs = nonce_resyncs
+        self._venue_offset_s = 0.0  # the venue's clock minus ours, measured by ping()
+        self._clock_error_s = _VENUE_TIME_RESOLUTION_S
+        exchange.enableLastJsonResponse = True  # the order lookups read the raw envelope
         self.quote_currency = quote_currency
         self.ignore_assets = frozenset(ignore_assets)
         if exchange.options.get("maxRetriesOnFailure", 0):
@@ -425,7 +442,7 @@ class CcxtBroker(BaseBroker):
         self._ensure_markets()
         params: dict[str, Any] = {"clientOrderId": order.client_order_id}
         if self.enforces_order_deadline and order.deadline is not None:
-            params["deadline"] = _rfc3339(order.deadline)
+            params["deadline"] = _rfc3339(order.deadline + self._venue_offset_s)
         placed = self._ccxt(
             self.exchange.create_order,
             order.symbol,
@@ -436,14 +453,20 @@ class CcxtBroker(BaseBroker):
             params,
             private=True,
         )
+        if isinstance(placed, Mapping) and placed.get("id") is None:
+            # A success without the venue's order id is no acknowledgement: look it up.
+            raise InvalidBrokerData("order", placed.get("info"), "no_order_id")
         return self._order_from(placed, order.client_order_id, order)
 
     def fetch_order(self, client_order_id: str) -> Order | None:
         """Find the order by client order id among open, then recently closed, orders."""
         self._ensure_markets()
         params = {"clientOrderId": client_order_id}
-        for fetch in (self.exchange.fetch_open_orders, self.exchange.fetch_closed_orders):
-            found = self._ccxt(fetch, None, None, None, params, private=True)
+        for fetch, key in (
+            (self.exchange.fetch_open_orders, "open"),
+            (self.exchange.fetch_closed_orders, "closed"),
+        ):
+            found = self._ccxt(self._listed_orders, fetch, key, params, private=True)
             if not isinstance(found, list):
                 raise InvalidBrokerData("orders", found, "not_a_list")
             for raw in found:
@@ -452,8 +475,50 @@ class CcxtBroker(BaseBroker):
         return None
 
     def ping(self) -> object:
-        """Ask the exchange for its time: a cheap public read, used as the breaker probe."""
-        return self._ccxt(self.exchange.fetch_time)
+        """Ask the exchange for its time: a cheap public read, used as the breaker probe.
+
+        It also measures how far the exchange's clock is from ours (see :meth:`absent_after`).
+        """
+        return self._measure_clock()
+
+    def absent_after(self, deadline: float, sent_at: float) -> float:
+        """The base rule, plus how uncertain we are about the venue's clock.
+
+        Deadlines are sent in the venue's time (our clock plus the measured offset), so the
+        venue stops accepting an order at our ``deadline`` give or take the measurement's
+        error: half the round trip of the time request plus the venue's resolution (Kraken's
+        ``Time`` has whole seconds).
+        """
+        return super().absent_after(deadline, sent_at) + self._clock_error_s
+
+    def _listed_orders(
+        self, fetch: Callable[..., object], key: str, params: Mapping[str, Any]
+    ) -> object:
+        """One order listing; on Kraken the raw answer must hold the list it was asked for.
+
+        ccxt reads a missing ``result.open`` (or ``closed``) as no orders: an empty but
+        successful answer would then "prove" an order absent, and a filled order would be sent
+        again. Absence needs the venue to have listed its orders.
+        """
+        found = fetch(None, None, None, dict(params))
+        if self._exchange_id == "kraken":
+            body = getattr(self.exchange, "last_json_response", None)
+            result = body.get("result") if isinstance(body, Mapping) else None
+            if not isinstance(result, Mapping) or not isinstance(result.get(key), Mapping):
+                raise InvalidBrokerData("orders", body, f"no_{key}_list")
+        return found
+
+    def _measure_clock(self) -> object:
+        before = self.clock.time()
+        venue_ms = self._ccxt(self.exchange.fetch_time)
+        after = self.clock.time()
+        try:
+            venue = float(parse_decimal(venue_ms, field="time")) / 1000
+        except InvalidBrokerData:
+            return venue_ms
+        self._venue_offset_s = venue - (before + after) / 2
+        self._clock_error_s = (after - before) / 2 + _VENUE_TIME_RESOLUTION_S
+        return venue_ms
 
     # ------------------------------------------------------------------ status
 
@@ -470,6 +535,8 @@ class CcxtBroker(BaseBroker):
         markets = self.exchange.markets
         if not markets:
             markets = self._ccxt(self.exchange.load_markets)
+            if self.enforces_order_deadline:
+                self._measure_clock()  # deadlines are read on the venue's clock
         if not isinstance(markets, Mapping):
             raise InvalidBrokerData("markets", markets, "not_a_mapping")
         return markets

@@ -47,7 +47,7 @@ from brokerguard.errors import (
     PositionsImplausibleError,
 )
 from brokerguard.models import Side, parse_symbol
-from brokerguard.orders import OrderState
+from brokerguard.orders import LIVE_STATES, OrderState
 from brokerguard.resilience.state import BrokerHealthState
 from brokerguard.store.state import StateStore
 
@@ -163,6 +163,8 @@ class Reservation:
     symbol: str
     token: int
     cancelled: bool = False
+    started: float = 0.0
+    """When the slot was taken (monotonic): orders sent for the symbol since then are its."""
 
     def cancel(self) -> None:
         """Give the slot back when leaving the ``with`` block (the entry did not happen)."""
@@ -228,8 +230,9 @@ class TradingGate:
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._reserved: dict[int, str] = {}
-        # symbol -> (monotonic time the entry completed, its client order id when known)
-        self._filled: dict[str, tuple[float, str | None]] = {}
+        # symbol -> its entries not yet seen in a snapshot: (monotonic time the entry
+        # completed, its client order id when known); one symbol may have several.
+        self._filled: dict[str, list[tuple[float, str | None]]] = {}
 
     @property
     def account_id(self) -> str:
@@ -265,17 +268,27 @@ class TradingGate:
         self._announce(decision)
         if token is None:
             raise EntryDenied(decision, account_id=self.account_id, symbol=symbol)
-        reservation = Reservation(parse_symbol(symbol), token)
+        reservation = Reservation(parse_symbol(symbol), token, started=self.clock.monotonic())
         try:
             yield reservation
         except BaseException as exc:
-            # Give the slot back only on proof that nothing was placed; anything else may have
-            # reached the broker, and the slot stays taken until a snapshot or the broker says.
-            not_placed = reservation.cancelled or isinstance(exc, BlockedError | BrokerRejection)
-            cid = exc.client_order_id if isinstance(exc, OrderUnconfirmedError) else None
-            self._release(token, filled=not not_placed, client_order_id=cid)
+            # Give the slot back only on proof that nothing was placed: the block was cancelled
+            # or refused, and no buy it sent may have filled. Anything else may have reached the
+            # broker, and the slot stays taken until a snapshot or the broker says.
+            sent = self.broker.sent_since(reservation.symbol, Side.BUY, reservation.started)
+            refused = reservation.cancelled or isinstance(exc, BlockedError | BrokerRejection)
+            cids: list[str | None] = list(sent)
+            if isinstance(exc, OrderUnconfirmedError) and exc.client_order_id not in sent:
+                cids.append(exc.client_order_id)
+            self._release(token, filled=bool(cids) or not refused, client_order_ids=cids)
             raise
-        self._release(token, filled=not reservation.cancelled)
+        self._release(
+            token,
+            filled=not reservation.cancelled,
+            client_order_ids=list(
+                self.broker.sent_since(reservation.symbol, Side.BUY, reservation.started)
+            ),
+        )
 
     def check_exit(self, symbol: str) -> Decision:
         """Risk-reducing orders stay allowed when halted or over the cap, not when paused."""
@@ -485,13 +498,27 @@ class TradingGate:
         for symbol, seen_at in list(self._seen.items()):
             if symbol not in shown and now - seen_at > self.position_memory:
                 del self._seen[symbol]
-        for symbol, (filled_at, cid) in list(self._filled.items()):
-            if symbol in shown and snapshot.fetched_at > filled_at:
+        for symbol, entries in list(self._filled.items()):
+            kept = [
+                (filled_at, cid)
+                for filled_at, cid in entries
+                if not (symbol in shown and snapshot.fetched_at > filled_at)
+                # the broker proved this one was never placed
+                and not (cid is not None and self.broker.order_state(cid) in _NEVER_PLACED)
+            ]
+            expired = [
+                (filled_at, cid)
+                for filled_at, cid in kept
+                if now - filled_at > self.pending_entry_ttl
+                # an order still live at the broker (resting, unresolved) keeps its slot
+                and (cid is None or self.broker.order_state(cid) not in LIVE_STATES)
+            ]
+            kept = [e for e in kept if e not in expired]
+            if kept:
+                self._filled[symbol] = kept
+            else:
                 del self._filled[symbol]
-            elif cid is not None and self.broker.order_state(cid) in _NEVER_PLACED:
-                del self._filled[symbol]  # the broker proved it was never placed
-            elif now - filled_at > self.pending_entry_ttl:
-                del self._filled[symbol]
+            if expired:
                 log.warning(
                     "entry in %s on account %s never showed in a position snapshot within "
                     "%.0fs; its slot is released",
@@ -523,11 +550,16 @@ class TradingGate:
             )
         return fleet
 
-    def _release(self, token: int, *, filled: bool, client_order_id: str | None = None) -> None:
+    def _release(
+        self, token: int, *, filled: bool, client_order_ids: list[str | None] | None = None
+    ) -> None:
         with self._lock:
             symbol = self._reserved.pop(token, None)
             if symbol is not None and filled:
-                self._filled[symbol] = (self.clock.monotonic(), client_order_id)
+                now = self.clock.monotonic()
+                self._filled.setdefault(symbol, []).extend(
+                    (now, cid) for cid in (client_order_ids or [None])
+                )
             fleet = self._fleet_tokens.pop(token, None)
         if fleet is None or self.slots is None:
             return
