@@ -196,3 +196,42 @@ def test_a_stale_fence_token_stops_the_enforcer_before_any_order(clock, store):
     assert len(broker.all_orders()) == 2
     audit = [r for r in store.audit_log(broker.account_id) if r.action == "liquidation_order"]
     assert {(r.details["fence_token"], r.details["worker"]) for r in audit} == {(8, "worker-b")}
+
+
+def test_a_liquidation_whose_lookup_fails_makes_the_enforcer_wait_not_halt(clock, store):
+    """The broker cannot say what became of the sell: over the cap, unverified, not halted."""
+    prices = coins(9)
+    broker = paper_account(clock, prices=prices, positions=dict.fromkeys(prices, "1"))
+    store.record_order_intent(
+        broker.account_id,
+        OrderRequest("C01/USD", Side.SELL, Decimal(1), "lookup-fails", clock.time() + 10),
+        purpose="cap_liquidation",
+    )
+    broker.set_fault_plan(FaultPlan(error_rate={"fetch_order": 1.0}))
+
+    ok, result = PositionCapEnforcer(broker, 8, store=store).enforce_cap()
+
+    assert not ok
+    assert result["status"] == "unverified"
+    assert result["trading_halted"] is False
+    assert result["unresolved"] == ["lookup-fails"]
+    assert broker.all_orders() == []
+
+
+def test_a_doubt_that_cannot_clear_the_excess_does_not_prevent_a_halt(clock, store):
+    """One unresolved sell for an excess of two: even if it filled, the account stays over."""
+    prices = coins(10)
+    broker = paper_account(clock, prices=prices, positions=dict.fromkeys(prices, "1"))
+    store.record_order_intent(
+        broker.account_id,
+        OrderRequest("C01/USD", Side.SELL, Decimal(1), "doubt", clock.time() + 10),
+        purpose="cap_liquidation",
+    )
+    store.record_order_status("doubt", "unresolved")
+    broker.set_fault_plan(FaultPlan(unsettled_sells=True))
+
+    ok, result = PositionCapEnforcer(broker, 8, store=store, max_cycles=2).enforce_cap()
+
+    assert not ok
+    assert result["status"] == "failed_enforcement"
+    assert result["trading_halted"] is True

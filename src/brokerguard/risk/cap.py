@@ -108,6 +108,7 @@ class PositionCapEnforcer:
         self.count_unpriced = count_unpriced
         self.valuator = valuator or Valuator(broker, store=self.store, clock=self.clock)
         self._new_order_id = order_id_factory or _uuid_order_id
+        self._doubtful: set[str] = set()  # this enforcement's sells of unknown outcome
 
     @property
     def account_id(self) -> str:
@@ -166,6 +167,7 @@ class PositionCapEnforcer:
             "reason": "",
         }
         # symbol -> client order id of a sell not yet final (or whose fate is still unknown)
+        self._doubtful = set()
         pending = self._reconcile(result["reconciled"])
         report = self._observe(result)
         while report is not None:
@@ -179,8 +181,11 @@ class PositionCapEnforcer:
                 )
                 return True, self._finish(result)
             if result["cycles"] == self.max_cycles:
-                waiting = self._unresolved_in_journal()
-                if waiting:
+                # Wait (not halt) only when the sells of unknown outcome could clear the
+                # excess by themselves: a stale doubt about another symbol changes nothing.
+                doubtful = self._doubtful | set(self._unresolved_in_journal())
+                waiting = sorted(cid for cid in pending.values() if cid in doubtful)
+                if waiting and len(waiting) >= excess:
                     return False, self._wait_for_unresolved(result, waiting)
                 return self._fail_and_halt(result)
             result["cycles"] += 1
@@ -225,6 +230,8 @@ class PositionCapEnforcer:
             status = self._look_up(entry)
             if status in _STILL_LIVE:
                 pending[entry.symbol] = cid
+            if status in _DOUBTFUL:
+                self._doubtful.add(cid)
             if status == "unknown":
                 changes.append(_change(cid, entry.symbol, entry.status, "unknown"))
                 continue
@@ -248,6 +255,7 @@ class PositionCapEnforcer:
         for order in self.broker.unresolved_orders():
             if order.request.side is Side.SELL:
                 pending.setdefault(order.symbol, order.client_order_id)
+                self._doubtful.add(order.client_order_id)
         return pending
 
     def _look_up(self, entry: JournalEntry) -> str:
@@ -480,6 +488,7 @@ class PositionCapEnforcer:
             )
             result["liquidated"].append(symbol)
             result["unresolved"].append(cid)
+            self._doubtful.add(cid)
             return cid
         except BrokerGuardError as exc:
             # Refused before the venue processed it (rate limit, nonce) past the deadline.
@@ -566,6 +575,9 @@ class PositionCapEnforcer:
             result["trading_halted"] = True  # unknown: report the fail-closed reading
         return result
 
+
+_DOUBTFUL: Final = frozenset({"unknown", OrderState.UNRESOLVED.value, OrderState.EXISTS.value})
+"""Outcomes that are not known yet: over the cap because of them, the enforcer waits."""
 
 _STILL_LIVE: Final = frozenset(
     {
