@@ -1,6 +1,12 @@
 """The broker boundary: the raw adapter interface, the guarded broker, and the paper broker."""
 
-from brokerguard.brokers.base import BaseBroker, OrderUnconfirmedError, PositionSnapshot, PriceCheck
+from brokerguard.brokers.base import (
+    BaseBroker,
+    OrderMinimums,
+    OrderUnconfirmedError,
+    PositionSnapshot,
+    PriceCheck,
+)
 from brokerguard.brokers.paper import (
     MISSING,
     FaultPlan,
@@ -14,6 +20,7 @@ __all__ = [
     "MISSING",
     "BaseBroker",
     "FaultPlan",
+    "OrderMinimums",
     "OrderUnconfirmedError",
     "OutageWindow",
     "PaperBroker",

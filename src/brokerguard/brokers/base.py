@@ -63,6 +63,7 @@ from brokerguard.resilience.state import BrokerHealthState
 
 __all__ = [
     "BaseBroker",
+    "OrderMinimums",
     "OrderUnconfirmedError",
     "PositionSnapshot",
     "PriceCheck",
@@ -128,6 +129,15 @@ class PriceCheck:
         """Return the usable price of `symbol`, or None (never a substitute)."""
         quote = self.quotes.get(symbol)
         return None if quote is None else quote.price
+
+
+@dataclass(frozen=True, slots=True)
+class OrderMinimums:
+    """The smallest order a venue takes for a symbol (quantity and value; None: no minimum)."""
+
+    quantity: Decimal | None = None
+    value: Decimal | None = None
+    """In the quote currency."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +283,29 @@ class BaseBroker(abc.ABC):
     def ping(self) -> object:
         """Make a cheap read-only call (server time, say); override when the broker has one."""
         raise NotImplementedError
+
+    def order_minimums(self, symbol: str) -> OrderMinimums | None:
+        """Return the venue's minimum order for `symbol`, or None when it is not known.
+
+        Override where the venue publishes them (ccxt markets' ``limits``): a position below
+        them cannot be sold, and the cap enforcer must not pick it.
+        """
+        del symbol
+        return None
+
+    def is_dust(self, symbol: str, quantity: Decimal, price: Decimal | None = None) -> bool:
+        """Return whether a holding is below the venue's minimum order (it cannot be sold).
+
+        Unknown minimums are never dust; the value rule applies only with a usable price.
+        """
+        minimums = self.order_minimums(symbol)
+        if minimums is None:
+            return False
+        if minimums.quantity is not None and quantity < minimums.quantity:
+            return True
+        return (
+            minimums.value is not None and price is not None and quantity * price < minimums.value
+        )
 
     @property
     def has_ping(self) -> bool:

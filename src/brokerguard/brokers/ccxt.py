@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import ccxt
 
-from brokerguard.brokers.base import BaseBroker
+from brokerguard.brokers.base import BaseBroker, OrderMinimums
 from brokerguard.brokers.kraken_errors import KrakenErrorClass, classify_kraken_error
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import (
@@ -473,6 +473,28 @@ class CcxtBroker(BaseBroker):
                 if isinstance(raw, Mapping) and raw.get("clientOrderId") == client_order_id:
                     return self._order_from(raw, client_order_id, None)
         return None
+
+    def order_minimums(self, symbol: str) -> OrderMinimums | None:
+        """The market's ``limits.amount.min`` and ``limits.cost.min`` (Kraken: ordermin/costmin)."""
+        market = (self.exchange.markets or {}).get(symbol)
+        if not isinstance(market, Mapping):
+            return None
+        limits = market.get("limits")
+        if not isinstance(limits, Mapping):
+            return None
+
+        def minimum(kind: str) -> Decimal | None:
+            entry = limits.get(kind)
+            raw = entry.get("min") if isinstance(entry, Mapping) else None
+            if raw is None:
+                return None
+            try:
+                return parse_decimal(raw, field=f"{kind}_min", symbol=symbol)
+            except InvalidBrokerData:
+                return None  # a garbled minimum is no minimum: the position stays sellable
+
+        found = OrderMinimums(minimum("amount"), minimum("cost"))
+        return None if found == OrderMinimums() else found
 
     def ping(self) -> object:
         """Ask the exchange for its time: a cheap public read, used as the breaker probe.

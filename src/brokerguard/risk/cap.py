@@ -73,6 +73,11 @@ class PositionCapEnforcer:
             valued positions are counted.
         valuator: prices the positions (default: a Valuator on the same broker and store).
         poll_interval: seconds between settlement polls.
+        count_dust: False (default): a position below the venue's minimum order (dust, which
+            cannot be sold) occupies no cap slot; it is reported in ``result["dust"]`` and never
+            picked for liquidation. Counting it would halt an account over a residue no order
+            can clear, and dust is by definition worth less than the smallest order the venue
+            takes. Unknown minimums make nothing dust (fail closed). True counts it anyway.
         order_id_factory: makes the liquidations' client order ids (default: UUIDs).
     """
 
@@ -89,6 +94,7 @@ class PositionCapEnforcer:
         valuator: Valuator | None = None,
         poll_interval: float = 0.25,
         order_id_factory: Callable[[], str] | None = None,
+        count_dust: bool = False,
     ) -> None:
         problems = [
             *int_problem("max_positions", max_positions, minimum=0),
@@ -106,6 +112,7 @@ class PositionCapEnforcer:
         self.clock = clock if clock is not None else broker.clock
         self.store = store if store is not None else open_store("sqlite://", clock=self.clock)
         self.count_unpriced = count_unpriced
+        self.count_dust = count_dust
         self.valuator = valuator or Valuator(broker, store=self.store, clock=self.clock)
         self._new_order_id = order_id_factory or _uuid_order_id
         self._doubtful: set[str] = set()  # this enforcement's sells of unknown outcome
@@ -161,6 +168,7 @@ class PositionCapEnforcer:
             "cycles": 0,
             "liquidated": [],
             "unvalued_symbols": [],
+            "dust": [],
             "orders": [],
             "reconciled": [],
             "unresolved": [],
@@ -171,7 +179,7 @@ class PositionCapEnforcer:
         pending = self._reconcile(result["reconciled"])
         report = self._observe(result)
         while report is not None:
-            counted = len(report.valuations) if self.count_unpriced else len(report.valued)
+            counted = self._counted(report)
             excess = counted - self.max_positions
             result["excess"] = max(0, excess)
             if excess <= 0:
@@ -351,6 +359,7 @@ class PositionCapEnforcer:
             )
         result["valued_count"] = len(report.valued)
         result["unvalued_symbols"] = report.unvalued_symbols
+        result["dust"] = sorted(self._dust(report))
         return report
 
     def _liquidate(
@@ -372,6 +381,22 @@ class PositionCapEnforcer:
             if live is not None:
                 pending[valuation.symbol] = live
 
+    def _dust(self, report: ValuationReport) -> set[str]:
+        """The positions below the venue's minimum order: they cannot be sold."""
+        return {
+            v.symbol
+            for v in report.valuations
+            if self.broker.is_dust(v.symbol, v.quantity, v.price)
+        }
+
+    def _counted(self, report: ValuationReport) -> int:
+        """How many positions occupy cap slots (see ``count_unpriced`` and ``count_dust``)."""
+        counted = report.valuations if self.count_unpriced else report.valued
+        if self.count_dust:
+            return len(counted)
+        dust = self._dust(report)
+        return sum(1 for v in counted if v.symbol not in dust)
+
     def _select(
         self, report: ValuationReport, excess: int, pending: Mapping[str, str]
     ) -> tuple[list[Valuation], str]:
@@ -383,15 +408,21 @@ class PositionCapEnforcer:
         if needed <= 0:
             return [], ""  # earlier sells, once settled, clear the excess: wait for them
         paused = self.store.paused_symbols(self.account_id)
+        dust = self._dust(report)  # below the venue's minimum: a sell would only be refused
         candidates = sorted(
-            (v for v in report.valued if v.symbol not in pending and v.symbol not in paused),
+            (
+                v
+                for v in report.valued
+                if v.symbol not in pending and v.symbol not in paused and v.symbol not in dust
+            ),
             key=lambda v: (v.value, v.symbol),
         )
         shortfall = ""
         if len(candidates) < needed:
             shortfall = (
                 f"the excess of {excess} cannot be cleared from valued positions "
-                f"({len(candidates)} sellable; unvalued: {', '.join(report.unvalued_symbols)})"
+                f"({len(candidates)} sellable; unvalued: {', '.join(report.unvalued_symbols)}; "
+                f"dust: {', '.join(sorted(dust))})"
             )
         return candidates[:needed], shortfall
 
@@ -417,7 +448,7 @@ class PositionCapEnforcer:
         report = self._observe(result)
         if report is None:
             return result
-        counted = len(report.valuations) if self.count_unpriced else len(report.valued)
+        counted = self._counted(report)
         excess = counted - self.max_positions
         result["excess"] = max(0, excess)
         if excess <= 0:

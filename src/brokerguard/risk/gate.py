@@ -192,6 +192,8 @@ class TradingGate:
         slots: in a fleet, :class:`~brokerguard.coordination.SharedSlots`: every reservation
             is also taken fleet-wide, so processes sharing an account share its cap (Redis
             unreachable: COORDINATION_UNAVAILABLE).
+        count_dust: as for the cap enforcer: False (default) leaves holdings below the venue's
+            minimum order quantity out of the slot count.
     """
 
     def __init__(
@@ -206,6 +208,7 @@ class TradingGate:
         position_memory: float = 60.0,
         refetch_when_degraded: bool = True,
         slots: SharedSlots | None = None,
+        count_dust: bool = False,
     ) -> None:
         problems = [
             *int_problem("max_positions", max_positions, minimum=0),
@@ -224,6 +227,7 @@ class TradingGate:
         self.position_memory = float(position_memory)
         self.refetch_when_degraded = refetch_when_degraded
         self.slots = slots
+        self.count_dust = count_dust
         self._fleet_tokens: dict[int, str] = {}  # local token -> the fleet's reservation
         self._seen: dict[str, float] = {}  # symbol -> start of the latest fetch that showed it
         self._listeners: list[Callable[[str, Decision], object]] = []
@@ -490,7 +494,12 @@ class TradingGate:
         which no snapshot showed it.
         """
         now = self.clock.monotonic()
-        shown = {p.symbol for p in snapshot.positions}
+        shown = {
+            p.symbol
+            for p in snapshot.positions
+            # Dust (below the venue's minimum quantity) occupies no slot, as in the enforcer.
+            if self.count_dust or not self.broker.is_dust(p.symbol, p.quantity)
+        }
         for symbol in shown:
             self._seen[symbol] = max(
                 self._seen.get(symbol, snapshot.fetched_at), snapshot.fetched_at

@@ -106,6 +106,11 @@ DEADLINE_ELAPSED: Final = "EService:Deadline elapsed"
 INVALID_ARGUMENTS: Final = "EGeneral:Invalid arguments"
 DELAYED_ANSWER: Final = "EService:Unavailable"
 """What a queued AddOrder answers when the fault or constructor names no other answer."""
+
+ORDER_MIN: Final = Decimal("0.0001")
+"""Every pair's ``ordermin`` (the smallest volume AddOrder takes)."""
+COST_MIN: Final = Decimal("0.5")
+"""Every pair's ``costmin`` (the smallest order value, in the quote currency)."""
 CL_ORD_ID_FREE_TEXT_MAX: Final = 18
 """Kraken's ``cl_ord_id``: a long or short UUID, or free ASCII text of at most 18 characters."""
 
@@ -649,8 +654,8 @@ class KrakenEmulator(Served):
                 "fee_volume_currency": "ZUSD",
                 "margin_call": 80,
                 "margin_stop": 40,
-                "ordermin": "0.0001",
-                "costmin": "0.5",
+                "ordermin": str(ORDER_MIN),
+                "costmin": str(COST_MIN),
                 "tick_size": "0.1",
                 "status": p.status,
             }
@@ -798,6 +803,12 @@ class KrakenEmulator(Served):
             return "EGeneral:Invalid arguments:volume"
         if not volume.is_finite() or volume <= 0:
             return "EGeneral:Invalid arguments:volume"
+        # Kraken's minimums per pair (AssetPairs ``ordermin`` and ``costmin``): dust cannot be
+        # sold.
+        if volume < ORDER_MIN:
+            return "EOrder:Order minimum not met"
+        if volume * pair.price < COST_MIN:
+            return "EOrder:Cost minimum not met"
         cl_ord_id = params.get("cl_ord_id")
         if cl_ord_id is not None and not _valid_cl_ord_id(cl_ord_id):
             return INVALID_ARGUMENTS
