@@ -7,6 +7,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from brokerguard.server import create_app
+from brokerguard.server.app import HaltRequest, ResumeRequest
 from brokerguard.service import GuardService, embedded_default_config
 from brokerguard.testing import FakeClock
 
@@ -41,10 +42,20 @@ def test_every_operation_conforms_with_the_token(case):
 
 
 def test_the_schema_documents_the_control_failures():
-    """401, 403 and 404 are part of the contract of the control endpoints."""
+    """400, 401, 403, 404, 413 and 422 are part of the contract of the control endpoints."""
     document = _app().openapi()
     for path in ("/halt", "/resume"):
-        assert {"401", "403", "404"} <= set(document["paths"][path]["post"]["responses"])
+        responses = document["paths"][path]["post"]["responses"]
+        assert {"400", "401", "403", "404", "413", "422"} <= set(responses)
+
+
+def test_the_schema_documents_the_bodies_the_handlers_read():
+    """Each control body is documented from its model, though the framework never reads it."""
+    document = _app().openapi()
+    for path, model in (("/halt", HaltRequest), ("/resume", ResumeRequest)):
+        body = document["paths"][path]["post"]["requestBody"]
+        assert body["required"] is True
+        assert body["content"]["application/json"]["schema"] == model.model_json_schema()
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -3,19 +3,34 @@
 The control endpoints (``POST /halt``, ``POST /resume``) need ``Authorization: Bearer <token>``
 with the control token from the environment. Without a configured token they are disabled
 (403), never open. The server binds 127.0.0.1 unless configured otherwise.
+
+A control call is handled in a fixed order: authenticate (401/403, the body unread) → size (413
+over :data:`~brokerguard.server.body.CONTROL_BODY_LIMIT_BYTES`, enforced while streaming) →
+parse (400 for anything but one JSON document) → validate (422, FastAPI's error shape) → act.
+No route declares a body parameter, because FastAPI would read and validate it before any of
+that; the request body schema is documented through ``openapi_extra`` instead. No GET reads a
+body.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from brokerguard.errors import BrokerGuardError
 from brokerguard.metrics import CONTENT_TYPE, ServiceMetrics
+from brokerguard.server.body import (
+    CLOSE,
+    CONTROL_BODY_LIMIT_BYTES,
+    parse_json,
+    read_capped,
+    validate_body,
+)
 from brokerguard.server.page import render_page
 from brokerguard.service import GuardService
 
@@ -42,13 +57,32 @@ class ResumeRequest(BaseModel):
     reason: Text
 
 
+M = TypeVar("M", bound=BaseModel)
+
 _CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "the body is not valid JSON"},
-    401: {"description": "missing or wrong bearer token"},
+    400: {"description": "the body is not one UTF-8 JSON document (checked after authentication)"},
+    401: {"description": "missing or wrong bearer token; the body is not read"},
     403: {"description": "control endpoints disabled: no control token configured"},
     404: {"description": "no such account"},
+    413: {
+        "description": f"the body is over {CONTROL_BODY_LIMIT_BYTES} bytes, declared or streamed; "
+        "checked after authentication, and the connection is closed"
+    },
     503: {"description": "the state store is unreachable"},
 }
+
+
+def _control_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """Document the body FastAPI is not allowed to read, and what 422 means here."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        },
+        "responses": {
+            "422": {"description": "JSON that does not fit the schema (after authentication)"}
+        },
+    }
 
 
 def create_app(  # noqa: C901 (one nested function per route reads best in one place)
@@ -62,14 +96,22 @@ def create_app(  # noqa: C901 (one nested function per route reads best in one p
 
     def authorize(authorization: str | None) -> None:
         if control_token is None:
-            raise HTTPException(403, "control endpoints are disabled: no control token configured")
+            raise HTTPException(
+                403, "control endpoints are disabled: no control token configured", CLOSE
+            )
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.encode(), control_token.encode()
         ):
             raise HTTPException(
-                401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
+                401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer", **CLOSE}
             )
+
+    async def control_body(request: Request, authorization: str | None, model: type[M]) -> M:
+        # The order is the defence: nothing is read before the token is checked.
+        authorize(authorization)
+        body = await read_capped(request, limit=CONTROL_BODY_LIMIT_BYTES)
+        return validate_body(model, parse_json(body))
 
     def known(account_id: str) -> None:
         if account_id not in service.accounts:
@@ -103,30 +145,34 @@ def create_app(  # noqa: C901 (one nested function per route reads best in one p
             render_page(service.status(), control_enabled=control_token is not None)
         )
 
-    @app.post("/halt", responses=_CONTROL_RESPONSES)
-    def halt(
-        request: HaltRequest, authorization: Annotated[str | None, Header()] = None
+    @app.post("/halt", responses=_CONTROL_RESPONSES, openapi_extra=_control_openapi(HaltRequest))
+    async def halt(
+        request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> dict[str, Any]:
         """Halt an account (durable, audited)."""
-        authorize(authorization)
-        known(request.account_id)
+        order = await control_body(request, authorization, HaltRequest)
+        known(order.account_id)
         try:
-            service.halt(request.account_id, request.reason, request.operator)
+            await run_in_threadpool(service.halt, order.account_id, order.reason, order.operator)
         except BrokerGuardError as exc:
             raise HTTPException(503, f"{type(exc).__name__}: {exc}") from exc
-        return {"account_id": request.account_id, "halted": True}
+        return {"account_id": order.account_id, "halted": True}
 
-    @app.post("/resume", responses=_CONTROL_RESPONSES)
-    def resume(
-        request: ResumeRequest, authorization: Annotated[str | None, Header()] = None
+    @app.post(
+        "/resume", responses=_CONTROL_RESPONSES, openapi_extra=_control_openapi(ResumeRequest)
+    )
+    async def resume(
+        request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> dict[str, Any]:
         """Lift an account's halt (operator and reason required; audited)."""
-        authorize(authorization)
-        known(request.account_id)
+        order = await control_body(request, authorization, ResumeRequest)
+        known(order.account_id)
         try:
-            lifted = service.resume(request.account_id, request.operator, request.reason)
+            lifted = await run_in_threadpool(
+                service.resume, order.account_id, order.operator, order.reason
+            )
         except BrokerGuardError as exc:
             raise HTTPException(503, f"{type(exc).__name__}: {exc}") from exc
-        return {"account_id": request.account_id, "resumed": lifted}
+        return {"account_id": order.account_id, "resumed": lifted}
 
     return app
