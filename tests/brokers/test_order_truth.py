@@ -166,10 +166,11 @@ def test_restart_reconciliation_does_not_resell_an_intent_kraken_accepts_late(kr
 def test_a_duplicate_order_answer_adopts_the_live_order(kraken, clock):
     """EOrder:Duplicate order is evidence the order exists: it is looked up and returned."""
     kraken.set_fill_market_orders(fill=False)
-    first = CcxtBroker(client(kraken), clock=clock, nonce_source=NonceSource(clock))
+    nonces = NonceSource(clock)  # the key's nonces are shared, as a fleet's are
+    first = CcxtBroker(client(kraken), clock=clock, nonce_source=nonces)
     placed = first.place_market_order("ETH/USD", "buy", "1", client_order_id="bg-dup-1")
-    # Another process (no memory of the first send) sends the same id.
-    second = CcxtBroker(client(kraken), clock=clock, nonce_source=NonceSource(clock))
+    # Another broker object (no memory of the first send) sends the same id.
+    second = CcxtBroker(client(kraken), clock=clock, nonce_source=nonces)
 
     adopted = second.place_market_order("ETH/USD", "buy", "1", client_order_id="bg-dup-1")
 

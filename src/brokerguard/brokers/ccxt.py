@@ -195,7 +195,7 @@ class NonceSource:
         clock: Clock | None = None,
         *,
         resync_jump_ms: int = 1000,
-        max_offset_ms: int = 60_000,
+        max_offset_ms: int = 32_000,
     ) -> None:
         self._clock = clock if clock is not None else SYSTEM_CLOCK
         self.max_offset_ms = max_offset_ms
@@ -452,6 +452,7 @@ class CcxtBroker(BaseBroker):
             None,
             params,
             private=True,
+            resend_on_nonce=False,  # the guarded broker looks the order up before any resend
         )
         if isinstance(placed, Mapping) and placed.get("id") is None:
             # A success without the venue's order id is no acknowledgement: look it up.
@@ -563,7 +564,13 @@ class CcxtBroker(BaseBroker):
             raise InvalidBrokerData("markets", markets, "not_a_mapping")
         return markets
 
-    def _ccxt(self, func: Callable[..., T], *args: Any, private: bool = False) -> T:
+    def _ccxt(
+        self,
+        func: Callable[..., T],
+        *args: Any,
+        private: bool = False,
+        resend_on_nonce: bool = True,
+    ) -> T:
         """Call ccxt, translating its errors; a refused nonce is re-synced and retried once.
 
         Private calls on one API key are serialised: the nonces are strictly increasing, but
@@ -572,17 +579,20 @@ class CcxtBroker(BaseBroker):
         """
         if private and self._nonce is not None:
             with self._nonce.call_lock:
-                return self._ccxt_once_more_on_nonce(func, args)
-        return self._ccxt_once_more_on_nonce(func, args)
+                return self._ccxt_once_more_on_nonce(func, args, resend_on_nonce)
+        return self._ccxt_once_more_on_nonce(func, args, resend_on_nonce)
 
-    def _ccxt_once_more_on_nonce(self, func: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _ccxt_once_more_on_nonce(
+        self, func: Callable[..., T], args: tuple[Any, ...], resend: bool = True
+    ) -> T:
         for attempt in range(1, self.nonce_resyncs + 2):
             try:
                 result = func(*args)
             except ccxt.InvalidNonce as exc:
-                if attempt > self.nonce_resyncs or self._nonce is None:
+                if self._nonce is not None:
+                    self._nonce.resync()
+                if not resend or attempt > self.nonce_resyncs or self._nonce is None:
                     raise translate_ccxt_error(exc, exchange_id=self._exchange_id) from exc
-                self._nonce.resync()
                 log.warning(
                     "nonce refused by %r (%s); another writer on this key is ahead: the shared "
                     "nonce source now runs %.1fs ahead of the clock; retrying (%d collision(s) "

@@ -286,12 +286,10 @@ class TradingGate:
                 cids.append(exc.client_order_id)
             self._release(token, filled=bool(cids) or not refused, client_order_ids=cids)
             raise
+        sent = self.broker.sent_since(reservation.symbol, Side.BUY, reservation.started)
+        # A cancelled reservation whose block sent a buy that may have filled keeps its slot.
         self._release(
-            token,
-            filled=not reservation.cancelled,
-            client_order_ids=list(
-                self.broker.sent_since(reservation.symbol, Side.BUY, reservation.started)
-            ),
+            token, filled=not reservation.cancelled or bool(sent), client_order_ids=list(sent)
         )
 
     def check_exit(self, symbol: str) -> Decision:
