@@ -193,3 +193,82 @@ def test_status_asks_the_running_service_first(capsys, tmp_path):
     finally:
         server.stop()
         service.close()
+
+
+SECRET = "hunter2-s3cr3t"  # noqa: S105 (a fake secret that must never be printed)
+
+
+@pytest.fixture
+def plain_config(tmp_path) -> pathlib.Path:
+    """A valid paper configuration with its store under tmp_path."""
+    path = tmp_path / "plain.toml"
+    path.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path / "state.db"}"\n'
+        '[brokers.paper]\nkind = "paper"\n[[accounts]]\nid = "a"\nbroker = "paper"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f'state_url = "postgresql://bg@db/bg?sslmode=require&password={SECRET}"',
+        f'coordination_url = "redis://127.0.0.1:6379/0?password={SECRET}"',
+        f'state_url = "postgresql://bg:{SECRET}@db/bg"',
+    ],
+)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_check_config_never_prints_a_password_given_in_a_url(capsys, tmp_path, line, as_json):
+    """A secret in a URL is refused (exit 2) and appears nowhere in what check-config prints."""
+    path = tmp_path / "secret.toml"
+    path.write_text(
+        f'{line}\n[brokers.paper]\nkind = "paper"\n[[accounts]]\nid = "a"\nbroker = "paper"\n'
+    )
+    code, out, err = run_cli(capsys, "check-config", str(path), *(["--json"] if as_json else []))
+    assert code == 2
+    assert "must not contain a password" in out + err
+    assert SECRET not in out + err
+
+
+def test_check_config_shows_the_store_and_coordination_urls_redacted(capsys, tmp_path):
+    """A valid fleet config is summarised with its URLs through redact_url."""
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        'state_url = "postgresql://bg@db/bg?sslmode=require"\n'
+        'coordination_url = "redis://bg@127.0.0.1:6379/0"\n'
+        '[store]\npassword_env = "BG_PG_PASSWORD"\n'
+        '[coordination]\npassword_env = "BG_REDIS_PASSWORD"\n'
+        '[brokers.paper]\nkind = "paper"\n[[accounts]]\nid = "a"\nbroker = "paper"\n'
+    )
+    code, out, _ = run_cli(capsys, "check-config", str(path), "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["store"] == "postgresql://bg@db/bg?sslmode=require"
+    assert summary["coordination"] == "redis://bg@127.0.0.1:6379/0"
+    assert summary["passwords_from"] == {
+        "store": "BG_PG_PASSWORD",
+        "coordination": "BG_REDIS_PASSWORD",
+    }
+
+
+@pytest.mark.parametrize("token", ["/home/bob", "x" * 40, "0123456789abcdef" * 3])
+def test_run_refuses_a_weak_control_token(capsys, monkeypatch, plain_config, token):
+    """Case 5 of #12.11: the server does not start with a guessable control token (exit 2)."""
+    monkeypatch.setenv("BG_WEAK_TOKEN", token)
+    text = plain_config.read_text() + '[server]\ncontrol_token_env = "BG_WEAK_TOKEN"\nport = 0\n'
+    plain_config.write_text(text)
+    code, out, err = run_cli(capsys, "run", "--config", str(plain_config), "--duration", "0.1")
+    assert code == 2
+    assert "server.control_token_env: the control token in BG_WEAK_TOKEN is too weak" in err
+    assert token not in out + err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--host", "0.0.0.0"], ["--host", "10.0.0.5"], ["--port", "70000"]],  # noqa: S104
+)
+def test_run_validates_host_and_port_given_on_the_command_line(capsys, plain_config, args):
+    """Case 10 of #12.11: `run --host 0.0.0.0` meets the same rule as the file (exit 2)."""
+    code, _, err = run_cli(capsys, "run", "--config", str(plain_config), "--duration", "0.1", *args)
+    assert code == 2
+    assert ("server.host:" if "--host" in args else "server.port:") in err

@@ -26,7 +26,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from brokerguard.config import BrokerGuardConfig, load_config, resolve_secret
+from brokerguard.config import (
+    BrokerGuardConfig,
+    check_control_token,
+    load_config,
+    redact_url,
+    resolve_secret,
+    with_server,
+)
 from brokerguard.errors import BrokerGuardError, ConfigurationError
 from brokerguard.server import StatusServer, create_app
 from brokerguard.service import GuardService, embedded_default_config
@@ -122,20 +129,15 @@ def run(
     """Run the guard service (the main job)."""
     config = _config(config_path, data_dir)
     if host or port is not None:
-        overridden = config.server.model_copy(
-            update={
-                "host": host or config.server.host,
-                "port": config.server.port if port is None else port,
-            }
-        )
-        config = config.model_copy(update={"server": overridden})
+        config = with_server(config, host=host or None, port=port)  # checked like the file
+    # Read and judge the token before anything opens: a weak one stops the start (exit 2).
+    token = _control_token(config)
     embedded = config_path is None
     demo = embedded and not no_demo
     console = Console(stderr=True)
     interactive = console.is_terminal
     _configure_logging(interactive)
     service = GuardService(config)
-    token = resolve_secret(config.server.control_token_env)
     server = StatusServer(
         create_app(service, control_token=token), host=config.server.host, port=config.server.port
     )
@@ -152,7 +154,7 @@ def run(
         console.print(
             f"[bold]brokerguard[/bold]: no --config given, running the embedded default: a paper "
             f"broker with a realistic fault plan, a demo strategy that keeps trying to open "
-            f"positions, and SQLite at {service.store.safe_url}"
+            f"positions, and SQLite at {redact_url(service.store.safe_url)}"
         )
     runner = threading.Thread(
         target=service.run, kwargs={"demo_strategy": demo}, name="brokerguard-service"
@@ -304,7 +306,7 @@ def status(config_path: Path | None, data_dir: Path, url: str | None, as_json: b
         }
         recent = store.audit_log(limit=10)
     data = {
-        "store": store.safe_url,
+        "store": redact_url(store.safe_url),
         "accounts": accounts,
         "halts": [_as_dict(h) for h in halts],
         "recent_audit": [_as_dict(r) for r in recent],
@@ -312,7 +314,7 @@ def status(config_path: Path | None, data_dir: Path, url: str | None, as_json: b
 
     def human() -> None:
         console = Console()
-        table = Table(title=f"accounts ({store.safe_url})")
+        table = Table(title=f"accounts ({redact_url(store.safe_url)})")
         for column in ("account", "broker", "cap", "halted", "paused"):
             table.add_column(column)
         for account_id, account in accounts.items():
@@ -384,7 +386,7 @@ def fleet(config_path: Path | None, data_dir: Path, as_json: bool) -> None:
         for w, age in sorted(ages.items())
     }
     data = {
-        "coordination": coordinator.safe_url,
+        "coordination": redact_url(coordinator.safe_url),
         "workers": workers,
         "leases": {
             a: None if h is None else {"worker": h[0], "token": h[1]} for a, h in holders.items()
@@ -393,7 +395,7 @@ def fleet(config_path: Path | None, data_dir: Path, as_json: bool) -> None:
     }
 
     def human() -> None:
-        table = Table(title=f"fleet on {coordinator.safe_url}")
+        table = Table(title=f"fleet on {redact_url(coordinator.safe_url)}")
         for column in ("worker", "heartbeat", "accounts"):
             table.add_column(column)
         for worker, info in workers.items():
@@ -587,11 +589,19 @@ def check_config(file: Path, as_json: bool) -> None:
             as_json, {"valid": False, "problems": problems}, lambda: click.echo(problems, err=True)
         )
         _done(USAGE)
+    store = redact_url(config.store.url)
+    coordination = None if config.coordination_url is None else redact_url(config.coordination_url)
+    passwords = {
+        "store": config.store.password_env,
+        "coordination": config.coordination.password_env,
+    }
     summary = {
         "valid": True,
         "brokers": {name: b.kind for name, b in config.brokers.items()},
         "accounts": [a.id for a in config.accounts],
-        "store": config.store.url,
+        "store": store,
+        "coordination": coordination,
+        "passwords_from": {part: env for part, env in passwords.items() if env is not None},
         "server": f"{config.server.host}:{config.server.port}",
     }
     _emit(
@@ -599,15 +609,31 @@ def check_config(file: Path, as_json: bool) -> None:
         summary,
         lambda: click.echo(
             f"{file}: valid — {len(config.brokers)} broker(s), {len(config.accounts)} "
-            f"account(s), store {config.store.url}, server {summary['server']}"
+            f"account(s), store {store}"
+            + ("" if coordination is None else f", coordination {coordination}")
+            + f", server {summary['server']}"
         ),
     )
     _done(OK)
 
 
+def _control_token(config: BrokerGuardConfig) -> str | None:
+    """The control token from its variable, refused (ConfigurationError) if it is guessable."""
+    name = config.server.control_token_env
+    token = resolve_secret(name)
+    problems = [] if token is None else check_control_token(token)
+    if problems:
+        raise ConfigurationError(
+            f"server.control_token_env: the control token in {name} is too weak "
+            f"({'; '.join(problems)}): use at least 32 random characters, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return token
+
+
 @contextmanager
 def _store(config: BrokerGuardConfig) -> Iterator[StateStore]:
-    store = open_store(config.store.url)
+    store = open_store(config.store.url, timeout=config.store.timeout_s)
     try:
         yield store
     finally:

@@ -5,13 +5,25 @@ problem is reported at once, by field (``accounts[0].max_positions: must be >= 0
 :class:`~brokerguard.errors.ConfigurationError` — never a traceback. Defaults are documented on
 each field; units are in the names (``_s`` for seconds).
 
-Secrets (API keys, webhook URLs with tokens, the control token) never appear in the file: the
-file names the *environment variables* that hold them (``api_key_env = "KRAKEN_API_KEY"``), and a
-key that looks like a secret given inline is refused with a message saying so.
+Secrets (API keys, webhook URLs with tokens, the control token, database and Redis passwords)
+never appear in the file: the file names the *environment variables* that hold them
+(``api_key_env = "KRAKEN_API_KEY"``, ``[store] password_env``), a key that looks like a secret given
+inline is refused with a message saying so, and so is a URL carrying a secret in any part of it
+(``user:password@``, ``?password=``, ``&sslpassword=``...). URLs are printed through
+:func:`redact_url` only.
+
+The configuration cannot disarm the guard: types are strict (``max_positions = "8"`` is an
+error, not 8), and every number that decides whether the guard acts has a range that keeps it
+acting — a breaker that can open, an enforcement pass that ends, a lease that outlives the
+interval between passes (docs/operate.md lists each range and why).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import ipaddress
+import itertools
 import os
 import re
 import tomllib
@@ -21,13 +33,16 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from brokerguard._redact import redact_url, url_secrets
 from brokerguard.errors import ConfigurationError
 from brokerguard.resilience.backoff import BackoffKind, BackoffPolicy
 
@@ -39,13 +54,18 @@ __all__ = [
     "BreakerConfig",
     "BrokerConfig",
     "BrokerGuardConfig",
+    "CoordinationConfig",
     "EnforcementConfig",
     "PaperFaultsConfig",
     "ServerConfig",
     "StoreConfig",
+    "check_control_token",
     "load_config",
     "parse_config",
+    "redact_url",
+    "require_secret",
     "resolve_secret",
+    "with_server",
 ]
 
 DEFAULT_CONTROL_TOKEN_ENV = "BROKERGUARD_CONTROL_TOKEN"  # noqa: S105 (a variable's name)
@@ -53,14 +73,27 @@ DEFAULT_CONTROL_TOKEN_ENV = "BROKERGUARD_CONTROL_TOKEN"  # noqa: S105 (a variabl
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _SECRET_KEYS = ("api_key", "api_secret", "secret", "password", "token", "webhook_url", "url")
 
+MIN_CONTROL_TOKEN_CHARS = 32
+"""A control token shorter than this is refused when the server starts (128 bits of hex)."""
+MAX_ENFORCEMENT_WAIT_S = 600.0
+"""The most one account's enforcement may wait for fills: ``max_cycles * settle_timeout_s``."""
+
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class _Model(BaseModel):
-    """Frozen, strict about unknown keys: a typo is an error, not a silently ignored setting."""
+def _pair(value: Any) -> Any:
+    """Let a TOML array stand for a pair: strict mode takes only tuples, TOML has none."""
+    return tuple(value) if isinstance(value, list) else value
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+class _Model(BaseModel):
+    """Frozen and strict: a typo is an error, and ``"8"`` or ``"yes"`` is not guessed at.
+
+    Strict mode still takes an integer where seconds (a float) are expected: ``timeout_s = 1``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
 def _env_name(value: str | None) -> str | None:
@@ -71,15 +104,31 @@ def _env_name(value: str | None) -> str | None:
     return value
 
 
-class BreakerConfig(_Model):
-    """Circuit breaker settings, shared by every broker unless a broker overrides them."""
+def _no_url_secrets(value: str, where: str) -> str:
+    found = url_secrets(value)
+    if found:
+        raise ValueError(
+            f"must not contain a password or other secret (it has {', '.join(found)}): "
+            f"secrets never go in the configuration file, {where}"
+        )
+    return value
 
-    failure_threshold: int = Field(5, ge=1, description="consecutive failures that open it")
-    recovery_timeout_s: PositiveSeconds = 60.0
-    success_threshold: int = Field(2, ge=1, description="probe successes that close it")
-    max_recovery_timeout_s: PositiveSeconds = 600.0
-    max_attempts: int = Field(3, ge=1, description="attempts per read, retries included")
-    max_total_delay_s: Seconds = 60.0
+
+class BreakerConfig(_Model):
+    """Circuit breaker settings, shared by every broker unless a broker overrides them.
+
+    Bounded so that the breaker can act: it opens after at most 1000 failures and probes the
+    broker again at least hourly (a breaker that never probes never lets enforcement sell).
+    """
+
+    failure_threshold: int = Field(
+        5, ge=1, le=1000, description="consecutive failures that open it"
+    )
+    recovery_timeout_s: PositiveSeconds = Field(60.0, le=3600)
+    success_threshold: int = Field(2, ge=1, le=100, description="probe successes that close it")
+    max_recovery_timeout_s: PositiveSeconds = Field(600.0, le=3600)
+    max_attempts: int = Field(3, ge=1, le=20, description="attempts per read, retries included")
+    max_total_delay_s: Seconds = Field(60.0, le=600)
 
     @model_validator(mode="after")
     def _recovery_bounds(self) -> Self:
@@ -97,11 +146,14 @@ class BackoffConfig(_Model):
     ``BackoffPolicy()`` keeps the proportional default its contract names.
     """
 
-    base_s: PositiveSeconds = 2.0
-    factor: float = Field(2.0, ge=1, allow_inf_nan=False)
-    max_delay_s: PositiveSeconds = 30.0
-    jitter: float = Field(0.3, ge=0, allow_inf_nan=False)
-    kind: BackoffKind = BackoffKind.FULL
+    base_s: PositiveSeconds = Field(2.0, le=300)
+    factor: float = Field(2.0, ge=1, le=10, allow_inf_nan=False)
+    max_delay_s: PositiveSeconds = Field(30.0, le=600)
+    jitter: float = Field(
+        0.3, ge=0, le=1, allow_inf_nan=False, description="a proportion of the delay: 0 to 1"
+    )
+    # The one lax field: TOML writes the kind as its name ("full"), never as the enum.
+    kind: BackoffKind = Field(BackoffKind.FULL, strict=False)
 
     def policy(self) -> BackoffPolicy:
         """Return the :class:`BackoffPolicy` these settings describe."""
@@ -119,7 +171,7 @@ class PaperFaultsConfig(_Model):
 
     error_rate: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
     latency_s: dict[str, Seconds] = Field(default_factory=dict)
-    outages_s: list[tuple[Seconds, Seconds]] = Field(
+    outages_s: list[Annotated[tuple[Seconds, Seconds], BeforeValidator(_pair)]] = Field(
         default_factory=list, description="(start, end) seconds after the broker starts"
     )
     bad_prices: dict[str, str | float | int | None] = Field(default_factory=dict)
@@ -148,7 +200,7 @@ class BrokerConfig(_Model):
         description="ccxt only: base URL replacing the exchange's API URLs (a sandbox, an "
         "emulator); no credentials in it",
     )
-    timeout_s: PositiveSeconds = Field(10.0, description="ccxt only: per-request timeout")
+    timeout_s: PositiveSeconds = Field(10.0, le=120, description="ccxt only: per-request timeout")
     quote_currency: str = "USD"
     ignore_assets: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list,
@@ -181,11 +233,33 @@ class BrokerConfig(_Model):
     faults: PaperFaultsConfig = Field(default_factory=PaperFaultsConfig)
     breaker: BreakerConfig | None = Field(None, description="overrides the global breaker")
     max_calls_per_s: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="raw calls per second, all accounts together"
+        None,
+        ge=0.1,
+        le=10_000,
+        allow_inf_nan=False,
+        description="raw calls per second, all accounts together (at least one per 10 s, or "
+        "enforcement starves)",
     )
-    burst: int = Field(5, ge=1, description="calls allowed at once above that rate")
+    burst: int = Field(5, ge=1, le=1000, description="calls allowed at once above that rate")
 
     _check_env = field_validator("api_key_env", "api_secret_env")(_env_name)
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url_has_no_secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        return _no_url_secrets(value, "name the variables that hold keys (api_key_env)")
+
+    @field_validator("exchange")
+    @classmethod
+    def _known_exchange(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or info.data.get("kind") != "ccxt":
+            return value  # other kinds refuse an exchange below, with their own reason
+        problem = _ccxt_exchange_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -212,22 +286,39 @@ class AccountConfig(_Model):
 
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:@-]+$")
     broker: str = Field(min_length=1)
-    max_positions: int = Field(8, ge=0)
+    max_positions: int = Field(8, ge=0, le=10_000)
     symbols: list[str] = Field(default_factory=list, description="what the strategy trades")
-    max_cycles: int = Field(3, ge=1)
-    settle_timeout_s: Seconds = 3.0
+    max_cycles: int = Field(3, ge=1, le=20)
+    settle_timeout_s: Seconds = Field(3.0, le=600)
     count_unpriced: bool = True
-    max_position_age_s: PositiveSeconds = 30.0
-    max_quote_age_s: PositiveSeconds = 60.0
+    max_position_age_s: PositiveSeconds = Field(30.0, le=3600)
+    max_quote_age_s: PositiveSeconds = Field(60.0, le=3600)
     positions: dict[str, str] = Field(
         default_factory=dict, description="paper only: starting positions"
     )
+
+    @model_validator(mode="after")
+    def _a_pass_ends(self) -> Self:
+        wait = self.max_cycles * self.settle_timeout_s
+        if wait > MAX_ENFORCEMENT_WAIT_S:
+            raise ValueError(
+                f"max_cycles x settle_timeout_s = {wait:g} s, above {MAX_ENFORCEMENT_WAIT_S:g} s: "
+                "one enforcement would wait that long for fills while the account stays over "
+                "its cap"
+            )
+        return self
 
 
 class EnforcementConfig(_Model):
     """How the guard service runs enforcement."""
 
-    interval_s: PositiveSeconds = 10.0
+    interval_s: float = Field(
+        10.0,
+        ge=0.1,
+        le=3600,
+        allow_inf_nan=False,
+        description="seconds between passes: at least hourly, at most ten a second",
+    )
     max_concurrency: int = Field(8, ge=1, description="accounts enforced at once")
 
 
@@ -238,28 +329,73 @@ class StoreConfig(_Model):
         "sqlite:///brokerguard-data/state.db",
         description="sqlite:///path, sqlite:// (memory) or postgresql://",
     )
+    timeout_s: float = Field(
+        5.0,
+        ge=0.1,
+        le=60,
+        allow_inf_nan=False,
+        description="seconds one store call may take in all (connect, statement, lock wait; "
+        "PostgreSQL connects wait at least 2 s): then it fails closed as STORE_UNAVAILABLE",
+    )
+    password_env: str | None = Field(
+        None,
+        description="PostgreSQL only: the variable holding the password, read when the store "
+        "opens and handed to the driver, never put in a URL",
+    )
+
+    _check_env = field_validator("password_env")(_env_name)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secrets(cls, data: Any) -> Any:
+        return _refuse_inline_secrets(data, allowed=("url",))
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if not value.startswith(("sqlite://", "postgresql://", "postgres://", "postgresql+")):
             raise ValueError("must start with sqlite:// or postgresql://")
-        if re.search(r"://[^/@]*:[^/@]+@", value):
-            raise ValueError(
-                "must not contain a password: use a .pgpass file, trust auth, or the "
-                "PGPASSWORD environment variable"
-            )
+        return _no_url_secrets(
+            value, "name the variable that holds the password in [store] password_env"
+        )
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_for_postgresql(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and str(info.data.get("url", "")).startswith("sqlite:"):
+            raise ValueError("a SQLite store takes no password")
         return value
 
 
 class ServerConfig(_Model):
-    """The HTTP status server. It binds loopback unless told otherwise."""
+    """The HTTP status server. It binds loopback unless ``allow_remote`` says otherwise.
 
+    The server speaks plain HTTP, and ``POST /halt`` and ``/resume`` carry the control token in
+    a header: on any other interface it would cross the network in clear text. A non-loopback
+    ``host`` is refused unless ``allow_remote = true`` states that TLS (a proxy) or a trusted
+    private network is in front.
+    """
+
+    allow_remote: bool = Field(
+        default=False,
+        description="allow a non-loopback host: only with TLS or a trusted network in front",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     control_token_env: str = DEFAULT_CONTROL_TOKEN_ENV
 
     _check_env = field_validator("control_token_env")(_env_name)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_unless_allowed(cls, value: str, info: ValidationInfo) -> str:
+        if not info.data.get("allow_remote") and not _is_loopback(value):
+            raise ValueError(
+                f"{value!r} is not a loopback address, and the control endpoints are plain HTTP "
+                "(the bearer token would cross the network in clear text): bind 127.0.0.1 and "
+                "put a TLS proxy in front, or set server.allow_remote = true if one already is"
+            )
+        return value
 
 
 class AlertConfig(_Model):
@@ -286,13 +422,42 @@ class AlertConfig(_Model):
 class CoordinationConfig(_Model):
     """How the workers of a fleet share accounts (used only with ``coordination_url``)."""
 
-    lease_ttl_s: PositiveSeconds = Field(
+    lease_ttl_s: float = Field(
         30.0,
+        ge=1,
+        le=3600,
+        allow_inf_nan=False,
         description="an account's lease lasts this long unless renewed (each pass renews it); "
-        "a dead worker's accounts are taken over after at most this",
+        "a dead worker's accounts are taken over after at most this. It must exceed "
+        "enforcement.interval_s, or every lease expires between two passes",
     )
     namespace: str = Field("brokerguard", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
-    timeout_s: PositiveSeconds = Field(0.5, description="per Redis command; no answer = blocked")
+    timeout_s: PositiveSeconds = Field(
+        0.5, le=10, description="per Redis command; no answer = blocked"
+    )
+    password_env: str | None = Field(
+        None,
+        description="the variable holding the Redis password, read when the worker connects "
+        "and handed to redis-py, never put in a URL",
+    )
+
+    _check_env = field_validator("password_env")(_env_name)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secrets(cls, data: Any) -> Any:
+        return _refuse_inline_secrets(data)
+
+    @field_validator("timeout_s")
+    @classmethod
+    def _a_call_fits_in_a_lease(cls, value: float, info: ValidationInfo) -> float:
+        ttl = info.data.get("lease_ttl_s")
+        if ttl is not None and value >= ttl:
+            raise ValueError(
+                f"{value:g} s must be below lease_ttl_s ({ttl:g} s): a lease would expire "
+                "while one Redis call waits"
+            )
+        return value
 
 
 class BrokerGuardConfig(_Model):
@@ -337,12 +502,9 @@ class BrokerGuardConfig(_Model):
             return value
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
-        if re.search(r"://[^/@]*:[^/@]+@", value):
-            raise ValueError(
-                "must not contain a password: use Redis ACLs bound to the host, or a local "
-                "socket (secrets never go in the config file)"
-            )
-        return value
+        return _no_url_secrets(
+            value, "name the variable that holds the password in [coordination] password_env"
+        )
 
     @property
     def effective_state_url(self) -> str:
@@ -356,9 +518,51 @@ class BrokerGuardConfig(_Model):
             problems.append("brokers: at least one broker is needed")
         if not self.accounts:
             problems.append("accounts: at least one account is needed")
+        problems += self._fleet_problems() + self._shared_key_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _fleet_problems(self) -> list[str]:
+        settings = self.coordination
+        if self.coordination_url is None:
+            if settings.password_env is not None:
+                return ["coordination.password_env: set, but there is no coordination_url"]
+            return []
+        interval = self.enforcement.interval_s
+        if settings.lease_ttl_s <= interval:
+            return [
+                (
+                    f"coordination.lease_ttl_s: {settings.lease_ttl_s:g} s must exceed "
+                    f"enforcement.interval_s ({interval:g} s), or every lease expires between two "
+                    "passes and accounts change hands (or go unenforced) all the time"
+                )
+            ]
+        return []
+
+    def _shared_key_problems(self) -> list[str]:
+        """One API key is one account at the exchange: two guards on it would fight over it."""
+        first: dict[tuple[str | None, str, str | None], AccountConfig] = {}
+        problems = []
+        for i, account in enumerate(self.accounts):
+            broker = self.brokers.get(account.broker)
+            if broker is None or broker.kind != "ccxt" or broker.api_key_env is None:
+                continue
+            key = (broker.exchange, broker.api_key_env, broker.api_url)
+            other = first.setdefault(key, account)
+            if other is account:
+                continue
+            caps = (
+                f"both capped at {account.max_positions}"
+                if other.max_positions == account.max_positions
+                else f"capped at {other.max_positions} and {account.max_positions}"
+            )
+            problems.append(
+                f"accounts[{i}].broker: {account.id!r} and {other.id!r} both trade the API key "
+                f"in {broker.api_key_env} on {broker.exchange} ({caps}), but one API key is one "
+                "account at the exchange: configure it once, with one cap"
+            )
+        return problems
 
     def breaker_for(self, broker: str) -> BreakerConfig:
         """The breaker settings of a broker (its override, or the global ones)."""
@@ -370,19 +574,75 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Broker
     try:
         return BrokerGuardConfig.model_validate(dict(data))
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = _location(error["loc"])
-            message = str(error["msg"]).removeprefix("Value error, ")
-            for part in message.split("; "):  # a model-level check may report several
-                problem = f"{where}: {part}" if where else part
-                if problem not in problems:
-                    problems.append(problem)
+        problems = _problems(exc)
         # Cross-references are only checked by the model once every field is valid: report
         # them now too, so one run lists every problem.
         problems += [p for p in _reference_problems(data) if p not in problems]
-        lines = [f"{source}: {len(problems)} problem(s):", *(f"  {p}" for p in problems)]
-        raise ConfigurationError("\n".join(lines)) from None
+        raise _configuration_error(source, problems) from None
+
+
+def with_server(
+    config: BrokerGuardConfig, *, host: str | None = None, port: int | None = None
+) -> BrokerGuardConfig:
+    """Return `config` with the server's host and port replaced, checked like the file's.
+
+    ``model_copy(update=...)`` does not validate: a ``--host 0.0.0.0`` on the command line
+    must meet the same loopback rule as ``host`` in the file.
+    """
+    updates: dict[str, Any] = {}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+    try:
+        server = ServerConfig.model_validate({**config.server.model_dump(), **updates})
+    except ValidationError as exc:
+        raise _configuration_error("command line", _problems(exc, "server")) from None
+    return config.model_copy(update={"server": server})
+
+
+def check_control_token(value: str) -> list[str]:
+    """Return why `value` is too weak to guard ``/halt`` and ``/resume`` (empty: strong enough).
+
+    The token is the only thing between the network and a halt or a resume, so a guessable
+    one disarms the operator's controls. Refused: fewer than 32 characters, fewer than 8
+    distinct characters, a repeated pattern (``abcabc...``), or a run in sequence
+    (``abcdef...``, ``12345...``). Anything ``secrets.token_urlsafe(32)`` or
+    ``secrets.token_hex(16)`` produces passes. The problems never quote the token.
+    """
+    problems = []
+    if len(value) < MIN_CONTROL_TOKEN_CHARS:
+        problems.append(
+            f"it is {len(value)} characters, and at least {MIN_CONTROL_TOKEN_CHARS} are needed"
+        )
+    distinct = len(set(value))
+    if distinct < 8:  # noqa: PLR2004 (32 random hex characters have about 14)
+        problems.append(f"it has only {distinct} distinct characters")
+    if any(value[k:] == value[:-k] for k in range(1, len(value) // 2 + 1)):
+        problems.append("it repeats a shorter pattern")
+    # Three in four neighbours equal or adjacent (``aaab``, ``abcd``, ``4321``): random hex
+    # does that about once in 10^12 tokens, a keyboard run almost always.
+    steps = [abs(ord(b) - ord(a)) <= 1 for a, b in itertools.pairwise(value)]
+    if steps and sum(steps) * 4 >= len(steps) * 3:
+        problems.append("it runs in sequence (abcd..., 1234...)")
+    return problems
+
+
+def require_secret(env_name: str | None, field: str) -> str | None:
+    """Read the secret a configured `field` names; raise if that variable is unset or empty.
+
+    For secrets that must be there once configured (a database or Redis password): connecting
+    without one would fail later and less clearly, or — worse — succeed against the wrong
+    server. None when the field names no variable.
+    """
+    if env_name is None:
+        return None
+    value = resolve_secret(env_name)
+    if value is None:
+        raise ConfigurationError(
+            f"{field}: {env_name} is not set (or is empty); it must hold the password"
+        )
+    return value
 
 
 def load_config(path: str | os.PathLike[str]) -> BrokerGuardConfig:
@@ -428,15 +688,65 @@ def _reference_problems(data: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _refuse_inline_secrets(data: Any) -> Any:
+def _refuse_inline_secrets(data: Any, *, allowed: tuple[str, ...] = ()) -> Any:
     if isinstance(data, Mapping):
-        inline = [k for k in data if k in _SECRET_KEYS]
+        inline = [k for k in data if k in _SECRET_KEYS and k not in allowed]
         if inline:
             raise ValueError(
                 f"{', '.join(sorted(inline))}: secrets never go in the configuration file; name "
                 f'the environment variable that holds it instead ({inline[0]}_env = "NAME")'
             )
     return data
+
+
+def _ccxt_exchange_problem(exchange: str) -> str | None:
+    """Why `exchange` is not a ccxt id (None: it is); asks ccxt itself, the one authority.
+
+    Only the list of ids is read here; everything else about ccxt stays behind the adapter.
+    """
+    try:
+        ccxt = importlib.import_module("ccxt")
+    except ImportError:
+        return (
+            f"checking and using the ccxt exchange {exchange!r} needs the ccxt extra: "
+            "pip install 'brokerguard[ccxt]'"
+        )
+    known = [str(name) for name in getattr(ccxt, "exchanges", ())]
+    if exchange in known:
+        return None
+    close = difflib.get_close_matches(exchange.lower(), known, n=3)
+    hint = (
+        f"did you mean {' or '.join(map(repr, close))}?"
+        if close
+        else "ccxt.exchanges lists the ids"
+    )
+    return f"ccxt has no exchange {exchange!r}: {hint}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors():
+        where = _location((prefix, *error["loc"]) if prefix else error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        for part in message.split("; "):  # a model-level check may report several
+            problem = f"{where}: {part}" if where else part
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
+def _configuration_error(source: str, problems: list[str]) -> ConfigurationError:
+    lines = [f"{source}: {len(problems)} problem(s):", *(f"  {p}" for p in problems)]
+    return ConfigurationError("\n".join(lines))
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
