@@ -166,7 +166,7 @@ class GuardService:
         self.leases: AccountLeases | None = None
         self._slots: SharedSlots | None = None
         if config.coordination_url is not None:
-            self.coordinator, self.leases = _fleet(config)
+            self.coordinator, self.leases = _fleet(config, self.store)
             self._slots = _shared_slots(self.coordinator)
         self.breakers: dict[str, dict[str, BrokerCircuitBreaker]] = {
             name: self._breakers_for(name) for name in config.brokers
@@ -334,7 +334,13 @@ class GuardService:
                 "nothing was done",
             }
         try:
-            return enforcer.enforce_cap(fence_token=lease.token, fence_holder=self.leases.owner)[1]
+            leases = self.leases
+            return enforcer.enforce_cap(
+                fence_token=lease.token,
+                fence_holder=lease.owner,
+                fence_namespace=leases.namespace,
+                keep_lease=lambda: leases.keep(lease),
+            )[1]
         finally:
             self.leases.give_back(account_id)
 
@@ -421,8 +427,9 @@ class GuardService:
             self._sleep(strategy_interval if demo_strategy else max(0.0, next_pass - now))
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return once the current step is done."""
+        """Ask :meth:`run` to return once the steps under way are done (none is started)."""
         self._stop.set()
+        self.exits.stop(timeout=0)  # the pass in progress starts no further account
 
     def close(self) -> None:
         """Deliver pending alerts, give the fleet back this worker's accounts, release stores."""
@@ -461,6 +468,9 @@ class GuardService:
             for scope, breaker in breakers.items():
                 if breaker.state is CircuitState.OPEN:
                     reasons.append(f"broker {name} offline ({scope} circuit open)")
+        if self.leases is not None:  # loud, never silent: an account nobody can enforce
+            locked = sorted(self.leases.lockouts().items())
+            reasons.extend(f"account {account} unenforced: {why}" for account, why in locked)
         return not reasons, reasons
 
     def _unresolved_orders(self, broker: BaseBroker, store_ok: bool) -> list[dict[str, Any]]:
@@ -548,6 +558,7 @@ class GuardService:
                         **self.coordinator.status(),
                         "worker": self.leases.owner,
                         "accounts_held": sorted(self.leases.held()),
+                        "accounts_locked_out": self.leases.lockouts(),
                     }
                 ),
                 "ready": ready,
@@ -582,7 +593,7 @@ def _open_store(config: BrokerGuardConfig, clock: Clock) -> StateStore:
     url = config.store.url
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return open_store(url, clock=clock)
+    return open_store(url, clock=clock, timeout=config.store.timeout_s)
 
 
 def _paper_exchange(config: BrokerConfig, clock: Clock) -> tuple[PaperMarket, FaultPlan]:
@@ -608,7 +619,7 @@ def _paper_exchange(config: BrokerConfig, clock: Clock) -> tuple[PaperMarket, Fa
     return PaperMarket(config.prices or None, seed=config.seed, start=start), plan
 
 
-def _fleet(config: BrokerGuardConfig) -> tuple[RedisCoordinator, AccountLeases]:
+def _fleet(config: BrokerGuardConfig, store: StateStore) -> tuple[RedisCoordinator, AccountLeases]:
     try:
         from brokerguard.coordination import RedisCoordinator  # noqa: PLC0415 (optional)
         from brokerguard.coordination.leases import AccountLeases  # noqa: PLC0415
@@ -620,7 +631,7 @@ def _fleet(config: BrokerGuardConfig) -> tuple[RedisCoordinator, AccountLeases]:
     coordinator = RedisCoordinator(
         str(config.coordination_url), namespace=settings.namespace, timeout=settings.timeout_s
     )
-    return coordinator, AccountLeases(coordinator, ttl=settings.lease_ttl_s)
+    return coordinator, AccountLeases(coordinator, ttl=settings.lease_ttl_s, store=store)
 
 
 def _shared_slots(coordinator: RedisCoordinator) -> SharedSlots:

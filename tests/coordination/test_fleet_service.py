@@ -45,7 +45,7 @@ def test_one_worker_enforces_each_account_and_a_clean_exit_hands_them_over(redis
     assert {r["status"] for r in first.values()} == {"compliant"}  # liquidated to the cap
     assert {r["status"] for r in b.tick().values()} == {"held_elsewhere"}
     assert b.accounts["acct-0"].broker.all_orders() == []  # B sent nothing
-    tokens = {acct: a.store.fence_token(acct) for acct in first}
+    tokens = {acct: a.store.fence_token(acct, namespace=redis_namespace) for acct in first}
     status = a.status()["service"]["coordination"]
     assert status["mode"] == "redis"
     assert status["accounts_held"] == ["acct-0", "acct-1", "acct-2"]
@@ -57,7 +57,9 @@ def test_one_worker_enforces_each_account_and_a_clean_exit_hands_them_over(redis
     second = b.tick()
     assert set(second) == set(first)
     assert {r["status"] for r in second.values()} == {"compliant"}
-    assert all(b.store.fence_token(acct) > tokens[acct] for acct in second)
+    assert all(
+        b.store.fence_token(acct, namespace=redis_namespace) > tokens[acct] for acct in second
+    )
     b.close()
 
 
@@ -115,9 +117,9 @@ def test_a_fleet_config_names_redis_and_refuses_passwords():
 
 def test_the_cli_works_the_same_on_a_fleet_config(redis_namespace, pg_url, tmp_path, capsys):
     """halt, status, enforce and resume from the CLI on a Redis + PostgreSQL config."""
-    import json  # noqa: PLC0415
+    import json  # noqa: PLC0415 (as the other CLI tests do)
 
-    from brokerguard.cli import main  # noqa: PLC0415
+    from brokerguard.cli import main  # noqa: PLC0415 (the CLI only where it is tested)
 
     config = tmp_path / "fleet.toml"
     data = fleet_config(REDIS_URL, redis_namespace, pg_url)
@@ -136,13 +138,13 @@ def test_the_cli_works_the_same_on_a_fleet_config(redis_namespace, pg_url, tmp_p
     assert main(["halt", "acct-1", "--reason", "review", "--operator", "ops", *args]) == 0
     assert main(["enforce", "acct-2", *args]) == 0  # under its lease, fenced
     store = open_store(pg_url)
-    assert store.fence_token("acct-2") >= 1
+    assert store.fence_token("acct-2", namespace=redis_namespace) >= 1
     worker = RedisCoordinator(REDIS_URL, namespace=redis_namespace)
     assert worker.acquire_lease("acct-0", "worker-x", 30) is not None  # a worker has it
     capsys.readouterr()
     assert main(["enforce", "acct-0", "--json", *args]) == 1
     assert json.loads(capsys.readouterr().out)["status"] == "held_elsewhere"
-    assert store.fence_token("acct-0") is None  # nothing was written for it
+    assert store.fence_token("acct-0", namespace=redis_namespace) is None  # nothing done
     worker.close()
     capsys.readouterr()
     assert main(["status", "--json", *args]) == 1  # a halted account is a problem to show
@@ -159,9 +161,9 @@ def test_the_fleet_command_shows_workers_and_who_enforces_what(redis_namespace, 
     An account nobody holds is a problem (exit 1); a configuration without coordination_url is
     a usage error (exit 2).
     """
-    import json  # noqa: PLC0415
+    import json  # noqa: PLC0415 (as the other CLI tests do)
 
-    from brokerguard.cli import main  # noqa: PLC0415
+    from brokerguard.cli import main  # noqa: PLC0415 (the CLI only where it is tested)
 
     state_url = f"sqlite:///{tmp_path / 's.db'}"
     config = tmp_path / "fleet.toml"

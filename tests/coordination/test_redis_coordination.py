@@ -18,6 +18,8 @@ from brokerguard.errors import CircuitOpenError, CoordinationUnavailableError, L
 from brokerguard.store import open_store
 from tests.conftest import REDIS_URL
 
+from .proxy import BlackHole, TcpProxy
+
 DEAD_REDIS = "redis://127.0.0.1:9/0"  # the discard port: nothing listens
 
 
@@ -175,6 +177,72 @@ def test_an_unreachable_redis_blocks_calls_and_trading_and_says_why():
         dead.next_nonce("key")
 
 
+def test_a_redis_that_never_answers_blocks_within_the_timeout(redis_namespace):
+    """Connect and command timeouts both apply: a black hole, new or established, costs timeout."""
+    hole = BlackHole()
+    proxy = TcpProxy(("127.0.0.1", int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])))
+    proxy.restore()
+    try:
+        fresh = RedisCoordinator(f"redis://127.0.0.1:{hole.port}/0", timeout=0.3)
+        established = RedisCoordinator(
+            f"redis://127.0.0.1:{proxy.port}/0", namespace=redis_namespace, timeout=0.3
+        )
+        assert established.acquire_lease("acct-1", "worker-a", 5) is not None
+        proxy.black_hole()
+        for coordinator in (fresh, established):
+            started = time.monotonic()  # wall-clock-ok: a real network wait
+            with pytest.raises(CoordinationUnavailableError):
+                coordinator.acquire_lease("acct-1", "worker-a", 5)
+            assert time.monotonic() - started < 0.3 + 1.0  # wall-clock-ok
+            assert not coordinator.reachable
+    finally:
+        proxy.cut()
+        hole.close()
+
+
+class FlakyAfterAdmit(RedisCoordinator):
+    """Redis answers the admission, then dies before the call's outcome is recorded."""
+
+    def breaker(self, script: str, key: str, *args: str):
+        if script in {"success", "failure"}:
+            raise CoordinationUnavailableError("redis died mid-call")
+        return super().breaker(script, key, *args)
+
+
+def test_an_order_redis_refused_to_admit_was_not_placed_and_a_sent_one_keeps_its_outcome(
+    redis_namespace, clock
+):
+    """No admission: the order is NOT_PLACED (never unresolved); Redis lost after: it is filled."""
+    from brokerguard.brokers import PaperBroker  # noqa: PLC0415 (this test's world only)
+    from brokerguard.orders import OrderState  # noqa: PLC0415 (this test's world only)
+
+    def broker(coordinator: RedisCoordinator) -> PaperBroker:
+        return PaperBroker(
+            "kraken",
+            clock=clock,
+            prices={"BTC/USD": "100"},
+            positions={"BTC/USD": "2"},
+            settle_delay=0,
+            read_breaker=shared(coordinator),
+            write_breaker=SharedCircuitBreaker(
+                "kraken", scope="write", coordinator=coordinator, clock=clock
+            ),
+        )
+
+    dead = broker(RedisCoordinator(DEAD_REDIS, timeout=0.2))
+    with pytest.raises(CoordinationUnavailableError):
+        dead.place_market_order("BTC/USD", "sell", 1, client_order_id="refused")
+    assert dead.order_state("refused") is OrderState.NOT_PLACED
+    assert dead.unresolved_orders() == []
+    assert dead.all_orders() == []
+
+    flaky = broker(FlakyAfterAdmit(REDIS_URL, namespace=redis_namespace))
+    order = flaky.place_market_order("BTC/USD", "sell", 1, client_order_id="sent")
+    assert order.client_order_id == "sent"
+    assert flaky.order_state("sent") is OrderState(order.status.value)
+    assert flaky.unresolved_orders() == []
+
+
 def test_the_coordinator_recovers_by_itself_when_redis_answers_again(redis_namespace):
     """A coordinator that failed marks itself reachable again on its next good answer."""
     coordinator = process(redis_namespace)
@@ -282,7 +350,7 @@ def test_a_resync_jumps_the_fleets_counter_and_keys_are_separate(redis_namespace
 
 def test_live_workers_split_the_accounts_and_a_departure_moves_only_its_share(redis_namespace):
     """Rendezvous hashing: ~1/4 each of 1,000 accounts; when one leaves, only its share moves."""
-    from brokerguard.coordination.leases import AccountLeases  # noqa: PLC0415
+    from brokerguard.coordination.leases import AccountLeases  # noqa: PLC0415 (as below)
 
     workers = [AccountLeases(process(redis_namespace), ttl=5, owner=f"w{i}") for i in range(4)]
     for worker in workers:
@@ -306,7 +374,7 @@ def test_live_workers_split_the_accounts_and_a_departure_moves_only_its_share(re
 
 def test_a_worker_gives_back_an_account_another_live_worker_prefers(redis_namespace):
     """The first worker up takes everything; it hands the newcomer's share over, never drops it."""
-    from brokerguard.coordination.leases import AccountLeases  # noqa: PLC0415
+    from brokerguard.coordination.leases import AccountLeases  # noqa: PLC0415 (as below)
 
     first = AccountLeases(process(redis_namespace), ttl=5, owner="first")
     first.begin_pass()
@@ -337,9 +405,9 @@ def test_two_processes_gates_share_one_accounts_cap(redis_namespace, clock, shar
     With SharedSlots the fleet opens at most 8 positions; without (the control), each gate
     counts only its own reservations and the account blows through its cap.
     """
-    from brokerguard.coordination import SharedSlots  # noqa: PLC0415
-    from brokerguard.risk import EntryDenied, TradingGate  # noqa: PLC0415
-    from tests.risk.worlds import coins, paper_account  # noqa: PLC0415
+    from brokerguard.coordination import SharedSlots  # noqa: PLC0415 (this test only)
+    from brokerguard.risk import EntryDenied, TradingGate  # noqa: PLC0415 (this test only)
+    from tests.risk.worlds import coins, paper_account  # noqa: PLC0415 (this test only)
 
     prices = coins(40)
     broker = paper_account(clock, prices=prices, positions={}, settle_delay=0)

@@ -337,10 +337,73 @@ def test_a_version_2_store_gains_the_journal_deadline(durable_url, clock):
         )
     first.close()
     second = open_store(durable_url, clock=clock)
-    assert second.schema_version() == 3
+    assert second.schema_version() == SCHEMA_VERSION
     second.record_order_intent(
         "acct-1", OrderRequest("ETH/USD", "sell", "2", "new", deadline=1234.5), purpose="test"
     )
     journal = {e.client_order_id: e.deadline for e in second.journal("acct-1")}
     assert journal == {"old": None, "new": 1234.5}
+    second.close()
+
+
+# --------------------------------------------------------------------------- fences per fleet
+
+
+def test_fences_are_kept_per_fleet_namespace_and_account(store):
+    """Two fleets sharing a store never fence each other out: each namespace has its own marks."""
+    store.fenced("acct-1", 90, holder="prod-w1", namespace="prod").record_audit(
+        "acct-1", "x", "w", "r"
+    )
+    store.fenced("acct-1", 2, holder="staging-w1", namespace="staging").record_audit(
+        "acct-1", "x", "w", "r"
+    )
+    assert store.fence_token("acct-1", namespace="prod") == 90
+    assert store.fence_token("acct-1", namespace="staging") == 2
+    assert store.fence_token("acct-1") is None  # the unscoped namespace is a third one
+    with pytest.raises(LeaseLostError):
+        store.fenced("acct-1", 89, holder="prod-w2", namespace="prod").halt("acct-1", "x", "w")
+
+
+def test_a_claim_takes_only_a_newer_token_or_the_same_holders_own(store):
+    """claim_fence takes a newer token (None) and answers the mark refusing a stale or a twin."""
+    assert store.claim_fence("acct-1", 5, holder="w1", namespace="fleet") is None
+    assert store.claim_fence("acct-1", 5, holder="w1", namespace="fleet") is None  # idempotent
+    assert store.claim_fence("acct-1", 5, holder="w2", namespace="fleet") == 5  # a rival twin
+    assert store.fence_token("acct-1", namespace="fleet") == 5
+    assert store.claim_fence("acct-1", 4, holder="w2", namespace="fleet") == 5  # stale
+    assert store.claim_fence("acct-1", 6, holder="w2", namespace="fleet") is None
+    with pytest.raises(LeaseLostError):  # w1's writes under token 5 are refused now
+        store.fenced("acct-1", 5, holder="w1", namespace="fleet").record_audit(
+            "acct-1", "x", "w1", "late"
+        )
+    with pytest.raises(LeaseLostError):  # and a rival holder's equal token too
+        store.fenced("acct-1", 6, holder="w3", namespace="fleet").record_audit(
+            "acct-1", "x", "w3", "twin token"
+        )
+    store.fenced("acct-1", 6, holder="w2", namespace="fleet").record_audit(
+        "acct-1", "x", "w2", "the holder"
+    )
+    assert [r.actor for r in store.audit_log("acct-1")] == ["w2"]
+
+
+def test_a_version_3_store_keeps_its_fences_unscoped(durable_url, clock):
+    """Fences written before namespaces survive the migration, under the unscoped namespace."""
+    first = open_store(durable_url, clock=clock)
+    with first._engine.begin() as conn:
+        conn.execute(text("UPDATE bg_schema_version SET version = 3"))
+        conn.execute(text("DROP TABLE bg_fences"))
+        conn.execute(
+            text(
+                "CREATE TABLE bg_fences (account_id VARCHAR(200) PRIMARY KEY, "
+                "token INTEGER NOT NULL, updated_at FLOAT NOT NULL)"
+            )
+        )
+        conn.execute(text("INSERT INTO bg_fences VALUES ('acct-1', 41, 1.0), ('acct-2', 7, 1.0)"))
+    first.close()
+    second = open_store(durable_url, clock=clock)
+    assert second.schema_version() == SCHEMA_VERSION
+    assert (second.fence_token("acct-1"), second.fence_token("acct-2")) == (41, 7)
+    with pytest.raises(LeaseLostError):
+        second.fenced("acct-1", 40).record_audit("acct-1", "x", "w", "older than the kept mark")
+    assert second.claim_fence("acct-1", 3, holder="w1", namespace="fleet") is None
     second.close()

@@ -5,13 +5,14 @@ leases needed. With ``coordination_url = "redis://..."`` every process of a flee
 state in :mod:`brokerguard.coordination.redis_coordinator`.
 """
 
-from brokerguard.coordination.breaker import SharedCircuitBreaker
+from brokerguard.coordination.breaker import NotAdmittedError, SharedCircuitBreaker
 from brokerguard.coordination.nonces import RedisNonceSource
 from brokerguard.coordination.redis_coordinator import Lease, RedisCoordinator, SharedBreakerState
 from brokerguard.coordination.slots import SharedSlots
 
 __all__ = [
     "Lease",
+    "NotAdmittedError",
     "RedisCoordinator",
     "RedisNonceSource",
     "SharedBreakerState",

@@ -8,14 +8,19 @@ opened by any process rejects this process's next call, and half-open admits at 
 kept for the status report and the listeners, which fire in every process that *sees* a change.
 
 Redis unreachable: every call raises :class:`CoordinationUnavailableError` (a
-:class:`BlockedError`: nothing reached the broker) and ``is_trading_allowed()`` is False. The
-fleet cannot agree on the circuit, so no process acts alone.
+:class:`BlockedError`: nothing reached the broker; :class:`NotAdmittedError`, which says so to
+the order lifecycle, so an order refused this way is never taken for one that may have been
+placed) and ``is_trading_allowed()`` is False. The fleet cannot agree on the circuit, so no
+process acts alone. Redis failing *after* a call ran does not hide the call's outcome: its
+result is returned, or its own exception raised, and the lost bookkeeping is logged.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
 from brokerguard.coordination.redis_coordinator import RedisCoordinator, SharedBreakerState
@@ -24,10 +29,20 @@ from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_ena
 from brokerguard.resilience.classify import Outcome
 from brokerguard.resilience.state import BrokerHealthState, CircuitState
 
-__all__ = ["SharedCircuitBreaker"]
+__all__ = ["NotAdmittedError", "SharedCircuitBreaker"]
+
+log = logging.getLogger("brokerguard.coordination")
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class NotAdmittedError(CoordinationUnavailableError):
+    """Redis could not say whether the fleet's circuit admits the call: it was not made."""
+
+    not_processed = True
+    """Nothing reached the broker: an order refused this way was certainly not placed."""
+
 
 _STATES = {
     "closed": CircuitState.CLOSED,
@@ -72,12 +87,12 @@ class SharedCircuitBreaker(BrokerCircuitBreaker):
         try:
             result = func(*args, **kwargs)
         except Exception as exc:
-            self._failure_shared(exc, ticket)
+            self._after_call(partial(self._failure_shared, exc, ticket))
             raise
         except BaseException:
-            self._abandon_shared(ticket)
+            self._after_call(partial(self._abandon_shared, ticket))
             raise
-        self._success_shared(ticket)
+        self._after_call(partial(self._success_shared, ticket))
         return result
 
     async def acall(
@@ -90,12 +105,12 @@ class SharedCircuitBreaker(BrokerCircuitBreaker):
         try:
             result = await func(*args, **kwargs)
         except Exception as exc:
-            self._failure_shared(exc, ticket)
+            self._after_call(partial(self._failure_shared, exc, ticket))
             raise
         except BaseException:
-            self._abandon_shared(ticket)
+            self._after_call(partial(self._abandon_shared, ticket))
             raise
-        self._success_shared(ticket)
+        self._after_call(partial(self._success_shared, ticket))
         return result
 
     # ------------------------------------------------------------------ status and operators
@@ -141,10 +156,25 @@ class SharedCircuitBreaker(BrokerCircuitBreaker):
         # Never the lock-free local path: every call must see the fleet's circuit.
         self._admit_fast = False
 
+    def _after_call(self, record: Callable[[], object]) -> None:
+        """Tell the fleet how a call went; if Redis is gone now, the call's outcome stands."""
+        try:
+            record()
+        except CoordinationUnavailableError as exc:
+            log.warning(
+                "%s/%s: the call's outcome was not recorded in the fleet's circuit: %s",
+                self.broker_name,
+                self.scope,
+                exc,
+            )
+
     def _admit_shared(self) -> SharedBreakerState:
-        answer = self._coordinator.breaker(
-            "admit", self._key, str(self.success_threshold), self._ms[0]
-        )
+        try:
+            answer = self._coordinator.breaker(
+                "admit", self._key, str(self.success_threshold), self._ms[0]
+            )
+        except CoordinationUnavailableError as exc:
+            raise NotAdmittedError(str(exc)) from exc
         self._adopt(answer)
         if not answer.allowed:
             next(self._rejections)

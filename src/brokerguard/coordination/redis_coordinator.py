@@ -9,7 +9,12 @@ change is one Lua script, so it is atomic without locks held across the network:
 - **leases**: one worker enforces an account at a time. A lease expires by itself (a dead
   worker frees its accounts), is renewed by its holder, and carries a fencing token from a
   per-account counter that only grows; the store refuses writes with an older token
-  (:meth:`StateStore.fenced`), so a worker that was paused past its lease cannot act on it;
+  (:meth:`StateStore.fenced`), so a worker that was paused past its lease cannot act on it.
+  Redis can lose that counter (a restart without persistence, a failover to a replica that
+  had not synced): every script that issues a token takes a *floor* (the highest token the
+  store is known to hold) and moves the counter past it first, and
+  :meth:`RedisCoordinator.advance_lease` re-issues a held lease's token above a floor the
+  store answered with, so tokens stay monotonic across Redis's data loss;
 - **nonces**: an API key's nonce is one counter for the fleet, strictly increasing across
   processes (:class:`RedisNonceSource`).
 
@@ -30,6 +35,7 @@ from typing import Any, Final, TypeVar, cast
 import redis
 from redis.commands.core import Script
 
+from brokerguard._redact import redact_url
 from brokerguard.errors import ConfigurationError, CoordinationUnavailableError
 
 __all__ = ["Lease", "RedisCoordinator", "SharedBreakerState"]
@@ -160,20 +166,49 @@ redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0, 'rt', ARGV[2], 'pr
 return {'closed', 1, 0, 0, -1, tonumber(ARGV[2]), gen}
 """
 
-_LEASE_ACQUIRE: Final = """
+# Issuing a token: the counter first moves past ARGV floor (a fence the store is known to hold),
+# so a token is never issued twice even after Redis lost the counter.
+_NEXT_FENCE: Final = """
+local function next_token(floor)
+  local counter = tonumber(redis.call('GET', KEYS[2])) or 0
+  if counter < floor then redis.call('SET', KEYS[2], string.format('%d', floor)) end
+  return redis.call('INCR', KEYS[2])
+end
+"""
+
+# ARGV = (owner, ttl ms, floor). A lease its owner already holds is extended, and re-issued
+# above the floor if its token is below it (at the floor, it may be the very token that set
+# the mark: the store's claim tells a twin apart by its holder).
+_LEASE_ACQUIRE: Final = (
+    _NEXT_FENCE
+    + """
+local floor = tonumber(ARGV[3]) or 0
 local current = redis.call('GET', KEYS[1])
 if current then
   local owner, token = string.match(current, '^(.*)|(%d+)$')
-  if owner == ARGV[1] then
+  if owner ~= ARGV[1] then return 0 end
+  if tonumber(token) >= floor then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return tonumber(token)
   end
-  return 0
 end
-local token = redis.call('INCR', KEYS[2])
+local token = next_token(floor)
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return token
 """
+)
+
+# ARGV = (the lease's value, floor, ttl ms): a new token above the floor for a held lease.
+_LEASE_ADVANCE: Final = (
+    _NEXT_FENCE
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local owner = string.match(ARGV[1], '^(.*)|%d+$')
+local token = next_token(tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], owner .. '|' .. token, 'PX', ARGV[3])
+return token
+"""
+)
 
 _LEASE_RENEW: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -183,12 +218,30 @@ end
 return 0
 """
 
-_LEASE_TRANSFER: Final = """
+# ARGV = (the lease's value, new owner, ttl ms, floor).
+# KEYS = leases, ARGV = (ttl ms, their values...): 1 for each still held (and extended).
+_LEASE_RENEW_MANY: Final = """
+local held = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+"""
+
+_LEASE_TRANSFER: Final = (
+    _NEXT_FENCE
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local token = redis.call('INCR', KEYS[2])
+local token = next_token(tonumber(ARGV[4]))
 redis.call('SET', KEYS[1], ARGV[2] .. '|' .. token, 'PX', ARGV[3])
 return token
 """
+)
 
 _LEASE_RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -289,7 +342,9 @@ class RedisCoordinator:
                 ("breaker_abandon", _BREAKER_ABANDON),
                 ("breaker_force", _BREAKER_FORCE),
                 ("lease_acquire", _LEASE_ACQUIRE),
+                ("lease_advance", _LEASE_ADVANCE),
                 ("lease_renew", _LEASE_RENEW),
+                ("lease_renew_many", _LEASE_RENEW_MANY),
                 ("lease_release", _LEASE_RELEASE),
                 ("lease_transfer", _LEASE_TRANSFER),
                 ("nonce", _NONCE),
@@ -304,11 +359,8 @@ class RedisCoordinator:
 
     @property
     def safe_url(self) -> str:
-        """The URL with any password masked."""
-        head, sep, tail = self.url.partition("://")
-        if "@" in tail:
-            tail = "***@" + tail.split("@", 1)[1]
-        return f"{head}{sep}{tail}"
+        """The URL with any password masked (user:password@ and parameters)."""
+        return redact_url(self.url)
 
     def ping(self) -> bool:
         """Ask Redis; record and return whether it answered."""
@@ -357,19 +409,42 @@ class RedisCoordinator:
 
     # ------------------------------------------------------------------ leases
 
-    def acquire_lease(self, account_id: str, owner: str, ttl: float) -> Lease | None:
-        """Take (or extend, if `owner` holds it) the account's lease; None if another holds it."""
+    def acquire_lease(
+        self, account_id: str, owner: str, ttl: float, *, floor: int = 0
+    ) -> Lease | None:
+        """Take (or extend, if `owner` holds it) the account's lease; None if another holds it.
+
+        A new token is above `floor` (the highest fence the store is known to hold for the
+        account); a lease `owner` already holds keeps its token unless it is below `floor`,
+        when it is re-issued above it.
+        """
         if "|" in owner:
             raise ConfigurationError(f"a lease owner cannot contain '|', got {owner!r}")
         token = int(
             self._run(
                 lambda: self._scripts["lease_acquire"](
                     keys=[self.key("lease", account_id), self.key("fence", account_id)],
-                    args=[owner, _ms(ttl)],
+                    args=[owner, _ms(ttl), floor],
                 )
             )
         )
         return Lease(account_id, owner, token, ttl) if token > 0 else None
+
+    def advance_lease(self, lease: Lease, floor: int) -> Lease | None:
+        """Re-issue the held `lease` with a token above `floor`; None if it is not held.
+
+        For a token the store refused because it has already seen `floor` (Redis lost its
+        counter since): the lease keeps its holder and gets a token the store has not seen.
+        """
+        token = int(
+            self._run(
+                lambda: self._scripts["lease_advance"](
+                    keys=[self.key("lease", lease.account_id), self.key("fence", lease.account_id)],
+                    args=[lease.value, floor, _ms(lease.ttl)],
+                )
+            )
+        )
+        return Lease(lease.account_id, lease.owner, token, lease.ttl) if token > 0 else None
 
     def renew_lease(self, lease: Lease) -> bool:
         """Extend `lease` by its ttl; False if it expired or another worker holds it now."""
@@ -380,17 +455,30 @@ class RedisCoordinator:
         )
         return bool(int(renewed))
 
-    def transfer_lease(self, lease: Lease, owner: str) -> int | None:
+    def renew_leases(self, leases: Sequence[Lease], ttl: float) -> list[Lease]:
+        """Extend every lease still held by `ttl` (one round trip); return those not held."""
+        if not leases:
+            return []
+        keys = [self.key("lease", lease.account_id) for lease in leases]
+        held = self._run(
+            lambda: self._scripts["lease_renew_many"](
+                keys=keys, args=[_ms(ttl), *(lease.value for lease in leases)]
+            )
+        )
+        return [lease for lease, kept in zip(leases, held, strict=True) if not int(kept)]
+
+    def transfer_lease(self, lease: Lease, owner: str, *, floor: int = 0) -> int | None:
         """Hand `lease` to `owner` with a new fencing token (None if `lease` is not held).
 
         The account is never without a holder during a handover: `owner` finds it already
-        its own at its next acquire; if `owner` is gone, the lease expires after its ttl.
+        its own at its next acquire; if `owner` is gone, the lease expires after its ttl. The
+        new token is above `floor` and `lease`'s own token.
         """
         token = int(
             self._run(
                 lambda: self._scripts["lease_transfer"](
                     keys=[self.key("lease", lease.account_id), self.key("fence", lease.account_id)],
-                    args=[lease.value, owner, _ms(lease.ttl)],
+                    args=[lease.value, owner, _ms(lease.ttl), max(floor, lease.token)],
                 )
             )
         )

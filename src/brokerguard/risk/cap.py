@@ -115,6 +115,7 @@ class PositionCapEnforcer:
         self.count_dust = count_dust
         self.valuator = valuator or Valuator(broker, store=self.store, clock=self.clock)
         self._new_order_id = order_id_factory or _uuid_order_id
+        self._keep_lease: Callable[[], object] | None = None  # the running step's, in a fleet
         self._doubtful: set[str] = set()  # this enforcement's sells of unknown outcome
 
     @property
@@ -123,13 +124,21 @@ class PositionCapEnforcer:
         return self.broker.account_id
 
     def enforce_cap(
-        self, *, fence_token: int | None = None, fence_holder: str = ""
+        self,
+        *,
+        fence_token: int | None = None,
+        fence_holder: str = "",
+        fence_namespace: str = "",
+        keep_lease: Callable[[], object] | None = None,
     ) -> tuple[bool, dict[str, Any]]:
         """Fetch, and while over the cap run up to ``max_cycles`` cycles; return (ok, result).
 
-        `fence_token` (a fleet worker's lease on the account): every store write of this step
-        carries it, and the store refuses it with :class:`LeaseLostError` once a newer lease
-        exists, before any order could be sent.
+        `fence_token` (a fleet worker's lease on the account; `fence_holder` the worker,
+        `fence_namespace` its fleet): every store write of this step carries it, and the store
+        refuses it with :class:`LeaseLostError` once a newer lease exists. `keep_lease` is
+        called before each order (it renews the lease, or raises LeaseLostError): nothing is
+        sent once the lease is gone, and each order's journal entry is written in one
+        transaction with the fence check, before the order is sent.
 
         A cycle liquidates the excess, waits for settlement and re-fetches to verify. ``cycles``
         in the result counts them (0 when the account was within the cap to begin with).
@@ -143,15 +152,19 @@ class PositionCapEnforcer:
         if fence_token is None:
             return self._enforce()
         plain = self.store
-        fenced = plain.fenced(self.account_id, fence_token, holder=fence_holder)
+        fenced = plain.fenced(
+            self.account_id, fence_token, holder=fence_holder, namespace=fence_namespace
+        )
         valuator_shares = self.valuator.store is plain  # its pauses are writes too
         self.store = fenced
+        self._keep_lease = keep_lease
         if valuator_shares:
             self.valuator.store = fenced
         try:
             return self._enforce()
         finally:
             self.store = plain
+            self._keep_lease = None
             if valuator_shares:
                 self.valuator.store = plain
 
@@ -471,8 +484,12 @@ class PositionCapEnforcer:
     ) -> str | None:
         """Journal, audit and send one liquidation; return its client order id if still open.
 
-        Raises CircuitOpenError (after journaling it as not sent) when the write circuit is open.
+        Raises CircuitOpenError (after journaling it as not sent) when the write circuit is open,
+        and LeaseLostError, sending nothing, when the step's lease is gone (renewal refused, or
+        the store's fence is newer than this step's token: checked in the intent's transaction).
         """
+        if self._keep_lease is not None:
+            self._keep_lease()
         cid = self._new_order_id()
         deadline = self.broker.order_deadline()
         request = OrderRequest(symbol, Side.SELL, quantity, cid, deadline)

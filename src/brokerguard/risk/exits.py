@@ -6,6 +6,12 @@ past-tense events (a cap violation detected, positions liquidated, trading halte
 became unvaluable or valuable again, a cap restored, an enforcement left unverified). One
 account failing, even with a bug, never stops the others; a failing listener never stops the
 loop. :meth:`stop` lets the current enforcement step finish.
+
+In a fleet each step runs under the account's lease (:meth:`AccountLeases.enforcing`): fenced
+in the store as it was taken, renewed before every order, never handed over mid-step. A step
+whose lease is lost sends nothing more (``status: "lease_lost"``); a store or Redis that cannot
+answer makes the step ``unverified``; tokens refused pass after pass are a
+:class:`FencingLockout`, announced once.
 """
 
 from __future__ import annotations
@@ -20,7 +26,12 @@ from typing import TYPE_CHECKING, Any
 from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.brokers.base import BaseBroker
 from brokerguard.clock import Clock
-from brokerguard.errors import ConfigurationError, CoordinationUnavailableError, LeaseLostError
+from brokerguard.errors import (
+    ConfigurationError,
+    CoordinationUnavailableError,
+    LeaseLostError,
+    StoreUnavailableError,
+)
 from brokerguard.risk.cap import PositionCapEnforcer
 from brokerguard.store.state import StateStore
 
@@ -35,6 +46,7 @@ __all__ = [
     "EnforcementEvent",
     "EnforcementUnverified",
     "EventListener",
+    "FencingLockout",
     "OrdersUnresolved",
     "PositionsImplausible",
     "PositionsLiquidated",
@@ -142,6 +154,16 @@ class EnforcementCrashed(EnforcementEvent):
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class FencingLockout(EnforcementCrashed):
+    """This worker's fencing tokens for the account were refused pass after pass.
+
+    The account is not enforced (no worker acts on it) until a token is accepted again; it is
+    reported not held, and the worker not ready, meanwhile. An EnforcementCrashed, so every
+    sink hears it as critical.
+    """
+
+
 EventListener = Callable[[EnforcementEvent], object]
 """Called with every event, on the enforcing thread; exceptions are logged and ignored."""
 
@@ -157,7 +179,8 @@ class ContinuousExitEnforcer:
         max_concurrency: accounts enforced at once (1: one after the other).
         leases: in a fleet, this worker's :class:`~brokerguard.coordination.AccountLeases`:
             an account is enforced only under its lease, with the lease's fencing token, and
-            skipped (``status: "held_elsewhere"``) while another worker holds it.
+            skipped (``status: "held_elsewhere"``) while another worker holds it. Leases
+            without a store get the accounts' store, where they fence each token they take.
     """
 
     def __init__(
@@ -190,6 +213,12 @@ class ContinuousExitEnforcer:
         ids = [e.account_id for e in listed]
         if len(set(ids)) != len(ids):
             problems.append(f"each account must appear once, got {sorted(ids)}")
+        if leases is not None and leases.store is None and listed:
+            stores = {id(e.store) for e in listed}
+            if len(stores) > 1:
+                problems.append("under leases every account's enforcer needs the same store")
+            else:
+                leases.store = listed[0].store  # where each lease's token is fenced
         if problems:
             raise ConfigurationError("invalid ContinuousExitEnforcer: " + "; ".join(problems))
         self.enforcers = listed
@@ -236,8 +265,15 @@ class ContinuousExitEnforcer:
         else:
             self._begin_pass()
             with ThreadPoolExecutor(self.max_concurrency, "brokerguard-enforce") as pool:
-                futures = {e.account_id: pool.submit(self._enforce_one, e) for e in self.enforcers}
-            results = {account: future.result() for account, future in futures.items()}
+                futures = {
+                    e.account_id: pool.submit(self._enforce_unless_stopped, e)
+                    for e in self.enforcers
+                }
+            results = {
+                account: result
+                for account, future in futures.items()
+                if (result := future.result()) is not None
+            }
         self.ticks += 1
         return results
 
@@ -268,6 +304,10 @@ class ContinuousExitEnforcer:
 
     # ------------------------------------------------------------------ internals
 
+    def _enforce_unless_stopped(self, enforcer: PositionCapEnforcer) -> dict[str, Any] | None:
+        """A step not yet started when stop() came is not started (None): shutdown is prompt."""
+        return None if self._stop.is_set() else self._enforce_one(enforcer)
+
     def _enforce_one(self, enforcer: PositionCapEnforcer) -> dict[str, Any]:
         result = self._enforce_and_announce(enforcer)
         for listener in tuple(self._result_listeners):
@@ -281,22 +321,19 @@ class ContinuousExitEnforcer:
         account = enforcer.account_id
         previous = self._results.get(account)
         try:
-            held = self._lease(enforcer)
-            if isinstance(held, dict):
+            stepped = self._step(enforcer)
+            if isinstance(stepped, dict):  # not enforced here: another worker holds it
                 with self._lock:
-                    self._results[account] = held
-                if held["status"] == "unverified":
-                    self._emit(EnforcementUnverified(account, self.clock.time(), held["reason"]))
-                return held
-            ok, result = enforcer.enforce_cap(
-                fence_token=held, fence_holder="" if self.leases is None else self.leases.owner
-            )
+                    self._results[account] = stepped
+                return stepped
+            ok, result = stepped
         except LeaseLostError as exc:
-            log.warning("account %s: lease lost during enforcement (%s); stopped", account, exc)
-            result = _not_enforced(account, "lease_lost", str(exc))
-            with self._lock:
-                self._results[account] = result
-            return result
+            log.warning("account %s: lease lost (%s); nothing more sent under it", account, exc)
+            return self._not_enforced(account, "lease_lost", str(exc))
+        except CoordinationUnavailableError as exc:
+            return self._not_enforced(account, "unverified", f"no lease: {exc}")
+        except StoreUnavailableError as exc:
+            return self._not_enforced(account, "unverified", f"state store unavailable: {exc}")
         except Exception as exc:
             log.exception(
                 "cap enforcement for account %s crashed; the other accounts carry on and this "
@@ -326,20 +363,43 @@ class ContinuousExitEnforcer:
         except CoordinationUnavailableError as exc:
             log.error("no heartbeat to the fleet (%s): every account waits this pass", exc)
 
-    def _lease(self, enforcer: PositionCapEnforcer) -> int | dict[str, Any] | None:
-        """The fencing token to enforce under (None: no fleet), or the result of not enforcing."""
-        if self.leases is None:
-            return None
+    def _step(self, enforcer: PositionCapEnforcer) -> tuple[bool, dict[str, Any]] | dict[str, Any]:
+        """One step on the account: under its lease in a fleet, or the result of not enforcing.
+
+        Raises LeaseLostError (the lease is gone or its token refused: nothing more was sent),
+        CoordinationUnavailableError or StoreUnavailableError (unknown: nothing was decided).
+        """
+        leases = self.leases
+        if leases is None:
+            return enforcer.enforce_cap()
         account = enforcer.account_id
-        try:
-            lease = self.leases.hold(account)
-        except CoordinationUnavailableError as exc:
-            return _not_enforced(account, "unverified", f"no lease: {exc}")
-        if lease is None:
-            return _not_enforced(
-                account, "held_elsewhere", "another worker holds this account's lease"
+        with leases.enforcing(account) as lease:
+            if lease is None:
+                leases.settled(account)
+                return _not_enforced(
+                    account, "held_elsewhere", "another worker holds this account's lease"
+                )
+            outcome = enforcer.enforce_cap(
+                fence_token=lease.token,
+                fence_holder=lease.owner,
+                fence_namespace=leases.namespace,
+                keep_lease=lambda: leases.keep(lease),
             )
-        return lease.token
+        leases.settled(account)
+        return outcome
+
+    def _not_enforced(self, account: str, status: str, reason: str) -> dict[str, Any]:
+        """Record and announce a step that enforced nothing (nothing known, nothing sent)."""
+        result = _not_enforced(account, status, reason)
+        with self._lock:
+            self._results[account] = result
+        now = self.clock.time()
+        if status == "unverified":
+            self._emit(EnforcementUnverified(account, now, reason))
+        if status == "lease_lost" and self.leases is not None and self.leases.lost(account, reason):
+            lockout = self.leases.lockouts().get(account, reason)
+            self._emit(FencingLockout(account, now, f"FENCING LOCK-OUT: {lockout}"))
+        return result
 
     def _announce(
         self,

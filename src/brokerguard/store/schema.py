@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text
 
 __all__ = [
     "AUDIT_LOG",
@@ -21,10 +21,11 @@ __all__ = [
     "SCHEMA_VERSION_TABLE",
 ]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """The version this code writes (1: halts, pauses, audit log, order journal; 2: adds bg_fences,
 the fencing tokens; 3: adds bg_orders.deadline, when a journaled order can no longer be
-accepted). Older stores are migrated on open, one step at a time."""
+accepted; 4: bg_fences keyed by fleet namespace and account, with the holder of each token).
+Older stores are migrated on open, one step at a time."""
 
 METADATA = MetaData()
 
@@ -89,10 +90,14 @@ ORDERS = Table(
 FENCES = Table(
     "bg_fences",
     METADATA,
-    # The highest fencing token that wrote for each account: a write carrying a lower one comes
-    # from a worker whose lease expired (paused, partitioned) and is refused.
+    # The highest fencing token taken or written for each account of each fleet (its Redis
+    # namespace; "" for fences written before schema 4 and for unscoped library use): a write
+    # carrying a lower one, or the same one from another holder, comes from a worker whose
+    # lease is gone (paused, partitioned, or issued before Redis lost its data) and is refused.
+    Column("namespace", String(200), primary_key=True),
     Column("account_id", String(200), primary_key=True),
-    Column("token", Integer, nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("holder", String(300), nullable=False, server_default=""),
     Column("updated_at", Float, nullable=False),
 )
 

@@ -5,6 +5,12 @@ with ``synchronous=FULL``), so a crash right after deciding to halt cannot lose 
 change of state writes its audit record in the same transaction. Database errors become
 :class:`~brokerguard.errors.StoreUnavailableError` here, at one seam: callers treat an
 unreachable store as "unknown", which means "deny".
+
+Every call takes bounded time (the store's ``timeout``, default
+:data:`DEFAULT_TIMEOUT_S`): waiting for a turn, for a connection (at least libpq's 2 s floor)
+and for each answer all come out of one budget, with statement, lock and idle-transaction
+timeouts on PostgreSQL and a busy timeout on SQLite. A database that accepts and never answers
+is then a StoreUnavailableError within that time, like one that refuses: never a hang.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import threading
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, TypeVar
@@ -22,24 +28,29 @@ from typing import Any, Final, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
+    and_,
     create_engine,
     delete,
     event,
     insert,
     inspect,
+    or_,
     select,
     text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from brokerguard._validation import int_problem
+from brokerguard._redact import redact_url
+from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import ConfigurationError, LeaseLostError, StoreUnavailableError
 from brokerguard.models import OrderRequest
+from brokerguard.store._deadline import call_deadline, remaining
 from brokerguard.store.schema import (
     APPEND_ONLY_DDL,
     AUDIT_LOG,
@@ -53,6 +64,7 @@ from brokerguard.store.schema import (
 )
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "LIVE_ORDER_STATUSES",
     "AuditNote",
     "AuditRecord",
@@ -65,6 +77,20 @@ __all__ = [
 log = logging.getLogger("brokerguard.store")
 
 T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S: Final = 5.0
+"""Seconds one store call may wait in all, by default: long enough for a loaded database's
+slowest statement here (a few ms each), short enough that an entry check or an enforcement
+step fails closed well within one enforcement interval when the database hangs."""
+
+_SCHEMA_BUDGET_S: Final = 30.0
+"""Creating or migrating the schema, once a worker has reached the database, may take this
+long (the other workers of a fleet starting together wait for the first one's DDL)."""
+
+_CLAIM_LOCK_WAIT_S: Final = 0.5
+"""A claim waits at most this long for a fence row another session holds locked: a previous
+holder's write takes milliseconds; one that takes longer is paused, and its open transaction
+is ended by the database within the store's timeout (a later pass claims then)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,63 +168,160 @@ class JournalEntry:
     deadlines were recorded)."""
 
 
-def open_store(url: str, *, clock: Clock | None = None) -> StateStore:
+def open_store(
+    url: str, *, clock: Clock | None = None, timeout: float = DEFAULT_TIMEOUT_S
+) -> StateStore:
     """Open (and create or migrate on first use) the store at `url`.
 
     ``sqlite:///path/to/state.db`` is the embedded default; ``sqlite://`` or ``memory://`` is an
     in-memory store (tests, simulations); ``postgresql://user@host/db`` uses psycopg 3.
+    `timeout` bounds every call (seconds; connecting to PostgreSQL waits at least 2 s), but
+    creating or migrating the schema, once the database has answered, may take up to 30 s:
+    fleet workers starting together wait for the first one's DDL.
     """
-    return StateStore(url, clock=clock)
+    return StateStore(url, clock=clock, timeout=timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fence:
+    """The lease a fenced view writes under."""
+
+    namespace: str
+    account_id: str
+    token: int
+    holder: str
 
 
 class StateStore:
-    """Halts, paused symbols, the audit log and the order journal, on SQLAlchemy Core."""
+    """Halts, paused symbols, the audit log and the order journal, on SQLAlchemy Core.
 
-    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+    Args:
+        url: where (see :func:`open_store`).
+        clock: the time source of every timestamp written.
+        timeout: seconds any one call may take in all before it raises
+            :class:`StoreUnavailableError`.
+    """
+
+    def __init__(
+        self, url: str, *, clock: Clock | None = None, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        problems = seconds_problem("timeout", timeout, allow_zero=False)
+        if problems or not math.isfinite(timeout):
+            raise ConfigurationError("invalid store timeout: " + "; ".join(problems or ["inf"]))
         self._clock = clock if clock is not None else SYSTEM_CLOCK
         self.url = url
-        self._engine = _make_engine(url)
+        self.timeout = float(timeout)
+        self._engine = _make_engine(url, self.timeout)
         # The in-memory store has ONE connection shared by every thread: every statement must
         # take turns on it. A file-based SQLite has one connection per thread and one writer
         # at a time (queueing here beats SQLite's busy-wait). PostgreSQL needs neither.
         in_memory = isinstance(self._engine.pool, StaticPool)
         self._any_lock = threading.RLock() if in_memory else None
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
-        self._fence: tuple[str, int] | None = None
-        self._fence_holder = ""
+        self._fence: _Fence | None = None
         try:
-            with _held(self._any_lock):
-                self._guard(self._create_or_migrate)
+            # Reachable within the timeout first; then the schema, which may wait its turn
+            # behind the other workers of a fleet starting together.
+            self._read(lambda conn: conn.execute(text("SELECT 1")))
+            self._call(self._create_or_migrate, write=False, budget=self._schema_budget)
         except BaseException:
             self._engine.dispose()
             raise
 
-    def fenced(self, account_id: str, token: int, *, holder: str = "") -> StateStore:
+    def fenced(
+        self, account_id: str, token: int, *, holder: str = "", namespace: str = ""
+    ) -> StateStore:
         """Return a view of this store whose every write first checks `token` for `account_id`.
 
         A worker holding an account's lease writes through this view with the lease's fencing
-        token. The store keeps the highest token that wrote for each account, in the same
-        transaction as the write; a write with a lower token (a worker whose lease expired
-        while it was paused) is refused with :class:`LeaseLostError` and changes nothing.
-        The view shares the engine: it is cheap, one per lease. Audit records written through
-        it carry ``fence_token`` (and the ``worker`` `holder`) in their details: the evidence
-        of who acted on the account under which lease.
+        token, its own name (`holder`) and its fleet's `namespace`. The store keeps the highest
+        token taken or written for each (namespace, account), in the same transaction as the
+        write; a write with a lower token, or with the same token from another holder (a
+        worker whose lease expired while it was paused, or was issued again after Redis lost
+        its data), is refused with :class:`LeaseLostError` and changes nothing. The view
+        shares the engine: it is cheap, one per lease. Audit records written through it carry
+        ``fence_token`` (and the ``worker`` `holder`) in their details: the evidence of who
+        acted on the account under which lease.
         """
         _require("account_id", account_id)
         problems = int_problem("token", token, minimum=1)
         if problems:
             raise ConfigurationError("invalid fencing token: " + "; ".join(problems))
         view = copy.copy(self)
-        view._fence = (account_id, token)  # noqa: SLF001 (a copy of this very class)
-        view._fence_holder = holder  # noqa: SLF001
+        view._fence = _Fence(namespace, account_id, token, holder)  # noqa: SLF001 (same class)
         return view
 
-    def fence_token(self, account_id: str) -> int | None:
-        """The highest fencing token that has written for `account_id` (None: never fenced)."""
+    def fence_token(self, account_id: str, *, namespace: str = "") -> int | None:
+        """The highest fencing token taken or written for `account_id` in `namespace`.
+
+        None: never fenced there. Fences written before schema 4 are in namespace ``""``.
+        """
         return self._read(
             lambda conn: conn.execute(
-                select(FENCES.c.token).where(FENCES.c.account_id == account_id)
+                select(FENCES.c.token).where(
+                    FENCES.c.namespace == namespace, FENCES.c.account_id == account_id
+                )
             ).scalar()
+        )
+
+    def claim_fence(
+        self, account_id: str, token: int, *, holder: str, namespace: str = ""
+    ) -> int | None:
+        """Record `token` as the account's fence as a lease is taken; None once it is.
+
+        It is taken when it is newer than every token the store has seen for (`namespace`,
+        `account_id`), or is the fence `holder` itself already holds: from then on every write
+        under an older token is refused, before the new holder has written anything. Otherwise
+        the answer is the mark that refused it (Redis issued a token the store has already
+        seen: its counter was lost); the caller takes a token above that mark. A fence row
+        locked by another session (a paused previous holder) is waited for at most half a
+        second: StoreUnavailableError then, and a later pass claims.
+        """
+        return self.claim_fences([(account_id, token, holder)], namespace=namespace).get(account_id)
+
+    def claim_fences(
+        self, claims: Sequence[tuple[str, int, str]], *, namespace: str = ""
+    ) -> dict[str, int]:
+        """:meth:`claim_fence` for many ``(account_id, token, holder)`` in one transaction.
+
+        Returns the refused ones: account -> the mark that refused it. A worker taking many
+        leases at once (its start, a takeover) fences them all with one commit.
+        """
+        fences = []
+        for account_id, token, holder in claims:
+            _require("account_id", account_id)
+            _require("holder", holder)
+            problems = int_problem("token", token, minimum=1)
+            if problems:
+                raise ConfigurationError("invalid fencing token: " + "; ".join(problems))
+            fences.append(_Fence(namespace, account_id, token, holder))
+        if not fences:
+            return {}
+
+        def work(conn: Connection) -> dict[str, int]:
+            if self.dialect == "postgresql":
+                wait_ms = round(min(self.timeout, _CLAIM_LOCK_WAIT_S) * 1000)
+                conn.execute(text(f"SET LOCAL lock_timeout = {wait_ms}"))
+            refused = {}
+            for fence in fences:
+                mark = self._raise_fence(conn, fence)
+                if mark is not None:
+                    refused[fence.account_id] = mark
+            return refused
+
+        return self._call(lambda: self._transaction(work), write=True)
+
+    def fence_marks(self, namespace: str = "") -> dict[str, int]:
+        """Every account's fence in `namespace` (one read: the floors a worker starts from)."""
+        return self._read(
+            lambda conn: {
+                r.account_id: int(r.token)
+                for r in conn.execute(
+                    select(FENCES.c.account_id, FENCES.c.token).where(
+                        FENCES.c.namespace == namespace
+                    )
+                )
+            }
         )
 
     @property
@@ -208,19 +331,18 @@ class StateStore:
 
     @property
     def safe_url(self) -> str:
-        """The URL with any password masked, for logs and status."""
-        return self._engine.url.render_as_string(hide_password=True)
+        """The URL with any password masked (user:password@ and parameters), for logs, status."""
+        return redact_url(self._engine.url.render_as_string(hide_password=True))
 
     def close(self) -> None:
         """Release the connection pool."""
         self._engine.dispose()
 
     def ping(self) -> bool:
-        """Return True if the database answers; never raises (for readiness checks)."""
+        """Return True if the database answers within the timeout; never raises (readiness)."""
         try:
-            with self._engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except SQLAlchemyError:
+            self._read(lambda conn: conn.execute(text("SELECT 1")))
+        except StoreUnavailableError:
             return False
         return True
 
@@ -514,9 +636,16 @@ class StateStore:
             lambda conn: int(conn.execute(select(SCHEMA_VERSION_TABLE.c.version)).scalar_one())
         )
 
+    @property
+    def _schema_budget(self) -> float:
+        return max(self.timeout, _SCHEMA_BUDGET_S)
+
     def _create_or_migrate(self) -> None:
         with self._engine.begin() as conn:
             if self.dialect == "postgresql":
+                budget_ms = round(self._schema_budget * 1000)
+                conn.execute(text(f"SET LOCAL statement_timeout = {budget_ms}"))
+                conn.execute(text(f"SET LOCAL lock_timeout = {budget_ms}"))
                 # Workers of a fleet start together: one creates or migrates, the others wait
                 # and find it done (without it: "tuple concurrently updated" on the DDL).
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
@@ -532,10 +661,12 @@ class StateStore:
                 )
             elif found < SCHEMA_VERSION:
                 # 1 -> 2 added bg_fences, which create_all above has just made; 2 -> 3 adds
-                # bg_orders.deadline, which create_all does not add to an existing table.
+                # bg_orders.deadline, which create_all does not add to an existing table;
+                # 3 -> 4 keys bg_fences by (namespace, account), keeping every fence.
                 columns = {c["name"] for c in inspect(conn).get_columns(ORDERS.name)}
                 if "deadline" not in columns:
                     conn.execute(text("ALTER TABLE bg_orders ADD COLUMN deadline FLOAT"))
+                _migrate_fences(conn)
                 conn.execute(update(SCHEMA_VERSION_TABLE).values(version=SCHEMA_VERSION))
             elif found > SCHEMA_VERSION:
                 raise ConfigurationError(
@@ -556,7 +687,7 @@ class StateStore:
         now: float,
     ) -> None:
         if self._fence is not None:
-            details = {**details, "fence_token": self._fence[1], "worker": self._fence_holder}
+            details = {**details, "fence_token": self._fence.token, "worker": self._fence.holder}
         conn.execute(
             insert(AUDIT_LOG).values(
                 at=now,
@@ -568,29 +699,57 @@ class StateStore:
             )
         )
 
-    def _check_fence(self, conn: Connection, account_id: str, token: int) -> None:
-        """Record `token` as the account's highest, or refuse it as stale.
+    def _check_fence(self, conn: Connection, fence: _Fence) -> None:
+        """Record the fence's token as the account's highest, or refuse it as stale.
 
         Runs in the write's own transaction, so a refused write changes nothing.
         """
+        held = self._raise_fence(conn, fence)
+        if held is not None:
+            raise LeaseLostError(
+                f"fencing token {fence.token} of {fence.holder or 'this worker'} for account "
+                f"{fence.account_id} is stale (the store has seen {held}): another lease holds "
+                "the account now; nothing was written"
+            )
+
+    def _raise_fence(self, conn: Connection, fence: _Fence) -> int | None:
+        """Make the fence the account's mark if it is newer; None, or the mark that refused it.
+
+        Newer: a higher token, or the same token from the holder that set it. The row stays
+        locked until the transaction ends, so a claim and a write on one account take turns.
+        """
         upsert = sqlite_insert if self.dialect == "sqlite" else postgresql_insert
         statement = upsert(FENCES).values(
-            account_id=account_id, token=token, updated_at=self._clock.time()
+            namespace=fence.namespace,
+            account_id=fence.account_id,
+            token=fence.token,
+            holder=fence.holder,
+            updated_at=self._clock.time(),
         )
         guarded = statement.on_conflict_do_update(
-            index_elements=[FENCES.c.account_id],
-            set_={"token": statement.excluded.token, "updated_at": statement.excluded.updated_at},
-            where=FENCES.c.token <= statement.excluded.token,
+            index_elements=[FENCES.c.namespace, FENCES.c.account_id],
+            set_={
+                "token": statement.excluded.token,
+                "holder": statement.excluded.holder,
+                "updated_at": statement.excluded.updated_at,
+            },
+            where=or_(
+                FENCES.c.token < statement.excluded.token,
+                and_(
+                    FENCES.c.token == statement.excluded.token,
+                    FENCES.c.holder == statement.excluded.holder,
+                ),
+            ),
         ).returning(FENCES.c.token)
         # RETURNING, not rowcount: psycopg reports -1 for an upsert whose WHERE refused it.
-        if conn.execute(guarded).first() is None:
-            held = conn.execute(
-                select(FENCES.c.token).where(FENCES.c.account_id == account_id)
-            ).scalar()
-            raise LeaseLostError(
-                f"fencing token {token} for account {account_id} is stale (the store has seen "
-                f"{held}): another worker holds the account now; nothing was written"
+        if conn.execute(guarded).first() is not None:
+            return None
+        held = conn.execute(
+            select(FENCES.c.token).where(
+                FENCES.c.namespace == fence.namespace, FENCES.c.account_id == fence.account_id
             )
+        ).scalar()
+        return int(held) if held is not None else fence.token
 
     def _audit_note(
         self, conn: Connection, account_id: str | None, note: AuditNote, now: float
@@ -602,22 +761,44 @@ class StateStore:
     def _write(self, work: Callable[[Connection], T]) -> T:
         fence = self._fence
 
-        def run() -> T:
-            with self._engine.begin() as conn:
-                if fence is not None:
-                    self._check_fence(conn, *fence)
-                return work(conn)
+        def run(conn: Connection) -> T:
+            if fence is not None:
+                self._check_fence(conn, fence)
+            return work(conn)
 
-        with _held(self._any_lock), _held(self._write_lock):
-            return self._guard(run)
+        return self._call(lambda: self._transaction(run), write=True)
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        with self._engine.begin() as conn:
+            return work(conn)
 
     def _read(self, work: Callable[[Connection], T]) -> T:
         def run() -> T:
             with self._engine.connect() as conn:
                 return work(conn)
 
-        with _held(self._any_lock):
-            return self._guard(run)
+        return self._call(run, write=False)
+
+    def _call(self, run: Callable[[], T], *, write: bool, budget: float | None = None) -> T:
+        """Run one store call: its turn, its connection and its answers within the timeout."""
+        seconds = self.timeout if budget is None else budget
+        locks = [self._any_lock, self._write_lock if write else None]
+        taken: list[threading.Lock | threading.RLock] = []
+        with call_deadline(seconds):
+            try:
+                for lock in locks:
+                    if lock is None:
+                        continue
+                    if not lock.acquire(timeout=max(remaining(seconds), 0.0)):
+                        raise StoreUnavailableError(
+                            f"state store {self.safe_url} busy: no turn within "
+                            f"{seconds:g}s (another call holds it)"
+                        )
+                    taken.append(lock)
+                return self._guard(run)
+            finally:
+                for lock in reversed(taken):
+                    lock.release()
 
     def _guard(self, run: Callable[[], T]) -> T:
         try:
@@ -634,7 +815,7 @@ class StateStore:
 _SCHEMA_LOCK: Final = 0x6267_7363_6865_6D61  # "bgschema": the advisory lock of the DDL
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, timeout: float) -> Engine:
     if url in {"memory://", "sqlite://", "sqlite:///:memory:"}:
         # One shared connection, or each thread would see its own empty in-memory database.
         engine = create_engine(
@@ -642,36 +823,70 @@ def _make_engine(url: str) -> Engine:
             poolclass=StaticPool,
             connect_args={"check_same_thread": False},
         )
-        _sqlite_pragmas(engine, wal=False)
+        _sqlite_pragmas(engine, wal=False, timeout=timeout)
         return engine
     if url.startswith("sqlite:///"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        _sqlite_pragmas(engine, wal=True)
+        engine = create_engine(url, connect_args={"timeout": timeout, "check_same_thread": False})
+        _sqlite_pragmas(engine, wal=True, timeout=timeout)
         return engine
     if url.startswith(("postgresql://", "postgres://")):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        return _postgresql_engine("postgresql+psycopg://" + url.split("://", 1)[1], timeout)
     if url.startswith("postgresql+"):
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        return _postgresql_engine(url, timeout)
     raise ConfigurationError(
         f"unsupported store URL {url.split('://', 1)[0]}://...: use sqlite:///path, "
         "sqlite:// (in memory) or postgresql://"
     )
 
 
-def _sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
+def _postgresql_engine(url: str, timeout: float) -> Engine:
+    """A pooled PostgreSQL engine whose every connect, statement, lock and wait is bounded."""
+    if make_url(url).get_driver_name() != "psycopg":
+        raise ConfigurationError("a postgresql store needs the psycopg (3) driver")
+    from brokerguard.store._postgres import bound_engine  # noqa: PLC0415 (optional dependency)
+
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=timeout
+    )
+    bound_engine(engine, timeout)
+    return engine
+
+
+def _sqlite_pragmas(engine: Engine, *, wal: bool, timeout: float) -> None:
+    busy_ms = max(1, round(timeout * 1000))
+
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         if wal:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")  # a committed halt survives a power cut
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")  # a busy database: wait, boundedly
         cursor.close()
 
 
-def _held(lock: threading.Lock | threading.RLock | None) -> AbstractContextManager[object]:
-    return nullcontext() if lock is None else lock
+def _migrate_fences(conn: Connection) -> None:
+    """Schema 3 -> 4: key bg_fences by (namespace, account), keeping every fence unscoped."""
+    columns = {c["name"] for c in inspect(conn).get_columns(FENCES.name)}
+    if "namespace" in columns:
+        return  # made by create_all in this very version
+    kept = conn.execute(text("SELECT account_id, token, updated_at FROM bg_fences")).all()
+    conn.execute(text("DROP TABLE bg_fences"))
+    FENCES.create(conn)
+    if kept:
+        conn.execute(
+            insert(FENCES),
+            [
+                {
+                    "namespace": "",
+                    "account_id": account,
+                    "token": token,
+                    "holder": "",
+                    "updated_at": at,
+                }
+                for account, token, at in kept
+            ],
+        )
 
 
 def _require(name: str, value: object) -> None:
