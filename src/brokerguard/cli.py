@@ -31,6 +31,7 @@ from brokerguard.config import (
     check_control_token,
     load_config,
     redact_url,
+    require_secret,
     resolve_secret,
     with_server,
 )
@@ -364,7 +365,10 @@ def fleet(config_path: Path | None, data_dir: Path, as_json: bool) -> None:
 
     settings = config.coordination
     coordinator = RedisCoordinator(
-        config.coordination_url, namespace=settings.namespace, timeout=settings.timeout_s
+        config.coordination_url,
+        namespace=settings.namespace,
+        timeout=settings.timeout_s,
+        password=require_secret(settings.password_env, "coordination.password_env"),
     )
     try:
         ages = coordinator.workers()
@@ -633,7 +637,11 @@ def _control_token(config: BrokerGuardConfig) -> str | None:
 
 @contextmanager
 def _store(config: BrokerGuardConfig) -> Iterator[StateStore]:
-    store = open_store(config.store.url, timeout=config.store.timeout_s)
+    store = open_store(
+        config.store.url,
+        timeout=config.store.timeout_s,
+        password=require_secret(config.store.password_env, "store.password_env"),
+    )
     try:
         yield store
     finally:

@@ -34,6 +34,7 @@ from brokerguard.config import (
     BrokerConfig,
     BrokerGuardConfig,
     parse_config,
+    require_secret,
     resolve_secret,
 )
 from brokerguard.errors import BrokerGuardError, ConfigurationError
@@ -593,7 +594,12 @@ def _open_store(config: BrokerGuardConfig, clock: Clock) -> StateStore:
     url = config.store.url
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return open_store(url, clock=clock, timeout=config.store.timeout_s)
+    return open_store(
+        url,
+        clock=clock,
+        timeout=config.store.timeout_s,
+        password=require_secret(config.store.password_env, "store.password_env"),
+    )
 
 
 def _paper_exchange(config: BrokerConfig, clock: Clock) -> tuple[PaperMarket, FaultPlan]:
@@ -629,7 +635,10 @@ def _fleet(config: BrokerGuardConfig, store: StateStore) -> tuple[RedisCoordinat
         ) from None
     settings = config.coordination
     coordinator = RedisCoordinator(
-        str(config.coordination_url), namespace=settings.namespace, timeout=settings.timeout_s
+        str(config.coordination_url),
+        namespace=settings.namespace,
+        timeout=settings.timeout_s,
+        password=require_secret(settings.password_env, "coordination.password_env"),
     )
     return coordinator, AccountLeases(coordinator, ttl=settings.lease_ttl_s, store=store)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
 from brokerguard.config import parse_config
 from brokerguard.coordination import RedisCoordinator
+from brokerguard.errors import ConfigurationError
 from brokerguard.risk import COORDINATION_UNAVAILABLE
 from brokerguard.server import create_app
 from brokerguard.service import GuardService
@@ -192,3 +195,37 @@ def test_the_fleet_command_shows_workers_and_who_enforces_what(redis_namespace, 
     plain = tmp_path / "plain.toml"
     plain.write_text('[brokers.paper]\nkind = "paper"\n[[accounts]]\nid = "a"\nbroker = "paper"\n')
     assert main(["fleet", "--config", str(plain)]) == 2
+
+
+def test_passwords_come_from_the_environment_reach_both_services_and_are_never_shown(
+    redis_server, pg_url, monkeypatch
+):
+    """password_env: Redis (requirepass) and PostgreSQL get it; status and URLs never show it."""
+    import redis  # noqa: PLC0415 (only tests that need Redis import it)
+
+    secret = "s3cret-from-the-environment-7f3a9"  # noqa: S105 (a test's own throwaway value)
+    redis.Redis.from_url(redis_server.url).config_set("requirepass", secret)
+    monkeypatch.setenv("BG_TEST_REDIS_PASSWORD", secret)
+    monkeypatch.setenv("BG_TEST_PG_PASSWORD", secret)
+    settings = fleet_config(redis_server.url, "pw-test", pg_url)
+    settings["coordination"]["password_env"] = "BG_TEST_REDIS_PASSWORD"
+    settings["store"] = {"password_env": "BG_TEST_PG_PASSWORD"}
+    service = GuardService(parse_config(settings))
+    try:
+        assert {r["status"] for r in service.tick().values()} == {"compliant"}
+        assert service.ready()[0]
+        assert secret not in json.dumps(service.status())
+        assert secret not in service.store.safe_url + service.coordinator.safe_url
+    finally:
+        service.close()
+    without = RedisCoordinator(redis_server.url, namespace="pw-test", timeout=0.3)
+    assert not without.ping()  # no password: fail closed, not connected
+
+
+def test_a_named_password_variable_that_is_not_set_refuses_to_start(pg_url, monkeypatch):
+    """A password_env naming an unset variable is a configuration error, never a silent try."""
+    monkeypatch.delenv("BG_TEST_UNSET_PASSWORD", raising=False)
+    settings = fleet_config(REDIS_URL, "pw-unset", pg_url)
+    settings["store"] = {"password_env": "BG_TEST_UNSET_PASSWORD"}
+    with pytest.raises(ConfigurationError, match="BG_TEST_UNSET_PASSWORD"):
+        GuardService(parse_config(settings))

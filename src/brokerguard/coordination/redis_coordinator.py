@@ -321,6 +321,7 @@ class RedisCoordinator:
         namespace: str = "brokerguard",
         timeout: float = 0.5,
         client: redis.Redis | None = None,
+        password: str | None = None,
     ) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(
@@ -330,7 +331,7 @@ class RedisCoordinator:
         self.url = url
         self.namespace = namespace
         self._redis = client or redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
+            url, password=password, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self._scripts: dict[str, Script] = {
             name: self._redis.register_script(body)

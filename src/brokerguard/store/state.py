@@ -169,7 +169,11 @@ class JournalEntry:
 
 
 def open_store(
-    url: str, *, clock: Clock | None = None, timeout: float = DEFAULT_TIMEOUT_S
+    url: str,
+    *,
+    clock: Clock | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    password: str | None = None,
 ) -> StateStore:
     """Open (and create or migrate on first use) the store at `url`.
 
@@ -177,9 +181,11 @@ def open_store(
     in-memory store (tests, simulations); ``postgresql://user@host/db`` uses psycopg 3.
     `timeout` bounds every call (seconds; connecting to PostgreSQL waits at least 2 s), but
     creating or migrating the schema, once the database has answered, may take up to 30 s:
-    fleet workers starting together wait for the first one's DDL.
+    fleet workers starting together wait for the first one's DDL. `password` (PostgreSQL,
+    from the environment variable the configuration names) is handed to the driver, never
+    written into the URL, so it cannot be printed.
     """
-    return StateStore(url, clock=clock, timeout=timeout)
+    return StateStore(url, clock=clock, timeout=timeout, password=password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +209,12 @@ class StateStore:
     """
 
     def __init__(
-        self, url: str, *, clock: Clock | None = None, timeout: float = DEFAULT_TIMEOUT_S
+        self,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        password: str | None = None,
     ) -> None:
         problems = seconds_problem("timeout", timeout, allow_zero=False)
         if problems or not math.isfinite(timeout):
@@ -211,7 +222,7 @@ class StateStore:
         self._clock = clock if clock is not None else SYSTEM_CLOCK
         self.url = url
         self.timeout = float(timeout)
-        self._engine = _make_engine(url, self.timeout)
+        self._engine = _make_engine(url, self.timeout, password)
         # The in-memory store has ONE connection shared by every thread: every statement must
         # take turns on it. A file-based SQLite has one connection per thread and one writer
         # at a time (queueing here beats SQLite's busy-wait). PostgreSQL needs neither.
@@ -815,7 +826,7 @@ class StateStore:
 _SCHEMA_LOCK: Final = 0x6267_7363_6865_6D61  # "bgschema": the advisory lock of the DDL
 
 
-def _make_engine(url: str, timeout: float) -> Engine:
+def _make_engine(url: str, timeout: float, password: str | None = None) -> Engine:
     if url in {"memory://", "sqlite://", "sqlite:///:memory:"}:
         # One shared connection, or each thread would see its own empty in-memory database.
         engine = create_engine(
@@ -830,23 +841,30 @@ def _make_engine(url: str, timeout: float) -> Engine:
         _sqlite_pragmas(engine, wal=True, timeout=timeout)
         return engine
     if url.startswith(("postgresql://", "postgres://")):
-        return _postgresql_engine("postgresql+psycopg://" + url.split("://", 1)[1], timeout)
+        return _postgresql_engine(
+            "postgresql+psycopg://" + url.split("://", 1)[1], timeout, password
+        )
     if url.startswith("postgresql+"):
-        return _postgresql_engine(url, timeout)
+        return _postgresql_engine(url, timeout, password)
     raise ConfigurationError(
         f"unsupported store URL {url.split('://', 1)[0]}://...: use sqlite:///path, "
         "sqlite:// (in memory) or postgresql://"
     )
 
 
-def _postgresql_engine(url: str, timeout: float) -> Engine:
+def _postgresql_engine(url: str, timeout: float, password: str | None = None) -> Engine:
     """A pooled PostgreSQL engine whose every connect, statement, lock and wait is bounded."""
     if make_url(url).get_driver_name() != "psycopg":
         raise ConfigurationError("a postgresql store needs the psycopg (3) driver")
     from brokerguard.store._postgres import bound_engine  # noqa: PLC0415 (optional dependency)
 
     engine = create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=timeout
+        url,
+        connect_args={} if password is None else {"password": password},
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        pool_timeout=timeout,
     )
     bound_engine(engine, timeout)
     return engine
