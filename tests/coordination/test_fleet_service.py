@@ -208,7 +208,7 @@ def test_passwords_come_from_the_environment_reach_both_services_and_are_never_s
     monkeypatch.setenv("BG_TEST_REDIS_PASSWORD", secret)
     monkeypatch.setenv("BG_TEST_PG_PASSWORD", secret)
     settings = fleet_config(redis_server.url, "pw-test", pg_url)
-    settings["coordination"]["password_env"] = "BG_TEST_REDIS_PASSWORD"
+    settings["coordination"]["password_env"] = "BG_TEST_REDIS_PASSWORD"  # noqa: S105 (a name)
     settings["store"] = {"password_env": "BG_TEST_PG_PASSWORD"}
     service = GuardService(parse_config(settings))
     try:
