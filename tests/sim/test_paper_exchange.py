@@ -11,6 +11,7 @@ from brokerguard.brokers.paper_exchange import PaperExchangeBroker
 from brokerguard.errors import (
     BrokerRejection,
     ConfigurationError,
+    DuplicateOrderError,
     FatalBrokerError,
     TransientBrokerError,
 )
@@ -31,9 +32,9 @@ def exchange():
 def client(exchange):
     made = []
 
-    def make(account="acct-1") -> PaperExchangeBroker:
+    def make(account="acct-1", url=None) -> PaperExchangeBroker:
         broker = PaperExchangeBroker(
-            exchange.url,
+            url or exchange.url,
             account_id=account,
             read_breaker=BrokerCircuitBreaker("px", scope="read"),
             write_breaker=BrokerCircuitBreaker("px", scope="write"),
@@ -62,15 +63,17 @@ def test_positions_prices_and_orders_round_trip_as_decimals(exchange, client):
     assert exchange.stats() == {"orders": 1}
 
 
-def test_duplicates_and_oversells_are_rejections_and_counted(exchange, client):
-    """409 and 422 are BrokerRejection: the broker is healthy, the order is refused."""
-    broker = client()
-    broker.submit_order(OrderRequest("BBB/USD", Side.SELL, Decimal(1), "dup"))
-    with pytest.raises(BrokerRejection, match="duplicate"):
-        broker.submit_order(OrderRequest("BBB/USD", Side.SELL, Decimal(1), "dup"))
-    with pytest.raises(BrokerRejection, match="insufficient"):
-        broker.submit_order(OrderRequest("AAA/USD", Side.SELL, Decimal(99), "too-much"))
-    assert exchange.stats() == {"orders": 1, "refused:duplicate": 1, "refused:refused": 1}
+def test_a_live_duplicate_is_evidence_and_an_oversell_a_rejection(client):
+    """409 (a live order has the id) is DuplicateOrderError; 422 is BrokerRejection."""
+    accounts = {"acct-1": {"AAA/USD": "5"}}
+    with PaperExchange(accounts, prices=PRICES, settle_delay=60) as slow:
+        broker = client(url=slow.url)
+        broker.submit_order(OrderRequest("AAA/USD", Side.SELL, Decimal(1), "dup"))
+        with pytest.raises(DuplicateOrderError):
+            broker.submit_order(OrderRequest("AAA/USD", Side.SELL, Decimal(1), "dup"))
+        with pytest.raises(BrokerRejection, match="insufficient"):
+            broker.submit_order(OrderRequest("AAA/USD", Side.SELL, Decimal(99), "too-much"))
+        assert slow.stats() == {"orders": 1, "refused:duplicate": 1, "refused:refused": 1}
 
 
 def test_accounts_are_separate_and_ids_are_escaped(client):

@@ -1,7 +1,8 @@
 """The adapter for :mod:`brokerguard.sim.paper_exchange`: paper accounts a fleet can share.
 
 The four raw methods are four small JSON requests over a keep-alive connection per thread.
-Transport failures and 5xx answers are transient; 409 (duplicate client order id) and 422
+Transport failures and 5xx answers are transient; 409 (a live order has the client order id:
+it exists, looked up and adopted) and 422
 (refused) are rejections; anything that is not the expected JSON is :class:`InvalidBrokerData`.
 """
 
@@ -19,6 +20,7 @@ from brokerguard.clock import Clock
 from brokerguard.errors import (
     BrokerRejection,
     ConfigurationError,
+    DuplicateOrderError,
     FatalBrokerError,
     InvalidBrokerData,
     RateLimitedError,
@@ -162,10 +164,11 @@ class PaperExchangeBroker(BaseBroker):
             decoded = json.loads(payload)
         except ValueError:
             raise InvalidBrokerData("response", payload[:200], "unparseable") from None
-        if status in {409, 422}:
-            raise BrokerRejection(
-                str(decoded.get("error") if isinstance(decoded, Mapping) else decoded)
-            )
+        message = str(decoded.get("error") if isinstance(decoded, Mapping) else decoded)
+        if status == 409:  # noqa: PLR2004 (HTTP Conflict: a live order has this id)
+            raise DuplicateOrderError(message)
+        if status == 422:  # noqa: PLR2004 (HTTP Unprocessable: refused)
+            raise BrokerRejection(message)
         if status != 200:  # noqa: PLR2004
             raise InvalidBrokerData("response", decoded, f"http_{status}")
         return decoded

@@ -14,7 +14,7 @@ API (JSON; ``{id}`` an account id)::
     GET  /accounts/{id}/positions        [{"symbol", "quantity"}]
     POST /accounts/{id}/prices           {"symbols": [...]} -> {symbol: "price"}
     POST /accounts/{id}/orders           {"symbol", "side", "quantity", "client_order_id"}
-                                         -> the order; 409 duplicate id, 422 refused
+                                         -> the order; 409 a live order has the id, 422 refused
     GET  /accounts/{id}/orders/{cid}     the order, or 404
     GET  /admin/accounts/{id}            true positions and every order (for tests)
     GET  /admin/stats                    orders and refusals by reason
@@ -38,7 +38,7 @@ from urllib.parse import unquote
 
 from brokerguard.brokers.paper import PaperBroker, PaperMarket
 from brokerguard.clock import SYSTEM_CLOCK, Clock
-from brokerguard.errors import BrokerGuardError, BrokerRejection
+from brokerguard.errors import BrokerGuardError, BrokerRejection, DuplicateOrderError
 from brokerguard.models import Order, OrderRequest, parse_decimal, parse_side, parse_symbol
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.sim._http import LoopbackServer, Served, serve_until_terminated
@@ -129,10 +129,13 @@ class PaperExchange(Served):
         parts = [unquote(p) for p in path.strip("/").split("/")]
         try:
             return self._route(method, parts, body)
+        except DuplicateOrderError as exc:
+            # The id names a live order: 409, which the client reads as "it exists".
+            self._count("refused:duplicate")
+            return 409, {"error": str(exc)}
         except BrokerRejection as exc:
-            reason = "duplicate" if "duplicate" in str(exc) else "refused"
-            self._count(f"refused:{reason}")
-            return (409 if reason == "duplicate" else 422), {"error": str(exc)}
+            self._count("refused:refused")
+            return 422, {"error": str(exc)}
         except (BrokerGuardError, ValueError, KeyError, TypeError) as exc:
             return 400, {"error": f"{type(exc).__name__}: {exc}"}
 
