@@ -220,10 +220,18 @@ class BrokerConfig(_Model):
         5.0, description="added to a deadline before absence proves an order was never placed"
     )
     positions_confirm_reads: int = Field(
-        3, ge=1, description="agreeing reads needed to believe that positions are gone"
+        5,
+        ge=1,
+        description="agreeing reads in a row (no failed read between) needed to believe that "
+        "positions are gone",
     )
     positions_confirm_after_s: Seconds = Field(
-        30.0, description="seconds those agreeing reads must span"
+        120.0, description="seconds those agreeing reads must span"
+    )
+    positions_quiet_after_glitch_s: Seconds = Field(
+        300.0,
+        description="after a thin read was proven wrong, seconds without another before any "
+        "loss is believed",
     )
     seed: int = Field(0, description="paper only: seeds prices and faults")
     prices: dict[str, Annotated[str, Field(min_length=1)]] = Field(

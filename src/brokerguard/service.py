@@ -683,6 +683,7 @@ def _make_broker(
     broker.plausibility_policy = PlausibilityPolicy(
         confirm_reads=config.positions_confirm_reads,
         confirm_after_s=config.positions_confirm_after_s,
+        quiet_after_glitch_s=config.positions_quiet_after_glitch_s,
     )
     return broker
 

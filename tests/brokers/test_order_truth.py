@@ -227,9 +227,9 @@ def test_a_successful_read_that_loses_positions_is_suspect_until_confirmed(broke
     assert result["status"] == "unverified"
     assert "implausible" in result["reason"]
     assert broker.data_quality()["positions.implausible"] >= 2
-    # Agreeing reads over 30 s confirm it: the loss is believed.
-    for _ in range(3):
-        clock.advance(15)
+    # Five agreeing reads over two minutes confirm it: the loss is believed.
+    for _ in range(5):
+        clock.advance(30)
         try:
             broker.get_positions()
         except PositionsImplausibleError:

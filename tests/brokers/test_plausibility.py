@@ -111,3 +111,16 @@ def test_no_loss_is_believed_without_enough_agreeing_reads_over_enough_time(
             assert judge.believed == before  # nothing thinner was believed
             assert before is not None
             assert before - shown
+
+
+def test_a_venue_that_glitched_must_be_quiet_before_a_loss_is_believed():
+    """A thin read proven wrong: three agreeing thin reads soon after are still not believed."""
+    policy = PlausibilityPolicy(confirm_reads=3, confirm_after_s=30, quiet_after_glitch_s=300)
+    judge = PositionPlausibility(policy)
+    judge.observe(SYMBOLS[:3], 0.0)
+    assert not judge.observe([], 10.0).believed
+    assert judge.observe(SYMBOLS[:3], 20.0).believed  # the glitch is proven: it came back
+    for at in (30.0, 60.0, 90.0, 120.0):
+        assert not judge.observe([], at).believed
+    assert not judge.observe([], 310.0).believed  # quiet only since 20 + 300 = 320
+    assert judge.observe([], 330.0).believed

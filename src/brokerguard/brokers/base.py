@@ -325,7 +325,12 @@ class BaseBroker(abc.ABC):
         started = self._bg_clock.monotonic()
         with self._observed("read", "get_positions"):
             self._probe_if_due(self._bg_read, real_call_is_probe=True)
-            positions = self._bg_read.call_with_circuit_breaker(self._fetch_positions_checked)
+            try:
+                positions = self._bg_read.call_with_circuit_breaker(self._fetch_positions_checked)
+            except BaseException:
+                with self._bg_lock:
+                    self._bg_plausibility.interrupt()  # a gap: agreeing reads start again
+                raise
         snapshot = PositionSnapshot(tuple(positions), started)
         with self._bg_lock:
             last = self._bg_last_positions
