@@ -1,21 +1,31 @@
 """The chaos suite: seeded random worlds, every fault mixed, six invariants checked every step.
 
-Run it with ``python -m brokerguard.chaos --runs 5000`` (CI runs 200 seeds through pytest).
+Run it with ``python -m brokerguard.chaos --runs 5000`` (CI runs 300 seeds through pytest).
 Each seed draws a world: several accounts on one paper broker (sharing its breakers), a fault
 plan that changes every phase (errors, outages, garbage prices, stale snapshots, sells that never
-settle, rate limits, lost confirmations), and a strategy that keeps trying to open positions.
-After every step these named checks run:
+settle, rate limits, lost confirmations) with Kraken's own ways of executing a retry twice
+(orders accepted seconds after the submit timed out unless their deadline passed first,
+successful empty position reads, unknown error strings after which the order may exist,
+client order ids accepted again once their order is final), and a strategy that keeps trying
+to open positions. After every step these named checks run:
 
 1. ``cap_respected``: no account whose entries go through the gate holds more than its cap;
 2. ``no_fallback_price``: every order was sized with a price the broker really served;
-3. ``no_duplicate_orders``: no intent produced two orders;
+3. ``no_duplicate_orders``: no intent produced two orders, counted in the broker's own book
+   (every order it accepted, an id accepted again after its first order filled included), so an
+   order accepted late or under a reused id counts as well as one the bot knows it sent;
 4. ``open_circuit_sends_nothing``: no call reached the broker while its circuit was open and
    its probe time had not come;
 5. ``halts_are_durable``: every halt the enforcer decided is in the store, and stays;
 6. ``guard_loop_survives``: bad broker data never crashed enforcement or the loop.
 
 The same harness on the naive bot (``--naive``) must report violations of 1 to 3: that is the
-proof the checks can fail. A failing seed prints the command that replays it.
+proof the checks can fail. Half its accounts resend a failed order under a new id per try, the
+other half under the same id (the belief that the id makes a resend safe). A failing seed prints
+the command that replays it.
+
+``--faults kraken`` draws only Kraken's duplicate-making faults, to show what they alone do; the
+naive bot breaks 1 and 3 under them on its own.
 
 By default the accounts' entry attempts are interleaved in a seeded order, so a seed replays
 exactly. ``--threads N`` makes them concurrent instead: every step, N entry attempts per
@@ -41,10 +51,16 @@ from brokerguard.models import Order, OrderRequest, Position, parse_price
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.resilience.state import CircuitState
 from brokerguard.risk.exits import EnforcementCrashed, EnforcementEvent
-from brokerguard.sim.scenarios import UNIVERSE, GuardedBot, NaiveBot, Scenario
+from brokerguard.sim.scenarios import (
+    UNIVERSE,
+    GuardedBot,
+    NaiveBot,
+    Scenario,
+    orders_per_intent,
+)
 from brokerguard.testing import FakeClock
 
-__all__ = ["INVARIANTS", "ChaosReport", "Violation", "main", "run_chaos"]
+__all__ = ["FAULTS", "INVARIANTS", "ChaosReport", "Violation", "main", "run_chaos"]
 
 INVARIANTS = (
     "cap_respected",
@@ -76,6 +92,8 @@ class ChaosReport:
     steps: int
     violations: list[Violation] = field(default_factory=list)
     threads: int = 1
+    faults: str = "all"
+    """Which faults the world drew (a key of :data:`FAULTS`)."""
 
     @property
     def ok(self) -> bool:
@@ -91,9 +109,10 @@ class ChaosReport:
         """The command that replays this seed."""
         naive = " --naive" if self.naive else ""
         threads = f" --threads {self.threads}" if self.threads > 1 else ""
+        faults = f" --faults {self.faults}" if self.faults != "all" else ""
         return (
             f"python -m brokerguard.chaos --seed {self.seed} --runs 1 --steps {self.steps}"
-            f"{naive}{threads}"
+            f"{naive}{threads}{faults}"
         )
 
 
@@ -145,8 +164,10 @@ _UNSETTLED_CHANCE = 0.3
 
 
 def _plan(rng: random.Random, now: float) -> FaultPlan:
+    """Draw one phase's faults; each is sometimes off, so every mix gets its turn."""
     methods = ("fetch_positions", "fetch_prices", "submit_order", "fetch_order", "ping")
     outage_at = now + rng.uniform(0, 100)
+    kraken = _kraken_faults(rng)
     return FaultPlan(
         error_rate={m: rng.choice([0.0, 0.0, 0.1, 0.3, 0.6]) for m in methods},
         outages=(
@@ -165,7 +186,37 @@ def _plan(rng: random.Random, now: float) -> FaultPlan:
         rate_limit_rate=rng.choice([0.0, 0.0, 0.05]),
         rate_limit_retry_after=rng.uniform(1, 10),
         fail_after_accept_rate=rng.choice([0.0, 0.1, 0.3]),
+        **kraken,
     )
+
+
+def _kraken_faults(rng: random.Random) -> dict[str, Any]:
+    """Draw Kraken's duplicate-making faults for one phase.
+
+    Acceptance delays span both sides of the order deadline brokerguard sends (10 s after the
+    send by default, proven absent 5 s later): most queued orders appear after the immediate
+    lookup found nothing but before the deadline (the resend-twice trap); the rest are dropped
+    at their deadline and must be proven absent, not guessed.
+    """
+    return {
+        "delayed_accept_rate": rng.choice([0.0, 0.0, 0.1, 0.3]),
+        "accept_delay": (rng.uniform(0.1, 2.0), rng.uniform(8.0, 20.0)),
+        "empty_positions_rate": rng.choice([0.0, 0.0, 0.1, 0.3]),
+        "unknown_error_rate": rng.choice([0.0, 0.0, 0.05, 0.2]),
+    }
+
+
+def _kraken_plan(rng: random.Random, _now: float) -> FaultPlan:
+    """Only Kraken's duplicate-making faults: what they alone do to a bot."""
+    return FaultPlan(**_kraken_faults(rng))
+
+
+FAULTS: dict[str, Callable[[random.Random, float], FaultPlan]] = {
+    "all": _plan,
+    "kraken": _kraken_plan,
+}
+"""The fault mixes a world can draw from: every fault, or only Kraken's duplicate-makers
+(delayed acceptance, empty position reads, unknown error strings, ids accepted again)."""
 
 
 def run_chaos(  # noqa: C901, PLR0912 (one world, one loop: it reads best in one place)
@@ -176,17 +227,33 @@ def run_chaos(  # noqa: C901, PLR0912 (one world, one loop: it reads best in one
     accounts: int = 3,
     cap: int = 5,
     threads: int = 1,
+    faults: str | FaultPlan = "all",
 ) -> ChaosReport:
     """Run one seeded world for `steps` steps; return every invariant violation seen.
 
-    `threads` > 1 runs that many entry attempts per account at once, on threads.
+    `threads` > 1 runs that many entry attempts per account at once, on threads. `faults`
+    names the mix the phases draw from (:data:`FAULTS`), or is one fixed plan for every phase
+    (what one fault alone does; such a report has no replay command line).
     """
+    draw_plan = FAULTS[faults] if isinstance(faults, str) else _fixed(faults)
     rng = random.Random(seed)  # noqa: S311 (a seeded simulation)
     clock = FakeClock(start=1_795_000_000.0)
-    report = ChaosReport(seed, naive, steps, threads=threads)
+    report = ChaosReport(
+        seed, naive, steps, threads=threads, faults=faults if isinstance(faults, str) else "fixed"
+    )
     step = [0]
-    read = BrokerCircuitBreaker("chaos", scope="read", clock=clock, rng=random.Random(seed))  # noqa: S311
-    write = BrokerCircuitBreaker("chaos", scope="write", clock=clock, rng=random.Random(seed))  # noqa: S311
+    read = BrokerCircuitBreaker(
+        "chaos",
+        scope="read",
+        clock=clock,
+        rng=random.Random(seed),  # noqa: S311 (a seeded simulation)
+    )
+    write = BrokerCircuitBreaker(
+        "chaos",
+        scope="write",
+        clock=clock,
+        rng=random.Random(seed),  # noqa: S311 (a seeded simulation)
+    )
     prices = {s: f"{rng.uniform(0.5, 500):.4f}" for s in UNIVERSE}
     scenario = Scenario("chaos", "random", steps * 5.0, lambda _s: FaultPlan(), cap=cap)
     worlds: list[tuple[_ChaosBroker, NaiveBot | GuardedBot]] = []
@@ -206,7 +273,7 @@ def run_chaos(  # noqa: C901, PLR0912 (one world, one loop: it reads best in one
         )
         bot: NaiveBot | GuardedBot
         if naive:
-            bot = NaiveBot(scenario, broker)
+            bot = NaiveBot(scenario, broker, resend_same_id=index % 2 == 1)
         else:
             bot = GuardedBot(scenario, broker, clock)
             bot.exits.add_listener(
@@ -216,7 +283,7 @@ def run_chaos(  # noqa: C901, PLR0912 (one world, one loop: it reads best in one
     decided_halts: set[str] = set()
     for step[0] in range(steps):
         if step[0] % 60 == 0:
-            plan = _plan(rng, clock.monotonic())
+            plan = draw_plan(rng, clock.monotonic())
             for broker, _ in worlds:
                 broker.set_fault_plan(plan)
         try:
@@ -247,6 +314,11 @@ def run_chaos(  # noqa: C901, PLR0912 (one world, one loop: it reads best in one
     return report
 
 
+def _fixed(plan: FaultPlan) -> Callable[[random.Random, float], FaultPlan]:
+    """A plan drawer that always answers `plan`."""
+    return lambda _rng, _now: plan
+
+
 def _all_at_once(calls: Sequence[tuple[Callable[[str], None], str]]) -> None:
     """Run every call on its own thread, released together; re-raise the first exception."""
     barrier = threading.Barrier(len(calls))
@@ -268,7 +340,7 @@ def _all_at_once(calls: Sequence[tuple[Callable[[str], None], str]]) -> None:
         raise errors[0]
 
 
-def _check(  # noqa: C901 (one branch per invariant, in the order the docstring lists them)
+def _check(
     report: ChaosReport,
     step: int,
     worlds: Sequence[tuple[_ChaosBroker, NaiveBot | GuardedBot]],
@@ -295,16 +367,21 @@ def _check(  # noqa: C901 (one branch per invariant, in the order the docstring 
                         f"{intent} sized {symbol} at {price}, a price the broker never served",
                     )
                 )
+        # Every order the broker accepted counts, whoever sent it (entries, the enforcer's
+        # sells, a naive cleanup) and however (late, or under an id accepted again).
+        counted = orders_per_intent(broker.all_orders())
         duplicated = sorted(i for i, n in bot.sent_per_intent.items() if n > 1)
-        orders_by_intent: dict[str, int] = {}
-        for order in broker.all_orders():
-            base = order.client_order_id.split("-try")[0]
-            orders_by_intent[base] = orders_by_intent.get(base, 0) + 1
-        duplicated += sorted(
-            i for i, n in orders_by_intent.items() if n > 1 and i.startswith("intent-")
-        )
+        duplicated += sorted(i for i, n in counted.items() if n > 1)
         if duplicated and not _seen(report, "no_duplicate_orders", account):
-            add(Violation("no_duplicate_orders", step, account, f"{duplicated[0]} sent twice"))
+            first = duplicated[0]
+            add(
+                Violation(
+                    "no_duplicate_orders",
+                    step,
+                    account,
+                    f"{first} executed {max(counted[first], bot.sent_per_intent[first])} times",
+                )
+            )
         if isinstance(bot, GuardedBot) and account in decided_halts:
             try:
                 halted = bot.store.is_halted(account)
@@ -333,11 +410,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="concurrent entry attempts per account per step"
     )
+    parser.add_argument(
+        "--faults",
+        choices=sorted(FAULTS),
+        default="all",
+        help="every fault (default), or only Kraken's duplicate-making ones",
+    )
     args = parser.parse_args(argv)
     failed = 0
     broken: dict[str, int] = {}
     for seed in range(args.seed, args.seed + args.runs):
-        report = run_chaos(seed, naive=args.naive, steps=args.steps, threads=args.threads)
+        report = run_chaos(
+            seed, naive=args.naive, steps=args.steps, threads=args.threads, faults=args.faults
+        )
         if report.ok:
             continue
         failed += 1
@@ -350,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  replay: {report.replay_command()}"
         )
     who = "naive bot" if args.naive else "brokerguard"
-    print(  # noqa: T201
+    print(  # noqa: T201 (a command-line report)
         f"{who}: {args.runs - failed}/{args.runs} seeds kept every invariant; "
         f"broken: {broken or 'none'}"
     )

@@ -8,11 +8,13 @@ from decimal import Decimal
 import pytest
 
 from brokerguard import (
+    BrokerError,
     BrokerRejection,
     CircuitOpenError,
     CircuitState,
     ConfigurationError,
     OrderStatus,
+    OrderUnconfirmedError,
     Position,
     RateLimitedError,
     Side,
@@ -20,6 +22,7 @@ from brokerguard import (
     clear_registry,
 )
 from brokerguard.brokers import MISSING, FaultPlan, OutageWindow, PaperBroker
+from brokerguard.errors import DuplicateOrderError, PositionsImplausibleError
 from brokerguard.models import OrderRequest
 from brokerguard.testing import FakeClock
 
@@ -128,14 +131,56 @@ def test_selling_more_than_held_is_rejected_counting_pending_sells(clock):
         broker.place_market_order("BTC/USD", "sell", "0.6")
 
 
-def test_unknown_symbols_and_duplicate_ids_are_rejected(clock):
-    """Like an exchange: no such market, or a client order id already used."""
+def test_unknown_symbols_are_rejected(clock):
+    """Like an exchange: no such market is a business refusal."""
     broker = paper(clock)
     with pytest.raises(BrokerRejection, match="unknown symbol"):
         broker.submit_order(request("x", symbol="NOPE/USD"))
+    assert broker.all_orders() == []
+
+
+def test_an_open_orders_id_is_answered_as_a_duplicate_not_a_rejection(clock):
+    """A client order id an open order carries gets Kraken's duplicate answer, with the id."""
+    broker = paper(clock, settle_delay=5)
     broker.submit_order(request("dup"))
-    with pytest.raises(BrokerRejection, match="duplicate"):
+    with pytest.raises(DuplicateOrderError, match="EOrder:Duplicate order") as info:
         broker.submit_order(request("dup"))
+    assert not isinstance(info.value, BrokerRejection)
+    assert info.value.client_order_id == "dup"
+    assert [o.client_order_id for o in broker.all_orders()] == ["dup"]
+    assert broker.calls[-1].outcome == "duplicate"
+
+
+def test_a_final_orders_id_is_accepted_again_as_a_new_order(clock):
+    """Like Kraken, an id whose order filled is accepted again: a blind resend executes twice."""
+    broker = paper(clock, settle_delay=1)
+    first = broker.submit_order(request("again", qty="0.5"))
+    clock.advance(1)
+    second = broker.submit_order(request("again", qty="0.5"))
+    assert first.broker_order_id != second.broker_order_id
+    assert [o.client_order_id for o in broker.all_orders()] == ["again", "again"]
+    assert broker.fetch_order("again").broker_order_id == second.broker_order_id  # the newest
+    clock.advance(1)
+    assert [o.status for o in broker.all_orders()] == [OrderStatus.FILLED] * 2
+    assert broker.true_positions() == {"BTC/USD": Decimal(1)}  # executed twice
+
+
+def test_sells_under_one_id_settle_and_count_against_the_holding_separately(clock):
+    """Several orders per id: each sell settles once and the holding is never oversold."""
+    broker = paper(clock, positions={"SOL/USD": "2"}, settle_delay=1)
+    broker.submit_order(request("s", "sell", "1", "SOL/USD"))
+    with pytest.raises(DuplicateOrderError):
+        broker.submit_order(request("s", "sell", "1", "SOL/USD"))
+    clock.advance(1)
+    broker.submit_order(request("s", "sell", "1", "SOL/USD"))
+    with pytest.raises(BrokerRejection, match="insufficient position"):
+        broker.submit_order(request("other", "sell", "0.5", "SOL/USD"))
+    clock.advance(1)
+    assert broker.true_positions() == {}
+    assert [(o.client_order_id, o.filled_quantity) for o in broker.all_orders()] == [
+        ("s", Decimal(1)),
+        ("s", Decimal(1)),
+    ]
 
 
 def test_orders_are_found_open_or_closed_and_unknown_ids_are_absent(clock):
@@ -242,6 +287,193 @@ def test_lost_confirmations_leave_the_order_at_the_broker(clock):
     assert [o.client_order_id for o in broker.all_orders()] == ["raw", "guarded"]
 
 
+def test_delayed_acceptance_times_out_then_the_order_appears_later(clock):
+    """Queued in the engine: the submit times out, lookups find nothing, then it is accepted."""
+    plan = FaultPlan(delayed_accept_rate=1.0, accept_delay=4.0)
+    broker = paper(clock, settle_delay=1, fault_plan=plan)
+    with pytest.raises(TransientBrokerError, match="timed out"):
+        broker.submit_order(request("late", qty="2"))
+    assert broker.fetch_order("late") is None
+    assert [r.client_order_id for r in broker.queued_orders()] == ["late"]
+    clock.advance(3.9)
+    assert broker.fetch_order("late") is None
+    clock.advance(0.1)
+    assert broker.fetch_order("late").status is OrderStatus.OPEN
+    clock.advance(1)
+    assert broker.fetch_order("late").status is OrderStatus.FILLED
+    assert broker.true_positions() == {"BTC/USD": Decimal(2)}
+    assert (broker.queued_orders(), broker.dropped_orders()) == ([], [])
+
+
+def test_a_queued_order_whose_deadline_passes_first_is_never_accepted(clock):
+    """Like Kraken's AddOrder deadline: reached after its deadline, the order is dropped."""
+    plan = FaultPlan(delayed_accept_rate=1.0, accept_delay=6.0)
+    broker = paper(clock, settle_delay=0, fault_plan=plan)
+    on_time = OrderRequest("BTC/USD", "buy", "1", "on-time", clock.time() + 6.0)
+    too_late = OrderRequest("ETH/USD", "buy", "1", "too-late", clock.time() + 5.9)
+    for order in (on_time, too_late):
+        with pytest.raises(TransientBrokerError):
+            broker.submit_order(order)
+    clock.advance(3600)
+    assert [o.client_order_id for o in broker.all_orders()] == ["on-time"]
+    assert broker.fetch_order("too-late") is None
+    assert broker.dropped_orders() == [(too_late, "deadline elapsed")]
+
+
+def test_a_resend_after_a_timeout_executes_twice_under_the_same_id(clock):
+    """The resend fills before the queued original arrives, so the id is free: two executions."""
+    broker = paper(clock, settle_delay=0.5)
+    broker.set_fault_plan(FaultPlan(delayed_accept_rate=1.0, accept_delay=3.0))
+    with pytest.raises(TransientBrokerError):
+        broker.submit_order(request("x"))
+    broker.set_fault_plan(FaultPlan())
+    assert broker.fetch_order("x") is None  # the lookup made at once proves nothing
+    broker.submit_order(request("x"))
+    clock.advance(5)
+    assert [(o.client_order_id, o.status) for o in broker.all_orders()] == [
+        ("x", OrderStatus.FILLED),
+        ("x", OrderStatus.FILLED),
+    ]
+    assert broker.true_positions() == {"BTC/USD": Decimal(2)}
+
+
+def test_a_queued_order_meeting_an_open_order_with_its_id_is_dropped(clock):
+    """If the resend is still open when the original arrives, the engine refuses the original."""
+    broker = paper(clock, settle_delay=10)
+    broker.set_fault_plan(FaultPlan(delayed_accept_rate=1.0, accept_delay=2.0))
+    with pytest.raises(TransientBrokerError):
+        broker.submit_order(request("x"))
+    broker.set_fault_plan(FaultPlan())
+    broker.submit_order(request("x"))
+    clock.advance(20)
+    assert len(broker.all_orders()) == 1
+    assert [reason for _, reason in broker.dropped_orders()] == ["duplicate order"]
+
+
+def test_accept_delays_are_drawn_from_the_range_per_order_and_seeded(clock):
+    """A (min, max) delay is drawn per order from the seeded dice: same seed, same delays."""
+
+    def delays(seed: int) -> list[float]:
+        clear_registry()
+        c = FakeClock(start=0.0)
+        plan = FaultPlan(delayed_accept_rate=1.0, accept_delay=(1.0, 15.0))
+        broker = paper(c, seed=seed, settle_delay=100, fault_plan=plan)
+        for i in range(30):
+            with pytest.raises(TransientBrokerError):
+                broker.submit_order(request(f"o{i}"))
+        seen: dict[str, float] = {}
+        for _ in range(160):
+            c.advance(0.1)
+            for order in broker.all_orders():
+                seen.setdefault(order.client_order_id, round(c.monotonic(), 1))
+        return [seen[f"o{i}"] for i in range(30)]
+
+    first = delays(1)
+    assert first == delays(1)
+    assert first != delays(2)
+    assert all(1.0 <= d <= 15.1 for d in first)
+    assert len(set(first)) > 10
+    assert any(d < 10 for d in first)
+    assert any(d > 10 for d in first)
+
+
+def test_the_guard_holds_a_delayed_order_unresolved_and_adopts_it_when_it_appears(clock):
+    """Not found at once, the order is unresolved, not resent; found later, it is adopted."""
+    plan = FaultPlan(delayed_accept_rate=1.0, accept_delay=4.0)
+    broker = paper(clock, settle_delay=1, fault_plan=plan)
+    with pytest.raises(OrderUnconfirmedError) as info:
+        broker.place_market_order("BTC/USD", "buy", 1, client_order_id="c1")
+    assert info.value.client_order_id == "c1"
+    assert [o.client_order_id for o in broker.unresolved_orders()] == ["c1"]
+    assert broker.all_orders() == []
+    broker.set_fault_plan(FaultPlan())
+    clock.advance(5)
+    assert broker.resolve_unresolved() == {"c1": "filled"}
+    assert [o.client_order_id for o in broker.all_orders()] == ["c1"]
+
+
+def test_the_guard_proves_a_dropped_order_absent_only_after_its_deadline(clock):
+    """A queued order dropped at its deadline is not placed, but only a later lookup says so."""
+    plan = FaultPlan(delayed_accept_rate=1.0, accept_delay=12.0)
+    broker = paper(clock, settle_delay=1, fault_plan=plan)
+    with pytest.raises(OrderUnconfirmedError) as info:
+        broker.place_market_order("BTC/USD", "buy", 1, client_order_id="c1")
+    deadline = info.value.deadline
+    assert deadline == clock.time() + broker.order_deadline_s + broker.resolution_margin_s
+    clock.advance(broker.order_deadline_s)
+    assert broker.resolve_unresolved() == {"c1": "unresolved"}
+    clock.advance(broker.resolution_margin_s)
+    assert broker.resolve_unresolved() == {"c1": "not_placed"}
+    clock.advance(60)
+    assert broker.all_orders() == []
+    assert [reason for _, reason in broker.dropped_orders()] == ["deadline elapsed"]
+
+
+def test_empty_reads_succeed_with_nothing_although_positions_are_held(clock):
+    """A well-formed empty answer: the raw read says nothing is held, the guard disbelieves it."""
+    broker = paper(clock, positions={"ETH/USD": "2"})
+    assert broker.get_positions() == [Position("ETH/USD", Decimal(2))]
+    broker.set_fault_plan(FaultPlan(empty_positions_rate=1.0))
+    assert broker.fetch_positions() == []
+    assert broker.calls[-1].outcome == "empty"
+    assert broker.true_positions() == {"ETH/USD": Decimal(2)}
+    with pytest.raises(PositionsImplausibleError) as info:
+        broker.get_positions()
+    assert info.value.missing == ("ETH/USD",)
+
+
+def test_unknown_errors_leave_half_the_orders_accepted_and_say_nothing(clock):
+    """An unknown error string is a plain BrokerError; about half of those orders exist."""
+    broker = paper(clock, settle_delay=100, fault_plan=FaultPlan(unknown_error_rate=1.0))
+    for i in range(200):
+        with pytest.raises(BrokerError, match="EGeneral:Unexpected condition") as info:
+            broker.submit_order(request(f"u{i}", qty="0.001"))
+        assert type(info.value) is BrokerError
+    accepted = {o.client_order_id for o in broker.all_orders()}
+    assert 70 < len(accepted) < 130
+    outcomes = [c.outcome for c in broker.calls if c.method == "submit_order"]
+    assert outcomes.count("accepted_then_unknown") == len(accepted)
+    assert outcomes.count("unknown") == 200 - len(accepted)
+
+
+def test_the_guard_adopts_or_holds_an_order_answered_with_an_unknown_error(clock):
+    """Accepted: adopted at once; not accepted: unresolved until after its deadline."""
+    symbols = ["BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD"]  # one order each: none waits
+    prices = dict.fromkeys(symbols, "100")
+    plan = FaultPlan(unknown_error_rate=1.0)
+    broker = paper(clock, prices=prices, settle_delay=100, fault_plan=plan)
+    adopted, unresolved = [], []
+    for i, symbol in enumerate(symbols):  # fewer than the write breaker's threshold
+        try:
+            broker.place_market_order(symbol, "buy", "0.001", client_order_id=f"u{i}")
+        except OrderUnconfirmedError as exc:
+            unresolved.append(exc.client_order_id)
+        else:
+            adopted.append(f"u{i}")
+    assert adopted
+    assert unresolved
+    assert sorted(o.client_order_id for o in broker.all_orders()) == sorted(adopted)
+    assert sorted(o.client_order_id for o in broker.unresolved_orders()) == sorted(unresolved)
+
+
+def test_plans_without_the_new_faults_draw_the_same_dice(clock):
+    """A fault switched off draws nothing: the other faults hit the same calls as before."""
+
+    def outcomes(plan: FaultPlan) -> list[str]:
+        clear_registry()
+        broker = paper(FakeClock(), seed=9, settle_delay=0, fault_plan=plan)
+        for i in range(40):
+            with contextlib.suppress(TransientBrokerError):
+                broker.fetch_positions()
+            with contextlib.suppress(TransientBrokerError):
+                broker.submit_order(request(f"o{i}", qty="0.001"))
+        return [c.outcome for c in broker.calls]
+
+    base = {"stale_positions_rate": 0.3, "fail_after_accept_rate": 0.3}
+    explicit_off = {"delayed_accept_rate": 0, "empty_positions_rate": 0, "unknown_error_rate": 0}
+    assert outcomes(FaultPlan(**base)) == outcomes(FaultPlan(**base, **explicit_off))
+
+
 def test_a_ten_minute_outage_opens_the_breaker_and_spares_the_broker(clock):
     """During an outage the guard stops calling after the threshold, probing only sparsely."""
     outage = OutageWindow(1000.0, 1600.0)
@@ -273,6 +505,15 @@ def test_a_ten_minute_outage_opens_the_breaker_and_spares_the_broker(clock):
         {"latency": {"ping": -1}},
         {"stale_positions_rate": -0.1},
         {"rate_limit_retry_after": float("nan")},
+        {"delayed_accept_rate": 1.5},
+        {"empty_positions_rate": -1},
+        {"unknown_error_rate": "half"},
+        {"accept_delay": -1.0},
+        {"accept_delay": float("inf")},
+        {"accept_delay": (5.0, 1.0)},
+        {"accept_delay": (1.0, 2.0, 3.0)},
+        {"accept_delay": (1.0, float("nan"))},
+        {"accept_delay": True},
     ],
 )
 def test_invalid_fault_plans_are_refused(kwargs):
@@ -301,7 +542,7 @@ def test_the_call_record_is_bounded_for_long_runs(clock):
 
 def test_accounts_on_one_market_see_one_price(clock):
     """Two accounts of one paper exchange share its walk; prices and a market are exclusive."""
-    from brokerguard.brokers import PaperMarket  # noqa: PLC0415
+    from brokerguard.brokers import PaperMarket  # noqa: PLC0415 (the one test that needs it)
 
     market = PaperMarket({"BTC/USD": "100"}, seed=3, volatility=0.01, start=clock.monotonic())
     alice = PaperBroker(clock=clock, market=market, account_id="alice")

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 
+from brokerguard.brokers.paper import FaultPlan, PaperBroker
 from brokerguard.cli import main
-from brokerguard.sim.scenarios import SCENARIOS, simulate
+from brokerguard.models import Order, OrderStatus, Side
+from brokerguard.orders import OrderState
+from brokerguard.sim.scenarios import (
+    SCENARIOS,
+    UNIVERSE,
+    GuardedBot,
+    NaiveBot,
+    Scenario,
+    intent_of,
+    orders_per_intent,
+    simulate,
+)
+from brokerguard.testing import FakeClock
 
 FIELDS = {
     "max_positions",
@@ -95,3 +109,86 @@ def test_the_command_prints_json_and_draws_the_plot(capsys, tmp_path):
 def test_an_unknown_scenario_is_a_usage_error(capsys):
     """Exit 2 and the known names."""
     assert main(["simulate", "--scenario", "meteor"]) == 2
+
+
+# --------------------------------------------------------------------------- Kraken's faults
+
+
+def kraken_world(plan: FaultPlan, *, settle_delay: float = 1.0) -> tuple[FakeClock, PaperBroker]:
+    clock = FakeClock(start=1_795_000_000.0)
+    broker = PaperBroker(
+        "sim",
+        clock=clock,
+        prices=dict.fromkeys(UNIVERSE, "10"),
+        settle_delay=settle_delay,
+        fault_plan=plan,
+    )
+    return clock, broker
+
+
+def quiet(_start: float) -> FaultPlan:
+    return FaultPlan()
+
+
+SCENARIO = Scenario("kraken", "one account", 600, quiet, cap=3)
+
+
+def test_duplicates_are_counted_per_intent_from_the_brokers_book():
+    """Retries of one intent and an id accepted twice both count as orders of that intent."""
+    filled = (Decimal(1), Decimal(1), OrderStatus.FILLED)
+    orders = [
+        Order(cid, "A/USD", Side.BUY, *filled)
+        for cid in ("intent-1-try0", "intent-1-try1", "intent-2", "intent-2", "intent-3")
+    ]
+    assert intent_of("intent-1-try4") == "intent-1"
+    assert orders_per_intent(orders) == {"intent-1": 2, "intent-2": 2, "intent-3": 1}
+
+
+def test_a_naive_resend_under_the_same_id_executes_twice_on_kraken():
+    """The id does not make a resend safe: the late original is accepted after the resend filled."""
+    clock, broker = kraken_world(FaultPlan(delayed_accept_rate=0.5, accept_delay=5.0))
+    bot = NaiveBot(SCENARIO, broker, resend_same_id=True)
+    for symbol in UNIVERSE[:6]:
+        bot.try_entry(symbol)
+        clock.advance(10)
+    counted = orders_per_intent(broker.all_orders())
+    twice = [intent for intent, n in counted.items() if n > 1]
+    assert twice
+    same_id = [o for o in broker.all_orders() if o.client_order_id == twice[0]]
+    assert [o.status for o in same_id] == [OrderStatus.FILLED, OrderStatus.FILLED]
+
+
+def test_the_guarded_bot_leaves_an_unresolved_entry_alone_until_its_cleanup_adopts_it():
+    """Unresolved: slot and symbol stay taken, nothing is resent; the enforcer's tick adopts it."""
+    clock, broker = kraken_world(FaultPlan(delayed_accept_rate=1.0, accept_delay=4.0))
+    bot = GuardedBot(SCENARIO, broker, clock)
+    bot.try_entry("COIN01/USD")
+    assert bot.unresolved == ["intent-1"]
+    assert bot.gate.check_entry("COIN01/USD").code == "ORDER_UNRESOLVED"
+    bot.try_entry("COIN01/USD")  # refused by the gate: never a second intent for it
+    assert [c.outcome for c in broker.calls if c.method == "submit_order"] == ["queued"]
+    broker.set_fault_plan(FaultPlan())
+    clock.advance(5)
+    bot.cleanup()
+    assert broker.unresolved_orders() == []
+    assert [(o.client_order_id, o.status) for o in broker.all_orders()] == [
+        ("intent-1", OrderStatus.FILLED)
+    ]
+
+
+def test_the_guarded_bot_keeps_the_slot_of_a_dropped_order_until_it_is_proven_absent():
+    """An order dropped at its deadline holds its slot until a lookup after deadline + margin."""
+    clock, broker = kraken_world(FaultPlan(delayed_accept_rate=1.0, accept_delay=30.0))
+    scenario = Scenario("kraken", "cap of one", 600, quiet, cap=1)
+    bot = GuardedBot(scenario, broker, clock)
+    bot.try_entry("COIN01/USD")
+    broker.set_fault_plan(FaultPlan())
+    clock.advance(broker.order_deadline_s)
+    bot.cleanup()
+    assert bot.gate.check_entry("COIN02/USD").code == "POSITION_CAP_REACHED"
+    clock.advance(broker.resolution_margin_s)
+    bot.cleanup()
+    assert broker.order_state("intent-1") is OrderState.NOT_PLACED
+    assert bot.gate.check_entry("COIN02/USD").allowed
+    clock.advance(60)
+    assert broker.all_orders() == []

@@ -8,6 +8,19 @@ rate limiting with ``retry_after``, and orders that are accepted but whose confi
 On a :class:`~brokerguard.testing.FakeClock` nothing really sleeps, so hours of trading run in
 seconds and a seed replays exactly.
 
+It also produces the faults by which Kraken makes a blind retry execute twice, because those
+are the ones a guard must survive:
+
+- **delayed acceptance**: AddOrder times out, a lookup made at once finds nothing, and the
+  engine accepts the order seconds later, unless its ``deadline`` passed first;
+- **empty reads**: a successful, well-formed position read that says "nothing held";
+- **unknown error strings** (``EGeneral:Unexpected condition``), after which the order may or
+  may not exist;
+- **duplicate-id answers** the way Kraken gives them: a client order id is refused
+  (``EOrder:Duplicate order``) only while an order with it is *open*; once that order is
+  final the same id is accepted again, as a new order. So the broker keeps every order, not
+  one per id.
+
 Every raw call is recorded in :attr:`PaperBroker.calls` with its time, which is how the chaos
 suite proves that nothing reached the broker while its circuit was open.
 """
@@ -26,8 +39,10 @@ from typing import Any, Final
 from brokerguard.brokers.base import BaseBroker
 from brokerguard.clock import Clock
 from brokerguard.errors import (
+    BrokerError,
     BrokerRejection,
     ConfigurationError,
+    DuplicateOrderError,
     RateLimitedError,
     TransientBrokerError,
 )
@@ -45,8 +60,10 @@ from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.resilience.ratelimit import RateLimiter
 
 __all__ = [
+    "DUPLICATE_ORDER",
     "MISSING",
     "RAW_METHODS",
+    "UNKNOWN_ERROR",
     "FaultPlan",
     "OutageWindow",
     "PaperBroker",
@@ -56,6 +73,13 @@ __all__ = [
 
 RAW_METHODS: Final = ("fetch_positions", "fetch_prices", "submit_order", "fetch_order", "ping")
 """The calls a fault plan can target."""
+
+UNKNOWN_ERROR: Final = "EGeneral:Unexpected condition"
+"""The error string of an unknown-error fault: Kraken's shape, in no table of known strings, so
+a guard cannot tell from it whether the order was placed."""
+
+DUPLICATE_ORDER: Final = "EOrder:Duplicate order"
+"""Kraken's answer to a client order id that an open order already carries."""
 
 
 class _Missing:
@@ -121,6 +145,25 @@ class FaultPlan:
         rate_limit_retry_after: the ``retry_after`` such a refusal carries, in seconds.
         fail_after_accept_rate: probability that a submitted order is accepted but its
             confirmation is lost (the call raises a transient error).
+        delayed_accept_rate: probability that a submitted order is queued in the engine: the
+            call raises a transient error (a timeout) and the order is invisible to every
+            lookup until it is accepted `accept_delay` seconds later (on the broker's clock),
+            from when on it executes and settles like any other. If its
+            ``OrderRequest.deadline`` (epoch seconds) passes first it is never accepted, like
+            Kraken's AddOrder ``deadline``; nor is it if, by then, an open order carries its
+            client order id or (a sell) the position is no longer there. This is how a lookup
+            made at once finds nothing and a resend executes twice.
+        accept_delay: seconds from the send to that acceptance: a number, or a ``(min, max)``
+            range drawn uniformly per order. The default, 1 to 15 s, lands most acceptances
+            after the guard's immediate lookup and before brokerguard's default 10 s order
+            deadline, and some after it (those are never accepted).
+        empty_positions_rate: probability that a position fetch succeeds with a well-formed,
+            empty answer although positions are held (Kraken answering ``{"error": [],
+            "result": {}}``): the read that says "nothing held" without failing.
+        unknown_error_rate: probability that a submit answers an error string nobody knows
+            (:data:`UNKNOWN_ERROR`, a plain :class:`~brokerguard.errors.BrokerError`); half of
+            those orders were accepted before the answer, half were not, and the answer does
+            not say which.
     """
 
     error_rate: Mapping[str, float] = field(default_factory=dict)
@@ -133,6 +176,10 @@ class FaultPlan:
     rate_limit_rate: float = 0.0
     rate_limit_retry_after: float = 5.0
     fail_after_accept_rate: float = 0.0
+    delayed_accept_rate: float = 0.0
+    accept_delay: float | tuple[float, float] = (1.0, 15.0)
+    empty_positions_rate: float = 0.0
+    unknown_error_rate: float = 0.0
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -145,14 +192,30 @@ class FaultPlan:
         for method, seconds in self.latency.items():
             if not (math.isfinite(seconds) and seconds >= 0):
                 problems.append(f"latency[{method}] must be >= 0 seconds, got {seconds!r}")
-        for name in ("stale_positions_rate", "rate_limit_rate", "fail_after_accept_rate"):
+        for name in (
+            "stale_positions_rate",
+            "rate_limit_rate",
+            "fail_after_accept_rate",
+            "delayed_accept_rate",
+            "empty_positions_rate",
+            "unknown_error_rate",
+        ):
             _check_probability(name, getattr(self, name), problems)
         for name in ("stale_positions_age", "rate_limit_retry_after"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 problems.append(f"{name} must be >= 0 seconds, got {value!r}")
+        problems.extend(_delay_problems(self.accept_delay))
         if problems:
             raise ConfigurationError("invalid FaultPlan: " + "; ".join(problems))
+
+    @property
+    def accept_delay_range(self) -> tuple[float, float]:
+        """The ``(min, max)`` seconds an order queued by ``delayed_accept_rate`` waits."""
+        if isinstance(self.accept_delay, tuple):
+            low, high = self.accept_delay
+            return float(low), float(high)
+        return float(self.accept_delay), float(self.accept_delay)
 
     def sell_never_settles(self, symbol: str) -> bool:
         """Return whether sells of `symbol` stay open forever under this plan."""
@@ -178,13 +241,29 @@ class _PaperOrder:
     submitted_at: float
     filled: Decimal = Decimal(0)
     status: OrderStatus = OrderStatus.OPEN
+    shown: Order | None = None
+    """The last view, kept until a fill changes the order: building (and validating) an Order
+    for every order on every look made the book the chaos suite's hot spot."""
 
     def view(self) -> Order:
-        r = self.request
-        return Order(
-            r.client_order_id, r.symbol, r.side, r.quantity, self.filled, self.status,
-            self.broker_order_id,
-        )  # fmt: skip
+        if self.shown is None:
+            r = self.request
+            self.shown = Order(
+                r.client_order_id, r.symbol, r.side, r.quantity, self.filled, self.status,
+                self.broker_order_id,
+            )  # fmt: skip
+        return self.shown
+
+
+@dataclass(frozen=True, slots=True)
+class _QueuedOrder:
+    """An order the engine has received but not accepted yet (invisible to every lookup)."""
+
+    request: OrderRequest
+    due: float
+    """When the engine reaches it (the clock's monotonic seconds)."""
+    due_epoch: float
+    """The same moment in epoch seconds, compared with the order's deadline."""
 
 
 class PaperMarket:
@@ -323,7 +402,13 @@ class PaperBroker(BaseBroker):
             qty = parse_decimal(quantity, field="quantity", symbol=symbol)
             if qty > 0:
                 self._positions[parse_symbol(symbol)] = qty
-        self._orders: dict[str, _PaperOrder] = {}
+        # Every accepted order, in acceptance order: Kraken refuses a client order id only
+        # while an order with it is open, so one id may name several orders over time.
+        self._orders: list[_PaperOrder] = []
+        self._newest: dict[str, _PaperOrder] = {}  # client order id -> its latest order
+        self._live: list[_PaperOrder] = []  # orders not final yet, in acceptance order
+        self._queue: list[_QueuedOrder] = []  # received, not accepted yet (delayed acceptance)
+        self._dropped: list[tuple[OrderRequest, str]] = []
         self._next_order_number = 1
         now = self.clock.monotonic()
         self._history: list[tuple[float, dict[str, Decimal]]] = [(now, dict(self._positions))]
@@ -332,12 +417,15 @@ class PaperBroker(BaseBroker):
     # ------------------------------------------------------------------ the four raw methods
 
     def fetch_positions(self) -> Sequence[Position]:
-        """Return the positions (or, under the plan, an older snapshot of them)."""
+        """Return the positions (or, under the plan, nothing at all or an older snapshot)."""
         now = self._enter("fetch_positions")
         with self._lock:
             self._settle(now)
             plan = self.fault_plan
-            if self._roll(plan.stale_positions_rate):
+            if self._roll(plan.empty_positions_rate):
+                state: dict[str, Decimal] = {}  # a successful, well-formed, empty answer
+                self._record(now, "fetch_positions", "empty")
+            elif self._roll(plan.stale_positions_rate):
                 state = self._state_at(now - plan.stale_positions_age)
                 self._record(now, "fetch_positions", "stale")
             else:
@@ -362,31 +450,52 @@ class PaperBroker(BaseBroker):
         return payload
 
     def submit_order(self, order: OrderRequest) -> Order:
-        """Accept a market order; it fills after `settle_delay` (sells may never, per plan)."""
+        """Accept a market order; it fills after `settle_delay` (sells may never, per plan).
+
+        A client order id that an open order carries is answered
+        :class:`~brokerguard.errors.DuplicateOrderError`; one whose orders are all final is
+        accepted again, as a new order (Kraken checks ``cl_ord_id`` only against open orders).
+        """
         now = self._enter("submit_order")
         with self._lock:
             self._settle(now)
-            if order.client_order_id in self._orders:
-                # Like a real exchange refusing a duplicate open cl_ord_id.
+            cid = order.client_order_id
+            if self._open_order(cid) is not None:
                 self._record(now, "submit_order", "duplicate")
-                raise BrokerRejection(f"duplicate client order id {order.client_order_id}")
+                raise DuplicateOrderError(
+                    f"{DUPLICATE_ORDER}: an open order has client order id {cid}",
+                    client_order_id=cid,
+                )
             if order.deadline is not None and self.clock.time() > order.deadline:
                 self._record(now, "submit_order", "rejected")
-                raise BrokerRejection(f"deadline elapsed for {order.client_order_id}")
+                raise BrokerRejection(f"deadline elapsed for {cid}")
             if order.symbol not in self.market:
                 self._record(now, "submit_order", "rejected")
                 raise BrokerRejection(f"unknown symbol {order.symbol}")
-            if order.side is Side.SELL and order.quantity > self._sellable(order.symbol):
+            refusal = self._refusal(order)
+            if refusal is not None:
                 self._record(now, "submit_order", "rejected")
-                raise BrokerRejection(
-                    f"insufficient position: selling {order.quantity} {order.symbol}, "
-                    f"holding {self._sellable(order.symbol)} not already being sold"
+                raise BrokerRejection(refusal)
+            plan = self.fault_plan
+            if self._roll(plan.delayed_accept_rate):
+                low, high = plan.accept_delay_range
+                delay = self._dice().uniform(low, high)
+                self._queue.append(_QueuedOrder(order, now + delay, self.clock.time() + delay))
+                self._record(now, "submit_order", "queued")
+                raise TransientBrokerError(
+                    "paper: submit_order timed out (EService:Unavailable); the order may still "
+                    "be accepted"
                 )
-            placed = _PaperOrder(order, f"P-{self._next_order_number}", now)
-            self._next_order_number += 1
-            self._orders[order.client_order_id] = placed
-            self._settle(now)
-            lost = self._roll(self.fault_plan.fail_after_accept_rate)
+            if self._roll(plan.unknown_error_rate):
+                accepted = self._roll(0.5)
+                if accepted:
+                    self._accept(order, now)
+                self._record(
+                    now, "submit_order", "accepted_then_unknown" if accepted else "unknown"
+                )
+                raise BrokerError(UNKNOWN_ERROR)
+            placed = self._accept(order, now)
+            lost = self._roll(plan.fail_after_accept_rate)
             self._record(now, "submit_order", "accepted_then_lost" if lost else "ok")
             view = placed.view()
         if lost:
@@ -394,11 +503,15 @@ class PaperBroker(BaseBroker):
         return view
 
     def fetch_order(self, client_order_id: str) -> Order | None:
-        """Return the order (open or closed) with this client order id, or None."""
+        """Return the newest order (open or closed) with this client order id, or None.
+
+        An order still queued in the engine (delayed acceptance) is not found: nothing shows it
+        until it is accepted.
+        """
         now = self._enter("fetch_order")
         with self._lock:
             self._settle(now)
-            placed = self._orders.get(client_order_id)
+            placed = self._newest.get(client_order_id)
             self._record(now, "fetch_order", "ok")
             return None if placed is None else placed.view()
 
@@ -427,10 +540,26 @@ class PaperBroker(BaseBroker):
             return dict(self._positions)
 
     def all_orders(self) -> list[Order]:
-        """Return every order ever accepted, in submission order (bypassing faults)."""
+        """Return every order ever accepted, in acceptance order (bypassing faults).
+
+        One client order id may appear several times: an id whose order was final was accepted
+        again (how a blind resend executes twice).
+        """
         with self._lock:
             self._settle(self.clock.monotonic())
-            return [placed.view() for placed in self._orders.values()]
+            return [placed.view() for placed in self._orders]
+
+    def queued_orders(self) -> list[OrderRequest]:
+        """Return the orders received but not accepted yet (delayed acceptance), oldest first."""
+        with self._lock:
+            self._settle(self.clock.monotonic())
+            return [queued.request for queued in self._queue]
+
+    def dropped_orders(self) -> list[tuple[OrderRequest, str]]:
+        """Return the queued orders the engine never accepted, with why (deadline ...)."""
+        with self._lock:
+            self._settle(self.clock.monotonic())
+            return list(self._dropped)
 
     @property
     def calls(self) -> list[RecordedCall]:
@@ -467,33 +596,92 @@ class PaperBroker(BaseBroker):
         return now
 
     def _roll(self, probability: float) -> bool:
+        # No draw for a fault that is off: switching a new fault on never changes the dice of
+        # the others, and plans without it replay exactly as before it existed.
         if not probability:
             return False
+        return self._dice().random() < probability
+
+    def _dice(self) -> random.Random:
         if self._fault_dice is None:
             self._fault_dice = random.Random(f"{self._seed}:faults")  # noqa: S311 (a simulation)
-        return self._fault_dice.random() < probability
+        return self._fault_dice
 
     def _record(self, now: float, method: str, outcome: str) -> None:
         self._calls.append(RecordedCall(now, method, outcome))
+
+    def _open_order(self, client_order_id: str) -> _PaperOrder | None:
+        """The open (not final) order with this client order id, if any (caller holds the lock).
+
+        An id is accepted only while no open order carries it, so only its newest order can be
+        open.
+        """
+        placed = self._newest.get(client_order_id)
+        return None if placed is None or placed.status.is_final else placed
+
+    def _refusal(self, order: OrderRequest) -> str | None:
+        """Why the engine refuses `order` now (a sell of more than is held), or None."""
+        if order.side is Side.SELL and order.quantity > self._sellable(order.symbol):
+            return (
+                f"insufficient position: selling {order.quantity} {order.symbol}, "
+                f"holding {self._sellable(order.symbol)} not already being sold"
+            )
+        return None
+
+    def _accept(self, order: OrderRequest, at: float) -> _PaperOrder:
+        """Put `order` in the book at `at` (monotonic); it settles from then on."""
+        placed = _PaperOrder(order, f"P-{self._next_order_number}", at)
+        self._next_order_number += 1
+        self._orders.append(placed)
+        self._newest[order.client_order_id] = placed
+        self._live.append(placed)
+        self._fill(at)
+        return placed
 
     def _sellable(self, symbol: str) -> Decimal:
         pending = sum(
             (
                 p.request.quantity - p.filled
-                for p in self._orders.values()
-                if p.request.symbol == symbol
-                and p.request.side is Side.SELL
-                and not p.status.is_final
+                for p in self._live
+                if p.request.symbol == symbol and p.request.side is Side.SELL
             ),
             Decimal(0),
         )
         return self._positions.get(symbol, Decimal(0)) - pending
 
     def _settle(self, now: float) -> None:
+        """Bring the book up to `now`: accept the queued orders that are due, in order, and fill.
+
+        Fills are applied up to each acceptance first, so a queued sell is judged against the
+        position as it was when the engine reached it.
+        """
+        while self._queue:
+            first = min(self._queue, key=lambda queued: queued.due)
+            if first.due > now:
+                break
+            self._queue.remove(first)
+            self._fill(first.due)
+            self._accept_queued(first)
+        self._fill(now)
+
+    def _accept_queued(self, queued: _QueuedOrder) -> None:
+        """The engine reaches a queued order: accept it, or drop it as Kraken would."""
+        request = queued.request
+        reason: str | None = None
+        if request.deadline is not None and queued.due_epoch > request.deadline:
+            reason = "deadline elapsed"  # Kraken's AddOrder deadline: never accepted
+        elif self._open_order(request.client_order_id) is not None:
+            reason = "duplicate order"  # an open order took the id meanwhile
+        else:
+            reason = self._refusal(request)
+        if reason is not None:
+            self._dropped.append((request, reason))
+            return
+        self._accept(request, queued.due)
+
+    def _fill(self, now: float) -> None:
         changed = False
-        for placed in self._orders.values():
-            if placed.status.is_final:
-                continue
+        for placed in self._live:
             request = placed.request
             if request.side is Side.SELL and self.fault_plan.sell_never_settles(request.symbol):
                 continue
@@ -516,8 +704,10 @@ class PaperBroker(BaseBroker):
             placed.status = (
                 OrderStatus.FILLED if target == request.quantity else OrderStatus.PARTIALLY_FILLED
             )
+            placed.shown = None
             changed = True
         if changed:
+            self._live = [placed for placed in self._live if not placed.status.is_final]
             self._history.append((now, dict(self._positions)))
             del self._history[:-1000]  # bounded: enough for any stale_positions_age
 
@@ -541,6 +731,21 @@ def _check_methods(methods: Iterable[str]) -> Iterable[str]:
     if unknown:
         raise ConfigurationError(f"unknown raw methods {sorted(unknown)}; known: {RAW_METHODS}")
     return methods
+
+
+def _delay_problems(delay: object) -> list[str]:
+    """What is wrong with an ``accept_delay`` (a number, or a (min, max) range of seconds)."""
+    values = delay if isinstance(delay, tuple) else (delay,)
+    if isinstance(delay, tuple) and len(delay) != 2:  # noqa: PLR2004 (a (min, max) pair)
+        return [f"accept_delay must be seconds or a (min, max) pair, got {delay!r}"]
+    if not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in values
+    ):
+        return [f"accept_delay must be >= 0 seconds, got {delay!r}"]
+    if values[0] > values[-1]:
+        return [f"accept_delay range must be (min, max) with min <= max, got {delay!r}"]
+    return []
 
 
 def _check_probability(name: str, value: Any, problems: list[str]) -> None:

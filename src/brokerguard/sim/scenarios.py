@@ -3,15 +3,18 @@
 Each :class:`Scenario` is a seeded paper-broker world on a :class:`FakeClock` (hours of trading
 in seconds). :func:`simulate` runs it twice, side by side:
 
-- **naive**, the seed's previous behaviour: a failed position fetch counts as 0 positions, a
-  missing price becomes $1.00, cleanup is a single pass without verification, and a failed
-  call is retried at once, without a breaker and without looking an order up first;
+- **naive**, the seed's previous behaviour: a failed position fetch counts as 0 positions (and
+  an empty one is believed), a missing price becomes $1.00, cleanup is a single pass without
+  verification, and a failed call is retried at once, without a breaker and without looking an
+  order up first;
 - **guarded**: the same strategy through brokerguard (the trading gate, the cap enforcer, the
-  breakers, no-fallback valuation).
+  breakers, no-fallback valuation, the order lifecycle: an order whose outcome is unknown is
+  left unresolved, never resent).
 
 Both report the same fields (:class:`RunStats`): the most positions ever held against the cap,
-the steps spent over it, orders sent, orders sized with a made-up price, duplicated orders,
-halts, and calls that reached the broker during its outage.
+the steps spent over it, orders sent, orders sized with a made-up price, duplicated orders (as
+the broker saw them: every order beyond the first of one intent, see
+:func:`orders_per_intent`), halts, and calls that reached the broker during its outage.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from brokerguard.brokers.paper import MISSING, FaultPlan, OutageWindow, PaperBroker
-from brokerguard.errors import BrokerGuardError
-from brokerguard.models import OrderRequest, Side, parse_price
+from brokerguard.errors import BrokerGuardError, OrderUnconfirmedError
+from brokerguard.models import Order, OrderRequest, Side, parse_price
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.risk.cap import PositionCapEnforcer
 from brokerguard.risk.exits import ContinuousExitEnforcer
@@ -34,12 +37,39 @@ from brokerguard.risk.gate import EntryDenied, TradingGate
 from brokerguard.store.state import open_store
 from brokerguard.testing import FakeClock
 
-__all__ = ["SCENARIOS", "UNIVERSE", "GuardedBot", "NaiveBot", "RunStats", "Scenario", "simulate"]
+__all__ = [
+    "SCENARIOS",
+    "UNIVERSE",
+    "GuardedBot",
+    "NaiveBot",
+    "RunStats",
+    "Scenario",
+    "intent_of",
+    "orders_per_intent",
+    "simulate",
+]
 
 EPOCH = 1_795_000_000.0
 FALLBACK_PRICE = Decimal("1.00")
 """The made-up price of the seed's naive bot. It exists only here, to show what it costs."""
 UNIVERSE = [f"COIN{i:02d}/USD" for i in range(40)]
+
+_RETRY_SUFFIX = "-try"
+
+
+def intent_of(client_order_id: str) -> str:
+    """The intent an order was sent for: its client order id without a naive retry's suffix."""
+    return client_order_id.split(_RETRY_SUFFIX, 1)[0]
+
+
+def orders_per_intent(orders: Iterable[Order]) -> Counter[str]:
+    """Count the orders a broker holds per intent: more than one is a duplicate execution.
+
+    Counted from the broker's own book, not from what a bot believes it sent: an order accepted
+    after a timeout, or a client order id accepted again once its first order was final, is an
+    order all the same.
+    """
+    return Counter(intent_of(order.client_order_id) for order in orders)
 
 
 @dataclass(frozen=True)
@@ -161,7 +191,7 @@ def _world(scenario: Scenario, seed: int, clock: FakeClock) -> PaperBroker:
             "sim",
             scope="write",
             clock=clock,
-            rng=random.Random(seed),  # noqa: S311
+            rng=random.Random(seed),  # noqa: S311 (a simulation)
         ),
     )
 
@@ -191,7 +221,7 @@ def _run(scenario: Scenario, seed: int, *, guarded: bool) -> RunStats:
     orders = broker.all_orders()
     stats.orders_sent = len(orders)
     stats.fallback_priced_orders = bot.fallback_priced
-    stats.duplicate_orders = sum(n - 1 for n in bot.sent_per_intent.values() if n > 1)
+    stats.duplicate_orders = sum(n - 1 for n in orders_per_intent(orders).values() if n > 1)
     stats.halts = bot.halts()
     if scenario.outage is not None:
         start, end = scenario.outage
@@ -200,13 +230,25 @@ def _run(scenario: Scenario, seed: int, *, guarded: bool) -> RunStats:
 
 
 class NaiveBot:
-    """The seed's previous behaviour, faithfully wrong."""
+    """The seed's previous behaviour, faithfully wrong.
+
+    Args:
+        scenario: the world's cap and timing.
+        broker: the paper broker, called raw (no breaker, no lookups).
+        resend_same_id: resend a failed order under the same client order id instead of a new
+            one per try: the belief that the id makes resends safe. On Kraken it does not: the
+            id is checked only against *open* orders, so an original accepted late, after the
+            resend filled, executes again under the same id.
+    """
 
     RETRIES = 5
 
-    def __init__(self, scenario: Scenario, broker: PaperBroker) -> None:
+    def __init__(
+        self, scenario: Scenario, broker: PaperBroker, *, resend_same_id: bool = False
+    ) -> None:
         self.scenario = scenario
         self.broker = broker
+        self.resend_same_id = resend_same_id
         self.fallback_priced = 0
         self.sent_per_intent: Counter[str] = Counter()
         self.prices_used: list[tuple[str, str, Decimal]] = []
@@ -242,18 +284,22 @@ class NaiveBot:
         intent = f"intent-{next(self._intents)}"
         self.prices_used.append((intent, symbol, price))
         for attempt in range(self.RETRIES):
-            request = OrderRequest(symbol, Side.BUY, quantity, f"{intent}-try{attempt}")
+            cid = intent if self.resend_same_id else f"{intent}{_RETRY_SUFFIX}{attempt}"
+            request = OrderRequest(symbol, Side.BUY, quantity, cid)
+            before = self._orders_with(cid)
             try:
                 self.broker.submit_order(request)
             except BrokerGuardError:
-                # No lookup: the order may have landed, and it is sent again anyway.
-                if any(
-                    o.client_order_id == request.client_order_id for o in self.broker.all_orders()
-                ):
+                # No lookup: the order may have landed, and it is sent again anyway. (Counted
+                # here only for the statistics, from the broker's book: the bot never looks.)
+                if self._orders_with(cid) > before:
                     self.sent_per_intent[intent] += 1
                 continue
             self.sent_per_intent[intent] += 1
             return
+
+    def _orders_with(self, client_order_id: str) -> int:
+        return sum(1 for o in self.broker.all_orders() if o.client_order_id == client_order_id)
 
     def cleanup(self) -> None:
         """Sell the excess once, never checking that it worked."""
@@ -278,7 +324,14 @@ class NaiveBot:
 
 
 class GuardedBot:
-    """The same strategy through brokerguard."""
+    """The same strategy through brokerguard, written as a correct bot.
+
+    An entry whose order ends unresolved (:class:`~brokerguard.errors.OrderUnconfirmedError`)
+    is left alone: the gate keeps its slot, the broker keeps the order on its unresolved list,
+    and nothing is resent under a new id. The cleanup's enforcer tick resolves it (the
+    enforcer calls ``broker.resolve_unresolved()`` first): found, it is adopted; proven absent
+    after its deadline, its slot frees.
+    """
 
     def __init__(self, scenario: Scenario, broker: PaperBroker, clock: FakeClock) -> None:
         self.broker = broker
@@ -291,6 +344,8 @@ class GuardedBot:
         self.fallback_priced = 0  # by construction: there is no code path that could
         self.sent_per_intent: Counter[str] = Counter()
         self.prices_used: list[tuple[str, str, Decimal]] = []
+        self.unresolved: list[str] = []
+        """Client order ids of entries left unresolved (never resent: the broker resolves)."""
         self._intents = itertools.count(1)  # next() is atomic: entries may run on threads
 
     def try_entry(self, symbol: str) -> None:
@@ -310,6 +365,11 @@ class GuardedBot:
                 self.broker.place_market_order(symbol, Side.BUY, quantity, client_order_id=cid)
         except EntryDenied:
             return
+        except OrderUnconfirmedError as exc:
+            # The outcome is unknown: the order may still be accepted. Leaving the block with
+            # this error keeps the gate's slot; the enforcer's tick resolves the order.
+            self.unresolved.append(exc.client_order_id)
+            return
         except BrokerGuardError:
             return
         self.sent_per_intent[cid] = sum(
@@ -317,7 +377,7 @@ class GuardedBot:
         )
 
     def cleanup(self) -> None:
-        """One enforcement pass."""
+        """One enforcement pass: it resolves unresolved orders first, then enforces the cap."""
         self.exits.tick()
 
     def halts(self) -> int:
