@@ -55,33 +55,59 @@ def test_empty_reads_alone_never_push_the_guarded_bot_over_its_cap():
 
 
 def test_a_guard_loop_reading_every_30s_never_buys_past_the_cap_on_glitchy_empty_reads():
-    """30% of position reads answer [] while five positions are held: the sixth is never bought."""
-    # The minimal world of the chaos suite's cap breaks (650 of 5,000 seeds before the
-    # plausibility check learned that a failed read interrupts agreeing reads and that a venue
-    # whose thin read was proven wrong must be quiet first): one paper account at its cap of 5,
-    # a guard loop reading positions every 30 s, a bot asking the gate for an entry after each
-    # read. Before, seed 0 bought a sixth position after 11 reads.
+    """30% of position reads answer [] while five positions are held: no sixth in an hour."""
+    # The minimal world of the chaos suite's cap breaks (650 of 5,000 seeds at d00ab9c, when 3
+    # agreeing reads over 30 s were believed): before, seed 0 bought a sixth after 11 reads.
+    assert reads_until_over_the_cap(seed=0, rate=0.3, reads=120) is None
+
+
+def glitchy_account(
+    seed: int, rate: float
+) -> tuple[FakeClock, PaperBroker, TradingGate, list[str]]:
+    """One paper account at its cap of 5 whose position reads answer [] at `rate`."""
     clock = FakeClock(start=1_795_000_000.0)
     coins = [f"C{i:02d}/USD" for i in range(20)]
     broker = PaperBroker(
         "glitch",
         clock=clock,
-        seed=0,
+        seed=seed,
         prices=dict.fromkeys(coins, "10"),
         positions=dict.fromkeys(coins[:5], "1"),
         settle_delay=0,
     )
     gate = TradingGate(broker, 5, max_position_age=5.0)
     broker.get_positions()
-    broker.set_fault_plan(EMPTY)
-    for step in range(60):
+    broker.set_fault_plan(FaultPlan(empty_positions_rate=rate))
+    return clock, broker, gate, coins
+
+
+def reads_until_over_the_cap(seed: int, rate: float, reads: int) -> int | None:
+    """Read every 30 s and try an entry after each read; the read that let the cap break."""
+    clock, broker, gate, coins = glitchy_account(seed, rate)
+    for step in range(reads):
         clock.advance(30)
         with contextlib.suppress(BrokerGuardError):
             broker.get_positions()  # the guard loop's read
         symbol = coins[5 + step % 15]
         with contextlib.suppress(EntryDenied, BrokerGuardError), gate.reserve_entry(symbol):
             broker.place_market_order(symbol, "buy", "1")
-        assert len(broker.true_positions()) <= 5, f"over the cap after {step + 1} reads"
+        if len(broker.true_positions()) > 5:
+            return step + 1
+    return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BREAK (brokerguard, brokers/plausibility.py): a loss is believed after 5 successful "
+    "empty reads in a row over 120 s when no thin read was proven wrong in the last 300 s; a venue "
+    "whose empty answers are independent glitches produces such a run sooner or later (here 30% "
+    "of reads, one every 30 s: over the cap after 104 reads; 4 of 5,000 chaos seeds at e2db1b4, "
+    "e.g. python -m brokerguard.chaos --seed 2759 --runs 1). No count of agreeing reads tells a "
+    "glitch from a sale; only evidence of the sale (a fill, a ledger entry) or an operator can",
+)
+def test_no_run_of_glitched_empty_reads_ever_buys_past_the_cap():
+    """However long a venue glitches, empty reads of held positions never open a sixth one."""
+    assert reads_until_over_the_cap(seed=3, rate=0.3, reads=120) is None
 
 
 def test_a_same_id_resend_is_accepted_again_and_counted_as_a_duplicate():
