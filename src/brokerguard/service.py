@@ -246,6 +246,7 @@ class GuardService:
             paper=paper,
             coordinator=self.coordinator,
         )
+        _with_order_truth(broker, broker_config)
         valuator = Valuator(
             broker, store=self.store, clock=self.clock, max_quote_age=account.max_quote_age_s
         )
@@ -655,29 +656,8 @@ def _shared_breaker_class() -> type[BrokerCircuitBreaker]:
     return SharedCircuitBreaker
 
 
-def _make_broker(
-    account: AccountConfig,
-    config: BrokerConfig,
-    index: int,
-    *,
-    read: BrokerCircuitBreaker,
-    write: BrokerCircuitBreaker,
-    clock: Clock,
-    limiter: RateLimiter | None,
-    paper: tuple[PaperMarket, FaultPlan] | None = None,
-    coordinator: RedisCoordinator | None = None,
-) -> BaseBroker:
-    broker = _make_raw_broker(
-        account,
-        config,
-        index,
-        read=read,
-        write=write,
-        clock=clock,
-        limiter=limiter,
-        paper=paper,
-        coordinator=coordinator,
-    )
+def _with_order_truth(broker: BaseBroker, config: BrokerConfig) -> BaseBroker:
+    """Apply the broker's order-lifecycle and plausibility settings, whatever its kind."""
     broker.order_deadline_s = config.order_deadline_s
     broker.resolution_margin_s = config.resolution_margin_s
     broker.plausibility_policy = PlausibilityPolicy(
@@ -688,7 +668,7 @@ def _make_broker(
     return broker
 
 
-def _make_raw_broker(
+def _make_broker(
     account: AccountConfig,
     config: BrokerConfig,
     index: int,
