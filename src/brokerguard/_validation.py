@@ -7,6 +7,14 @@ import math
 __all__ = ["int_problem", "seconds_problem"]
 
 
+def bool_problem(name: str, value: object) -> list[str]:
+    """Return a problem if `value` is not a bool (no truthy strings or numbers)."""
+    value_is_bool: object = isinstance(value, bool)
+    if value_is_bool is not True:
+        return [f"{name} must be true or false, got {value!r}"]
+    return []
+
+
 def int_problem(name: str, value: object, *, minimum: int) -> list[str]:
     """Return a problem if `value` is not an int (bools refused) of at least `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

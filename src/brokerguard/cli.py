@@ -26,6 +26,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from brokerguard.brokers.plausibility import POSITIONS_CONFIRMED
 from brokerguard.config import (
     BrokerGuardConfig,
     check_control_token,
@@ -36,6 +37,7 @@ from brokerguard.config import (
     with_server,
 )
 from brokerguard.errors import BrokerGuardError, ConfigurationError
+from brokerguard.models import parse_symbol
 from brokerguard.server import StatusServer, create_app
 from brokerguard.service import GuardService, embedded_default_config
 from brokerguard.sim.scenarios import SCENARIOS
@@ -469,6 +471,55 @@ def resume(
     message = f"{account} resumed by {operator}" if lifted else f"{account} was not halted"
     _emit(as_json, {"account_id": account, "resumed": lifted}, lambda: click.echo(message))
     _done(OK if lifted else PROBLEM)
+
+
+@cli.command("confirm-positions")
+@click.argument("account")
+@click.option(
+    "--symbol",
+    "symbols",
+    multiple=True,
+    required=True,
+    help="A symbol the exchange no longer holds (repeat for several), as status lists them.",
+)
+@click.option("--operator", required=True, help="Who takes responsibility (audited).")
+@click.option(
+    "--reason", required=True, help="How you know they are gone (sold by hand ...; audited)."
+)
+@config_option
+@data_dir_option
+@json_option
+def confirm_positions(
+    account: str,
+    symbols: tuple[str, ...],
+    operator: str,
+    reason: str,
+    config_path: Path | None,
+    data_dir: Path,
+    as_json: bool,
+) -> None:
+    """Confirm that positions a read lost are really gone from ACCOUNT (audited).
+
+    A read that lacks positions with no sell of ours and nothing in the trade history to
+    explain it is never believed on its own: new entries stay refused. After checking the
+    exchange yourself, confirm; the guard service believes the next read that lacks them.
+    """
+    config = _config(config_path, data_dir)
+    _known_account(config, account)
+    try:
+        canonical = sorted({parse_symbol(s) for s in symbols})
+    except BrokerGuardError as exc:
+        raise click.UsageError(str(exc)) from exc
+    with _store(config) as store:
+        store.record_audit(
+            account, POSITIONS_CONFIRMED, f"operator:{operator}", reason, {"symbols": canonical}
+        )
+    _emit(
+        as_json,
+        {"account_id": account, "confirmed": canonical},
+        lambda: click.echo(f"{account}: {', '.join(canonical)} confirmed gone by {operator}"),
+    )
+    _done(OK)
 
 
 # ---------------------------------------------------------------------- enforce / audit

@@ -219,11 +219,17 @@ class BrokerConfig(_Model):
     resolution_margin_s: Seconds = Field(
         5.0, description="added to a deadline before absence proves an order was never placed"
     )
+    positions_believe_reads: bool = Field(
+        default=False,
+        description="whether agreeing reads alone may confirm that positions are gone (default "
+        "false: only a sell of ours, the trade history or an operator's confirm-positions "
+        "does; opt in only for a venue without a trade history)",
+    )
     positions_confirm_reads: int = Field(
         5,
         ge=1,
-        description="agreeing reads in a row (no failed read between) needed to believe that "
-        "positions are gone",
+        description="with positions_believe_reads: agreeing reads in a row (no failed read "
+        "between) needed to believe that positions are gone",
     )
     positions_confirm_after_s: Seconds = Field(
         120.0, description="seconds those agreeing reads must span"

@@ -289,6 +289,36 @@ class Order:
 
 
 @dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution in the account's trade history, as the venue reported it.
+
+    The evidence that a position really was sold: a read that merely lacks a position may be a
+    glitch; a sell of it executed after it was last seen held could not be.
+    """
+
+    symbol: str
+    side: Side
+    quantity: Decimal
+    timestamp: float
+    """When it executed, epoch seconds on the venue's clock."""
+    order_id: str | None = None
+
+    def __post_init__(self) -> None:
+        symbol = parse_symbol(self.symbol)
+        _set(self, "symbol", symbol)
+        _set(self, "side", parse_side(self.side))
+        _set(
+            self,
+            "quantity",
+            parse_decimal(self.quantity, field="quantity", allow_zero=False, symbol=symbol),
+        )
+        stamp = parse_decimal(self.timestamp, field="timestamp", symbol=symbol)
+        _set(self, "timestamp", float(stamp))
+        if self.order_id is not None:
+            _set(self, "order_id", parse_symbol(self.order_id, field="order_id"))
+
+
+@dataclass(frozen=True, slots=True)
 class Balance:
     """Holdings of one asset: what is free to trade and what is held by open orders."""
 

@@ -18,7 +18,7 @@ import logging
 import random
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from brokerguard.alerts import AlertRouter, sinks_from_config
 from brokerguard.brokers.base import BaseBroker
 from brokerguard.brokers.paper import MISSING, FaultPlan, OutageWindow, PaperBroker, PaperMarket
-from brokerguard.brokers.plausibility import PlausibilityPolicy
+from brokerguard.brokers.plausibility import POSITIONS_CONFIRMED, PlausibilityPolicy
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.config import (
     AccountConfig,
@@ -37,8 +37,8 @@ from brokerguard.config import (
     require_secret,
     resolve_secret,
 )
-from brokerguard.errors import BrokerGuardError, ConfigurationError
-from brokerguard.models import Side
+from brokerguard.errors import BrokerGuardError, ConfigurationError, InvalidBrokerData
+from brokerguard.models import Side, parse_symbol
 from brokerguard.orders import OrderState
 from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_enabled
 from brokerguard.resilience.ratelimit import RateLimiter
@@ -385,6 +385,31 @@ class GuardService:
         self.watch_operator_actions()
         return lifted
 
+    def confirm_positions(
+        self, account_id: str, symbols: Sequence[str], operator: str, reason: str
+    ) -> list[str]:
+        """An operator confirms that `symbols` are really gone from the account (audited).
+
+        The record goes to the audit log, where every worker of a fleet reads it; the worker
+        enforcing the account believes the next read that lacks them.
+        """
+        self.account(account_id)
+        try:
+            canonical = sorted({parse_symbol(s) for s in symbols})
+        except InvalidBrokerData as exc:
+            raise ConfigurationError(f"confirm_positions: {exc}") from exc
+        if not canonical:
+            raise ConfigurationError("confirm_positions needs at least one symbol")
+        self.store.record_audit(
+            account_id,
+            POSITIONS_CONFIRMED,
+            f"operator:{operator}",
+            reason,
+            {"symbols": canonical},
+        )
+        self.watch_operator_actions()
+        return canonical
+
     def watch_operator_actions(self) -> None:
         """Announce halts and resumes written to the store since the last look.
 
@@ -412,6 +437,10 @@ class GuardService:
                 self._record(
                     TradingResumed(record.account_id, record.at, record.actor, record.reason)
                 )
+            elif record.action == POSITIONS_CONFIRMED and record.account_id in self.accounts:
+                symbols = record.details.get("symbols")
+                if isinstance(symbols, list) and all(isinstance(x, str) for x in symbols):
+                    self.accounts[record.account_id].broker.accept_position_loss(symbols)
 
     def run(self, *, demo_strategy: bool = False, strategy_interval: float = 2.0) -> None:
         """Enforce every interval (and move the demo strategy) until :meth:`stop`."""
@@ -579,10 +608,12 @@ def _suspicion_dict(broker: BaseBroker) -> dict[str, Any] | None:
     suspicion = broker.position_suspicion()
     if suspicion is None:
         return None
+    policy = broker.plausibility_policy
     return {
         "missing": list(suspicion.missing),
         "agreeing_reads": suspicion.agreeing,
-        "needed_reads": broker.plausibility_policy.confirm_reads,
+        "needed_reads": policy.confirm_reads if policy.believe_reads else None,
+        "waiting_for": broker.awaited_evidence(),
     }
 
 
@@ -661,6 +692,7 @@ def _with_order_truth(broker: BaseBroker, config: BrokerConfig) -> BaseBroker:
     broker.order_deadline_s = config.order_deadline_s
     broker.resolution_margin_s = config.resolution_margin_s
     broker.plausibility_policy = PlausibilityPolicy(
+        believe_reads=config.positions_believe_reads,
         confirm_reads=config.positions_confirm_reads,
         confirm_after_s=config.positions_confirm_after_s,
         quiet_after_glitch_s=config.positions_quiet_after_glitch_s,

@@ -31,7 +31,8 @@ def test_an_empty_read_after_a_full_one_is_suspect():
 
 def test_a_loss_is_believed_after_agreeing_reads_spanning_the_wait():
     """Three identical reads, 30 s from the first to the last: the loss is real."""
-    judge = PositionPlausibility(PlausibilityPolicy(confirm_reads=3, confirm_after_s=30))
+    policy = PlausibilityPolicy(believe_reads=True, confirm_reads=3, confirm_after_s=30)
+    judge = PositionPlausibility(policy)
     judge.observe(SYMBOLS[:2], 0.0)
     assert not judge.observe(["A/USD"], 1.0).believed
     assert not judge.observe(["A/USD"], 2.0).believed  # three reads, but only 1 s apart
@@ -43,7 +44,8 @@ def test_a_loss_is_believed_after_agreeing_reads_spanning_the_wait():
 
 def test_a_different_read_restarts_the_count():
     """Reads that disagree with each other confirm nothing."""
-    judge = PositionPlausibility(PlausibilityPolicy(confirm_reads=2, confirm_after_s=0))
+    policy = PlausibilityPolicy(believe_reads=True, confirm_reads=2, confirm_after_s=0)
+    judge = PositionPlausibility(policy)
     judge.observe(SYMBOLS[:3], 0.0)
     assert not judge.observe(["A/USD"], 1.0).believed
     assert not judge.observe(["B/USD"], 2.0).believed
@@ -81,13 +83,21 @@ reads = st.lists(
     sequence=reads,
     confirm_reads=st.integers(min_value=1, max_value=5),
     confirm_after_s=st.floats(min_value=0.0, max_value=60.0),
+    believe_reads=st.booleans(),
 )
 def test_no_loss_is_believed_without_enough_agreeing_reads_over_enough_time(
-    sequence, confirm_reads, confirm_after_s
+    sequence, confirm_reads, confirm_after_s, believe_reads
 ):
-    """Whatever the reads: a believed loss had `confirm_reads` identical reads over the wait."""
+    """Whatever the reads: a loss is believed from reads alone only under an opt-in policy.
+
+    And then only after `confirm_reads` identical reads over the wait.
+    """
     judge = PositionPlausibility(
-        PlausibilityPolicy(confirm_reads=confirm_reads, confirm_after_s=confirm_after_s)
+        PlausibilityPolicy(
+            believe_reads=believe_reads,
+            confirm_reads=confirm_reads,
+            confirm_after_s=confirm_after_s,
+        )
     )
     now = 0.0
     history: list[tuple[frozenset[str], float]] = []
@@ -100,6 +110,7 @@ def test_no_loss_is_believed_without_enough_agreeing_reads_over_enough_time(
             assert judge.believed == shown
             assert judge.suspicion is None
             if before is not None and before - shown:
+                assert believe_reads, "reads alone confirmed a loss under the default policy"
                 tail = []
                 for read, at in reversed(history):
                     if read != shown:
@@ -115,7 +126,9 @@ def test_no_loss_is_believed_without_enough_agreeing_reads_over_enough_time(
 
 def test_a_venue_that_glitched_must_be_quiet_before_a_loss_is_believed():
     """A thin read proven wrong: three agreeing thin reads soon after are still not believed."""
-    policy = PlausibilityPolicy(confirm_reads=3, confirm_after_s=30, quiet_after_glitch_s=300)
+    policy = PlausibilityPolicy(
+        believe_reads=True, confirm_reads=3, confirm_after_s=30, quiet_after_glitch_s=300
+    )
     judge = PositionPlausibility(policy)
     judge.observe(SYMBOLS[:3], 0.0)
     assert not judge.observe([], 10.0).believed

@@ -32,6 +32,7 @@ from brokerguard.brokers.plausibility import PlausibilityPolicy, PositionPlausib
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import (
     BlockedError,
+    BrokerGuardError,
     BrokerRejection,
     CircuitOpenError,
     ConfigurationError,
@@ -43,6 +44,7 @@ from brokerguard.errors import (
     RateLimitedError,
 )
 from brokerguard.models import (
+    Fill,
     Order,
     OrderRequest,
     Position,
@@ -254,6 +256,10 @@ class BaseBroker(abc.ABC):
         # (symbol, side) -> the last few sends (monotonic time, client order id)
         self._bg_recent_sends: dict[tuple[str, Side], list[tuple[float, str]]] = {}
         self._bg_plausibility = PositionPlausibility(plausibility)
+        # symbol -> (quantity, wall time the read started) of the last believed read holding it:
+        # what a sell in the trade history must be newer than, and must account for.
+        self._bg_held: dict[str, tuple[Decimal, float]] = {}
+        self._bg_accepted_losses: set[str] = set()  # confirmed gone by an operator
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
         self._bg_limiter = rate_limiter
@@ -279,6 +285,15 @@ class BaseBroker(abc.ABC):
         Look among open **and recently closed** orders: an order that filled at once is no
         longer open, and answering None for it would get it sent twice.
         """
+
+    def fetch_fills(self, since: float) -> Sequence[Fill]:
+        """Return the account's executions since `since` (epoch seconds): its trade history.
+
+        Override where the venue has one (ccxt's ``fetch_my_trades``): it is the evidence that
+        lets a position read that lost a position be believed at once. Without it a loss not
+        explained by a sell of ours waits for an operator.
+        """
+        raise NotImplementedError
 
     def ping(self) -> object:
         """Make a cheap read-only call (server time, say); override when the broker has one."""
@@ -312,6 +327,11 @@ class BaseBroker(abc.ABC):
         """Whether the adapter provides :meth:`ping`."""
         return type(self).ping is not BaseBroker.ping
 
+    @property
+    def has_trade_history(self) -> bool:
+        """Whether the adapter provides :meth:`fetch_fills`."""
+        return type(self).fetch_fills is not BaseBroker.fetch_fills
+
     # ------------------------------------------------------------------ guarded reads
 
     def get_positions(self) -> list[Position]:
@@ -323,6 +343,7 @@ class BaseBroker(abc.ABC):
         # Stamped with the time the fetch *started*: its content is at least that new, and a
         # slower concurrent fetch that started earlier can never replace a newer snapshot.
         started = self._bg_clock.monotonic()
+        wall_started = self._bg_clock.time()
         with self._observed("read", "get_positions"):
             self._probe_if_due(self._bg_read, real_call_is_probe=True)
             try:
@@ -332,6 +353,12 @@ class BaseBroker(abc.ABC):
                     self._bg_plausibility.interrupt()  # a gap: agreeing reads start again
                 raise
         snapshot = PositionSnapshot(tuple(positions), started)
+        shown = [p.symbol for p in positions]
+        with self._bg_lock:
+            lost = self._bg_plausibility.unexplained(shown, self._explained_losses(started))
+        # Read the trade history outside the lock (it is a broker call), only when a read lost
+        # positions that nothing explains yet.
+        sold = self._sold_evidence(lost) if lost and self.has_trade_history else set()
         with self._bg_lock:
             last = self._bg_last_positions
             if last is not None and last.fetched_at > started:
@@ -339,10 +366,19 @@ class BaseBroker(abc.ABC):
                 # the better answer (this one may be thin and is not judged).
                 return list(last.positions)
             verdict = self._bg_plausibility.observe(
-                (p.symbol for p in positions), started, explained=self._explained_losses(started)
+                shown, started, explained=self._explained_losses(started) | sold
             )
             if verdict.believed:
                 self._bg_last_positions = snapshot
+                self._remember_held(positions, wall_started)
+        if sold & set(lost):
+            log.warning(
+                "account %s on broker %r: positions %s are gone and the trade history shows "
+                "them sold; believing the read",
+                self.account_id,
+                self.broker_name,
+                ", ".join(sorted(sold & set(lost))),
+            )
         if verdict.confirmed_loss:
             log.warning(
                 "account %s on broker %r: positions %s are gone and %d agreeing reads over %.0fs "
@@ -375,25 +411,112 @@ class BaseBroker(abc.ABC):
 
     def _implausible(self, suspicion: Suspicion) -> PositionsImplausibleError:
         self._count_bad_data("positions", "implausible")
-        needed = self._bg_plausibility.policy.confirm_reads
-        log.critical(
+        policy = self._bg_plausibility.policy
+        needed = policy.confirm_reads if policy.believe_reads else 0
+        waiting = self.awaited_evidence()
+        # Loud once per suspicion; the reads that merely repeat it are counted, not shouted.
+        log.log(
+            logging.CRITICAL if suspicion.agreeing <= 1 else logging.DEBUG,
             "account %s on broker %r: a successful position read lost %s with no sell of ours "
-            "to explain it (%d of %d agreeing reads); not believed: no new entries until it is "
-            "confirmed or the positions come back",
+            "to explain it (%d agreeing reads); not believed: no new entries while waiting for %s",
             self.account_id,
             self.broker_name,
             ", ".join(suspicion.missing),
             suspicion.agreeing,
-            needed,
+            waiting,
         )
         return PositionsImplausibleError(
             f"positions of account {self.account_id} on {self.broker_name!r} implausible: "
             f"{', '.join(suspicion.missing)} vanished with no sell to explain it "
-            f"({suspicion.agreeing} of {needed} agreeing reads)",
+            f"({suspicion.agreeing} agreeing reads); waiting for {waiting}",
             missing=suspicion.missing,
             agreeing=suspicion.agreeing,
             needed=needed,
         )
+
+    def awaited_evidence(self) -> str:
+        """Say what would explain a pending loss of positions (for errors, status and alerts)."""
+        policy = self._bg_plausibility.policy
+        ways = ["the positions to come back"]
+        if self.has_trade_history:
+            ways.append("a sell in the trade history")
+        if policy.believe_reads:
+            ways.append(f"{policy.confirm_reads} agreeing reads over {policy.confirm_after_s:.0f}s")
+        ways.append(f"an operator (brokerguard confirm-positions {self.account_id})")
+        return ", ".join(ways[:-1]) + " or " + ways[-1]
+
+    def accept_position_loss(self, symbols: Iterable[str]) -> tuple[str, ...]:
+        """An operator confirms that `symbols` are really gone (sold by hand, withdrawn).
+
+        The next read that lacks them is believed (if nothing else is missing). The
+        confirmation lasts until a believed read shows the symbol held again. Returns the
+        canonical symbols accepted.
+        """
+        accepted = tuple(sorted({parse_symbol(s) for s in symbols}))
+        with self._bg_lock:
+            self._bg_accepted_losses.update(accepted)
+        log.warning(
+            "account %s on broker %r: an operator confirmed %s gone",
+            self.account_id,
+            self.broker_name,
+            ", ".join(accepted),
+        )
+        return accepted
+
+    def _sold_evidence(self, lost: Iterable[str]) -> set[str]:
+        """The `lost` symbols the trade history shows sold since they were last seen held.
+
+        A sell counts only if it executed after the start of the last believed read that
+        showed the symbol, and the sells (less any buys) since then leave at most dust. A
+        history that cannot be read, or shows nothing, explains nothing: absence of a sell is
+        not evidence either way.
+        """
+        with self._bg_lock:
+            held = {s: self._bg_held[s] for s in lost if s in self._bg_held}
+        if not held:
+            return set()
+        since = min(at for _, at in held.values())
+        try:
+            fills = self.get_fills(since)
+        except BrokerGuardError as exc:
+            log.warning(
+                "account %s on broker %r: the trade history could not be read (%s); the lost "
+                "positions stay unexplained",
+                self.account_id,
+                self.broker_name,
+                _reason(exc),
+            )
+            return set()
+        sold: set[str] = set()
+        for symbol, (quantity, at) in held.items():
+            remaining = quantity
+            for fill in fills:
+                if fill.symbol == symbol and fill.timestamp > at:
+                    remaining += fill.quantity if fill.side is Side.BUY else -fill.quantity
+            if remaining <= 0 or self.is_dust(symbol, remaining):
+                sold.add(symbol)
+        return sold
+
+    def get_fills(self, since: float) -> list[Fill]:
+        """Read the trade history since `since` through the read breaker, validated."""
+        with self._observed("read", "get_fills"):
+            self._probe_if_due(self._bg_read, real_call_is_probe=True)
+            return self._bg_read.call_with_circuit_breaker(self._fetch_fills_checked, since)
+
+    def _fetch_fills_checked(self, since: float) -> list[Fill]:
+        self._throttle()
+        raw: object = self.fetch_fills(since)
+        if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
+            raise self._bad_payload("fills", raw, "not_a_list")
+        for item in raw:
+            if not isinstance(item, Fill):
+                raise self._bad_payload("fills", item, "not_a_fill")
+        return list(raw)
+
+    def _remember_held(self, positions: Iterable[Position], wall: float) -> None:
+        """After a believed read (caller holds the lock): what it held, and since when."""
+        self._bg_held = {p.symbol: (p.quantity, wall) for p in positions}
+        self._bg_accepted_losses -= set(self._bg_held)
 
     def note_sell(self, symbol: str) -> None:
         """Record a sell of `symbol` this process did not send (a journal entry of an earlier run).
@@ -405,7 +528,8 @@ class BaseBroker(abc.ABC):
 
     def _explained_losses(self, now: float) -> set[str]:
         """Symbols a sell of ours explains the disappearance of (caller holds the lock)."""
-        return {s for s, at in self._bg_sells.items() if now - at <= _SELL_EXPLAINS_S}
+        sells = {s for s, at in self._bg_sells.items() if now - at <= _SELL_EXPLAINS_S}
+        return sells | self._bg_accepted_losses
 
     def last_position_snapshot(self) -> PositionSnapshot | None:
         """Return the latest successful position fetch, or None if there never was one."""

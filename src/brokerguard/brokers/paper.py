@@ -47,6 +47,7 @@ from brokerguard.errors import (
     TransientBrokerError,
 )
 from brokerguard.models import (
+    Fill,
     Order,
     OrderRequest,
     OrderStatus,
@@ -71,7 +72,14 @@ __all__ = [
     "RecordedCall",
 ]
 
-RAW_METHODS: Final = ("fetch_positions", "fetch_prices", "submit_order", "fetch_order", "ping")
+RAW_METHODS: Final = (
+    "fetch_positions",
+    "fetch_prices",
+    "submit_order",
+    "fetch_order",
+    "ping",
+    "fetch_fills",
+)
 """The calls a fault plan can target."""
 
 UNKNOWN_ERROR: Final = "EGeneral:Unexpected condition"
@@ -409,6 +417,7 @@ class PaperBroker(BaseBroker):
         self._live: list[_PaperOrder] = []  # orders not final yet, in acceptance order
         self._queue: list[_QueuedOrder] = []  # received, not accepted yet (delayed acceptance)
         self._dropped: list[tuple[OrderRequest, str]] = []
+        self._fills: deque[Fill] = deque(maxlen=10_000)  # the trade history, oldest first
         self._next_order_number = 1
         now = self.clock.monotonic()
         self._history: list[tuple[float, dict[str, Decimal]]] = [(now, dict(self._positions))]
@@ -515,6 +524,18 @@ class PaperBroker(BaseBroker):
             self._record(now, "fetch_order", "ok")
             return None if placed is None else placed.view()
 
+    def fetch_fills(self, since: float) -> Sequence[Fill]:
+        """Return the executions since `since` (epoch seconds), oldest first: the trade history.
+
+        It holds the fills of this broker's orders and the sales made "by hand"
+        (:meth:`sell_by_hand`); it is never faked by the plan's empty reads.
+        """
+        now = self._enter("fetch_fills")
+        with self._lock:
+            self._settle(now)
+            self._record(now, "fetch_fills", "ok")
+            return [fill for fill in self._fills if fill.timestamp >= since]
+
     def ping(self) -> object:
         """Return the broker's time (a cheap read-only call, used as the breaker probe)."""
         now = self._enter("ping")
@@ -532,6 +553,32 @@ class PaperBroker(BaseBroker):
     def set_price(self, symbol: str, price: object) -> None:
         """Move a symbol's price by hand (valid prices only: bad ones go in the fault plan)."""
         self.market.set_price(symbol, price)
+
+    def sell_by_hand(self, symbol: str, quantity: object | None = None) -> None:
+        """Sell a holding outside brokerguard (its owner on the venue's website, say).
+
+        The trade history shows the sale, as a venue's would; no order of ours explains it.
+        Sells everything when `quantity` is None.
+        """
+        symbol = parse_symbol(symbol)
+        with self._lock:
+            now = self.clock.monotonic()
+            self._settle(now)
+            held = self._positions.get(symbol, Decimal(0))
+            amount = held if quantity is None else parse_decimal(quantity, field="quantity")
+            if not 0 < amount <= held:
+                raise ConfigurationError(f"cannot sell {amount} {symbol} by hand: {held} held")
+            self._positions[symbol] = held - amount
+            if self._positions[symbol] == 0:
+                del self._positions[symbol]
+            self._fills.append(
+                Fill(symbol, Side.SELL, amount, self._wall(now), f"HAND-{len(self._fills) + 1}")
+            )
+            self._history.append((now, dict(self._positions)))
+
+    def _wall(self, monotonic: float) -> float:
+        """The wall time of a monotonic instant (the venue's clock, for the trade history)."""
+        return self.clock.time() - (self.clock.monotonic() - monotonic)
 
     def true_positions(self) -> dict[str, Decimal]:
         """Return the broker's real positions, bypassing faults (for tests and invariants)."""
@@ -700,6 +747,9 @@ class PaperBroker(BaseBroker):
                 self._positions[request.symbol] = held
             else:
                 self._positions.pop(request.symbol, None)
+            self._fills.append(
+                Fill(request.symbol, request.side, fill, self._wall(now), placed.broker_order_id)
+            )
             placed.filled = target
             placed.status = (
                 OrderStatus.FILLED if target == request.quantity else OrderStatus.PARTIALLY_FILLED

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from brokerguard.errors import BrokerGuardError
+from brokerguard.errors import BrokerGuardError, ConfigurationError
 from brokerguard.metrics import CONTENT_TYPE, ServiceMetrics
 from brokerguard.server.body import (
     CLOSE,
@@ -37,6 +37,7 @@ from brokerguard.service import GuardService
 __all__ = ["HaltRequest", "ResumeRequest", "create_app"]
 
 Text = Annotated[str, Field(min_length=1, max_length=500, pattern=r"\S")]
+SymbolText = Annotated[str, Field(min_length=1, max_length=40, pattern=r"\S")]
 
 
 class HaltRequest(BaseModel):
@@ -46,6 +47,16 @@ class HaltRequest(BaseModel):
     account_id: Text
     reason: Text
     operator: Text
+
+
+class ConfirmPositionsRequest(BaseModel):
+    """Confirm that positions a read lost are really gone: which, who, and how it is known."""
+
+    model_config = ConfigDict(extra="forbid")
+    account_id: Text
+    symbols: list[SymbolText] = Field(min_length=1, max_length=50)
+    operator: Text
+    reason: Text
 
 
 class ResumeRequest(BaseModel):
@@ -85,7 +96,7 @@ def _control_openapi(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def create_app(  # noqa: C901 (one nested function per route reads best in one place)
+def create_app(  # noqa: C901, PLR0915 (one nested function per route reads best in one place)
     service: GuardService, *, control_token: str | None
 ) -> FastAPI:
     """Build the app for `service`; `control_token` None disables the control endpoints."""
@@ -174,5 +185,34 @@ def create_app(  # noqa: C901 (one nested function per route reads best in one p
         except BrokerGuardError as exc:
             raise HTTPException(503, f"{type(exc).__name__}: {exc}") from exc
         return {"account_id": order.account_id, "resumed": lifted}
+
+    @app.post(
+        "/positions/confirm",
+        responses=_CONTROL_RESPONSES,
+        openapi_extra=_control_openapi(ConfirmPositionsRequest),
+    )
+    async def confirm_positions(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Confirm that positions a read lost are really gone (audited).
+
+        The next read lacking them is believed. Only for losses no sell of ours or trade
+        history explains.
+        """
+        order = await control_body(request, authorization, ConfirmPositionsRequest)
+        known(order.account_id)
+        try:
+            symbols = await run_in_threadpool(
+                service.confirm_positions,
+                order.account_id,
+                order.symbols,
+                order.operator,
+                order.reason,
+            )
+        except ConfigurationError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except BrokerGuardError as exc:
+            raise HTTPException(503, f"{type(exc).__name__}: {exc}") from exc
+        return {"account_id": order.account_id, "confirmed": symbols}
 
     return app
