@@ -36,13 +36,16 @@ from brokerguard.errors import (
 )
 from brokerguard.models import (
     Balance,
+    Fill,
     Order,
     OrderRequest,
     OrderStatus,
+    OrderType,
     Position,
     PriceProblem,
     Quote,
     Side,
+    TimeInForce,
 )
 from brokerguard.resilience import (
     BackoffKind,
@@ -99,11 +102,13 @@ __all__ = [
     "EntryDenied",
     "FatalBrokerError",
     "FaultPlan",
+    "Fill",
     "InvalidBrokerData",
     "LeaseLostError",
     "Order",
     "OrderRequest",
     "OrderStatus",
+    "OrderType",
     "OrderUnconfirmedError",
     "OutageWindow",
     "Outcome",
@@ -120,6 +125,7 @@ __all__ = [
     "StateStore",
     "StoreUnavailableError",
     "SystemClock",
+    "TimeInForce",
     "TradingGate",
     "TradingState",
     "TransientBrokerError",

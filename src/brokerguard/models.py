@@ -27,13 +27,16 @@ __all__ = [
     "CURRENCY_ALIASES",
     "MAX_MAGNITUDE",
     "Balance",
+    "Fill",
     "Order",
     "OrderRequest",
     "OrderStatus",
+    "OrderType",
     "Position",
     "PriceProblem",
     "Quote",
     "Side",
+    "TimeInForce",
     "parse_decimal",
     "parse_price",
     "parse_side",
@@ -67,6 +70,26 @@ class OrderStatus(StrEnum):
 
 
 _FINAL_STATUSES: Final = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED})
+
+
+class OrderType(StrEnum):
+    """How an order is priced."""
+
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class TimeInForce(StrEnum):
+    """How long a limit order may rest.
+
+    GTC rests until cancelled; IOC fills what it can at once and cancels the rest; FOK fills
+    whole at once or not at all; GTD rests until ``expire_at``.
+    """
+
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+    GTD = "GTD"
 
 
 class PriceProblem(StrEnum):
@@ -231,6 +254,17 @@ class OrderRequest:
     quantity: Decimal
     client_order_id: str
     deadline: float | None = None
+    order_type: OrderType = OrderType.MARKET
+    price: Decimal | None = None
+    """The limit price (limit orders only)."""
+    time_in_force: TimeInForce | None = None
+    """Limit orders only (default GTC)."""
+    post_only: bool = False
+    """Limit orders only: refused rather than filled at once (it must add liquidity)."""
+    reduce_only: bool = False
+    """May only reduce a position (let through while an account is REDUCING or HALTED)."""
+    expire_at: float | None = None
+    """GTD only: when the venue cancels it (epoch seconds)."""
 
     def __post_init__(self) -> None:
         symbol = parse_symbol(self.symbol)
@@ -245,6 +279,50 @@ class OrderRequest:
         if self.deadline is not None:
             stamp = parse_decimal(self.deadline, field="deadline", allow_zero=False)
             _set(self, "deadline", float(stamp))
+        order_type = _parse_enum(
+            OrderType, self.order_type, field="order_type", reason="unknown_order_type"
+        )
+        _set(self, "order_type", order_type)
+        if self.price is not None:
+            _set(self, "price", parse_price(self.price, symbol=symbol))
+        if self.time_in_force is not None:
+            tif = _parse_enum(
+                TimeInForce, self.time_in_force, field="time_in_force", reason="unknown_tif"
+            )
+            _set(self, "time_in_force", tif)
+        if self.expire_at is not None:
+            stamp = parse_decimal(self.expire_at, field="expire_at", allow_zero=False)
+            _set(self, "expire_at", float(stamp))
+        problem = self._shape_problem()
+        if problem:
+            raise InvalidBrokerData("order", self.client_order_id, problem)
+
+    def _shape_problem(self) -> str | None:
+        """What makes this combination impossible to send, or None."""
+        if self.order_type is OrderType.MARKET:
+            if self.price is not None or self.time_in_force is not None or self.post_only:
+                return "market_order_with_limit_terms"
+            return "expire_at_without_gtd" if self.expire_at is not None else None
+        if self.price is None:
+            return "limit_order_without_price"
+        gtd = self.time_in_force is TimeInForce.GTD
+        if gtd != (self.expire_at is not None):
+            return "gtd_needs_expire_at" if gtd else "expire_at_without_gtd"
+        if self.post_only and self.time_in_force in {TimeInForce.IOC, TimeInForce.FOK}:
+            return "post_only_cannot_be_immediate"
+        return None
+
+    @property
+    def tif(self) -> TimeInForce | None:
+        """The effective time in force: GTC for a limit order that named none."""
+        if self.order_type is OrderType.MARKET:
+            return None
+        return self.time_in_force or TimeInForce.GTC
+
+    @property
+    def increases_risk(self) -> bool:
+        """Whether filling it could open or grow a position (spot: every non-reduce buy)."""
+        return self.side is Side.BUY and not self.reduce_only
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +336,9 @@ class Order:
     filled_quantity: Decimal
     status: OrderStatus
     broker_order_id: str | None = None
+    order_type: OrderType = OrderType.MARKET
+    price: Decimal | None = None
+    """The limit price, for a limit order."""
 
     def __post_init__(self) -> None:
         symbol = parse_symbol(self.symbol)
@@ -276,6 +357,12 @@ class Order:
             _set(
                 self, "broker_order_id", parse_symbol(self.broker_order_id, field="broker_order_id")
             )
+        order_type = _parse_enum(
+            OrderType, self.order_type, field="order_type", reason="unknown_order_type"
+        )
+        _set(self, "order_type", order_type)
+        if self.price is not None:
+            _set(self, "price", parse_price(self.price, symbol=symbol))
 
     @property
     def remaining_quantity(self) -> Decimal:

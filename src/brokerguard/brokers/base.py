@@ -47,10 +47,12 @@ from brokerguard.models import (
     Fill,
     Order,
     OrderRequest,
+    OrderType,
     Position,
     PriceProblem,
     Quote,
     Side,
+    TimeInForce,
     parse_decimal,
     parse_price,
     parse_side,
@@ -260,6 +262,7 @@ class BaseBroker(abc.ABC):
         # what a sell in the trade history must be newer than, and must account for.
         self._bg_held: dict[str, tuple[Decimal, float]] = {}
         self._bg_accepted_losses: set[str] = set()  # confirmed gone by an operator
+        self._bg_live: dict[str, Order] = {}  # our orders last seen not final (resting ones)
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
         self._bg_limiter = rate_limiter
@@ -285,6 +288,22 @@ class BaseBroker(abc.ABC):
         Look among open **and recently closed** orders: an order that filled at once is no
         longer open, and answering None for it would get it sent twice.
         """
+
+    def submit_cancel(self, order: Order) -> Order | None:
+        """Ask the venue to cancel `order` (raw); return its state after, or None if unknown.
+
+        Cancelling an order that is already final must not fail: answer its final state (or
+        None, and the guarded broker looks it up). Override where the venue has limit orders.
+        """
+        raise NotImplementedError
+
+    def fetch_open_orders(self) -> Sequence[Order]:
+        """Return the account's open orders (raw); override where the venue has limit orders.
+
+        An order placed without our client order id (by hand) gets the venue's id as its
+        client order id.
+        """
+        raise NotImplementedError
 
     def fetch_fills(self, since: float) -> Sequence[Fill]:
         """Return the account's executions since `since` (epoch seconds): its trade history.
@@ -326,6 +345,14 @@ class BaseBroker(abc.ABC):
     def has_ping(self) -> bool:
         """Whether the adapter provides :meth:`ping`."""
         return type(self).ping is not BaseBroker.ping
+
+    @property
+    def has_order_book(self) -> bool:
+        """Whether the adapter lists open orders and cancels (limit orders can rest)."""
+        return (
+            type(self).fetch_open_orders is not BaseBroker.fetch_open_orders
+            and type(self).submit_cancel is not BaseBroker.submit_cancel
+        )
 
     @property
     def has_trade_history(self) -> bool:
@@ -618,28 +645,73 @@ class BaseBroker(abc.ABC):
         retried with backoff within the deadline.
         """
         with self._observed("write", "place_market_order"):
-            return self._place_market_order(
-                symbol, side, quantity, client_order_id=client_order_id, deadline=deadline
+            return self._place(
+                self._bg_request(symbol, side, quantity, client_order_id, deadline=deadline)
             )
 
-    def _place_market_order(
+    def place_order(
         self,
         symbol: str,
         side: Side | str,
         quantity: Decimal | int | str,
         *,
-        client_order_id: str | None,
-        deadline: float | None,
+        order_type: OrderType | str = OrderType.MARKET,
+        price: Decimal | int | str | None = None,
+        time_in_force: TimeInForce | str | None = None,
+        post_only: bool = False,
+        reduce_only: bool = False,
+        expire_at: float | None = None,
+        client_order_id: str | None = None,
+        deadline: float | None = None,
     ) -> Order:
-        """The body of :meth:`place_market_order` (observed by the wrapper)."""
+        """Send any order (market or limit) at most once per client order id.
+
+        The same rules as :meth:`place_market_order`: a limit order that may have reached the
+        venue is looked up, and unresolved (never resent) until a lookup after its deadline
+        finds nothing. A resting limit order is tracked until it is final: it is exposure
+        (:meth:`get_open_orders` lists it even if a venue's listing omits it).
+        """
+        with self._observed("write", "place_order"):
+            return self._place(
+                self._bg_request(
+                    symbol,
+                    side,
+                    quantity,
+                    client_order_id,
+                    deadline=deadline,
+                    order_type=order_type,
+                    price=price,
+                    time_in_force=time_in_force,
+                    post_only=post_only,
+                    reduce_only=reduce_only,
+                    expire_at=expire_at,
+                )
+            )
+
+    def _bg_request(
+        self,
+        symbol: str,
+        side: Side | str,
+        quantity: Decimal | int | str,
+        client_order_id: str | None,
+        **terms: Any,
+    ) -> OrderRequest:
         symbol = parse_symbol(symbol)
-        request = OrderRequest(
+        return OrderRequest(
             symbol,
             parse_side(side),
             parse_decimal(quantity, field="quantity", allow_zero=False, symbol=symbol),
             client_order_id or self._bg_new_cid(),
-            deadline,
+            **terms,
         )
+
+    def _place(self, request: OrderRequest) -> Order:
+        """The body of :meth:`place_order` (observed by the wrappers)."""
+        if request.order_type is not OrderType.MARKET and not self.has_order_book:
+            raise BrokerRejection(
+                f"broker {self.broker_name!r} takes market orders only: a limit order would "
+                "rest where nothing lists or cancels it; nothing was sent"
+            )
         cid = request.client_order_id
         existing = self._claim_or_resolve(request)
         if existing is not None:
@@ -690,7 +762,112 @@ class BaseBroker(abc.ABC):
                 continue
             self._set_sent_state(cid, OrderState(order.status.value))
             self._note_own_sell(request)
+            self._track_live(order)
             return order
+
+    def cancel_order(self, client_order_id: str) -> Order:
+        """Cancel an order, at most once, and return its state as the venue then shows it.
+
+        Idempotent: an order already final is returned as it is (nothing is sent). The cancel
+        is a write and follows the order-truth rules: a cancel whose answer was lost is not
+        resent blindly; the order is looked up, and its state returned. Raises
+        :class:`OrderUnconfirmedError` when the order cannot be found at all (it may be
+        unresolved), never reports a cancel it could not verify as done: the caller checks
+        ``is_final`` on the answer.
+        """
+        cid = parse_symbol(client_order_id, field="client_order_id")
+        with self._observed("write", "cancel_order"):
+            if not self.has_order_book:
+                raise BrokerRejection(f"broker {self.broker_name!r} has no cancels")
+            current = self.get_order(cid)
+            if current is None:
+                raise OrderUnconfirmedError(
+                    f"order {cid} on broker {self.broker_name!r} is not found: nothing to "
+                    "cancel, and it may still appear (resolve it first)",
+                    client_order_id=cid,
+                )
+            if current.is_final:
+                self._track_live(current)
+                return current
+            self._probe_if_due(self._bg_write, real_call_is_probe=False)
+            try:
+                answered = self._bg_write.call(self._cancel_checked, current)
+            except (BrokerRejection, CircuitOpenError, FatalBrokerError):
+                raise
+            except Exception as exc:  # noqa: BLE001 (a lost answer: the lookup decides)
+                log.warning(
+                    "cancel of %s on broker %r: no usable answer (%s); looking it up",
+                    cid,
+                    self.broker_name,
+                    _reason(exc),
+                )
+                answered = None
+            after = answered if answered is not None and answered.is_final else self.get_order(cid)
+            if after is None:
+                raise OrderUnconfirmedError(
+                    f"order {cid} on broker {self.broker_name!r} vanished from lookups after a "
+                    "cancel: its state is unknown",
+                    client_order_id=cid,
+                )
+            self._set_sent_state(cid, OrderState(after.status.value))
+            self._track_live(after)
+            return after
+
+    def get_open_orders(self) -> list[Order]:
+        """The account's open orders: the venue's listing, plus ours it omitted (reads breaker).
+
+        Absence is not evidence: an order this process placed and saw open (or left
+        unresolved) stays listed until a lookup shows it final, even if a listing omits it.
+        """
+        with self._observed("read", "get_open_orders"):
+            if not self.has_order_book:
+                return []
+            self._probe_if_due(self._bg_read, real_call_is_probe=True)
+            listed = self._bg_read.call_with_circuit_breaker(self._fetch_open_orders_checked)
+        seen = {o.client_order_id for o in listed}
+        with self._bg_lock:
+            missing = [o for cid, o in self._bg_live.items() if cid not in seen]
+        for known in missing:
+            try:
+                current = self.get_order(known.client_order_id)
+            except BrokerGuardError:
+                current = known  # cannot tell: it stays exposure
+            if current is None:
+                current = known
+            self._track_live(current)
+            if not current.is_final:
+                listed.append(current)
+        return listed
+
+    def _track_live(self, order: Order) -> None:
+        """Remember a non-final order of ours (until seen final): it is exposure."""
+        with self._bg_lock:
+            if order.is_final:
+                self._bg_live.pop(order.client_order_id, None)
+            else:
+                self._bg_live[order.client_order_id] = order
+
+    def _cancel_checked(self, order: Order) -> Order | None:
+        self._throttle()
+        answer: object = self.submit_cancel(order)
+        if answer is None:
+            return None
+        if not isinstance(answer, Order) or answer.client_order_id != order.client_order_id:
+            raise self._bad_payload("cancel", answer, "not_the_order")
+        return answer
+
+    def _fetch_open_orders_checked(self) -> list[Order]:
+        self._throttle()
+        raw: object = self.fetch_open_orders()
+        if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
+            raise self._bad_payload("open_orders", raw, "not_a_list")
+        orders: list[Order] = []
+        for item in raw:
+            if not isinstance(item, Order):
+                raise self._bad_payload("open_orders", item, "not_an_order")
+            if not item.is_final:
+                orders.append(item)
+        return orders
 
     def _resend_delay(
         self,

@@ -52,12 +52,14 @@ from brokerguard.errors import (
     TransientBrokerError,
 )
 from brokerguard.models import (
+    Fill,
     Order,
     OrderRequest,
     OrderStatus,
     Position,
     Quote,
     parse_decimal,
+    parse_side,
     parse_symbol,
 )
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
@@ -474,6 +476,48 @@ class CcxtBroker(BaseBroker):
                 if isinstance(raw, Mapping) and raw.get("clientOrderId") == client_order_id:
                     return self._order_from(raw, client_order_id, None)
         return None
+
+    def fetch_fills(self, since: float) -> Sequence[Fill]:
+        """The account's trades since `since`, as executions of our positions on our clock.
+
+        ccxt's ``fetch_my_trades`` (Kraken's TradesHistory). A trade of ``BTC/EUR`` changes
+        the ``BTC`` holding, so it is reported on the position's symbol (``BTC/USD``); trade
+        times are the venue's, moved onto our clock by the measured offset. One page is read:
+        the window (since the last read that showed the position) is short, and a trade
+        missing from it only leaves a loss unexplained (fail closed).
+        """
+        markets = self._ensure_markets()
+        venue_since_ms = int((since + self._venue_offset_s) * 1000)
+        trades = self._ccxt(self.exchange.fetch_my_trades, None, venue_since_ms, private=True)
+        if not isinstance(trades, list):
+            raise InvalidBrokerData("trades", trades, "not_a_list")
+        fills: list[Fill] = []
+        for trade in trades:
+            if not isinstance(trade, Mapping):
+                raise InvalidBrokerData("trade", trade, "not_a_mapping")
+            market = markets.get(str(trade.get("symbol")))
+            base = market.get("base") if isinstance(market, Mapping) else None
+            stamp = trade.get("timestamp")
+            if not isinstance(base, str) or not isinstance(stamp, int | float):
+                raise InvalidBrokerData("trade", trade.get("info", trade), "unusable")
+            base = self._base_asset(base)
+            if base is None:
+                continue  # cash, or an asset that is not a position
+            fills.append(
+                Fill(
+                    f"{base}/{self.quote_currency}",
+                    parse_side(trade.get("side")),
+                    parse_decimal(trade.get("amount"), field="amount", symbol=base),
+                    stamp / 1000 - self._venue_offset_s,
+                    None if trade.get("order") is None else str(trade.get("order")),
+                )
+            )
+        return fills
+
+    @property
+    def has_trade_history(self) -> bool:
+        """Whether the exchange lists the account's own trades (ccxt ``has["fetchMyTrades"]``)."""
+        return bool(self.exchange.has.get("fetchMyTrades"))
 
     def order_minimums(self, symbol: str) -> OrderMinimums | None:
         """The market's ``limits.amount.min`` and ``limits.cost.min`` (Kraken: ordermin/costmin)."""

@@ -51,8 +51,10 @@ from brokerguard.models import (
     Order,
     OrderRequest,
     OrderStatus,
+    OrderType,
     Position,
     Side,
+    TimeInForce,
     parse_decimal,
     parse_price,
     parse_symbol,
@@ -79,6 +81,8 @@ RAW_METHODS: Final = (
     "fetch_order",
     "ping",
     "fetch_fills",
+    "submit_cancel",
+    "fetch_open_orders",
 )
 """The calls a fault plan can target."""
 
@@ -258,7 +262,7 @@ class _PaperOrder:
             r = self.request
             self.shown = Order(
                 r.client_order_id, r.symbol, r.side, r.quantity, self.filled, self.status,
-                self.broker_order_id,
+                self.broker_order_id, r.order_type, r.price,
             )  # fmt: skip
         return self.shown
 
@@ -524,6 +528,29 @@ class PaperBroker(BaseBroker):
             self._record(now, "fetch_order", "ok")
             return None if placed is None else placed.view()
 
+    def submit_cancel(self, order: Order) -> Order | None:
+        """Cancel the newest order with this client order id; a final one is returned as is."""
+        now = self._enter("submit_cancel")
+        with self._lock:
+            self._settle(now)
+            placed = self._newest.get(order.client_order_id)
+            if placed is None:
+                self._record(now, "submit_cancel", "unknown")
+                return None
+            if not placed.status.is_final:
+                placed.status, placed.shown = OrderStatus.CANCELED, None
+                self._live = [p for p in self._live if p is not placed]
+            self._record(now, "submit_cancel", "ok")
+            return placed.view()
+
+    def fetch_open_orders(self) -> Sequence[Order]:
+        """Return every order not final yet (resting limit orders, unsettled market orders)."""
+        now = self._enter("fetch_open_orders")
+        with self._lock:
+            self._settle(now)
+            self._record(now, "fetch_open_orders", "ok")
+            return [placed.view() for placed in self._live]
+
     def fetch_fills(self, since: float) -> Sequence[Fill]:
         """Return the executions since `since` (epoch seconds), oldest first: the trade history.
 
@@ -667,13 +694,27 @@ class PaperBroker(BaseBroker):
         return None if placed is None or placed.status.is_final else placed
 
     def _refusal(self, order: OrderRequest) -> str | None:
-        """Why the engine refuses `order` now (a sell of more than is held), or None."""
+        """Why the engine refuses `order` now, or None.
+
+        A sell of more than is held, or a post-only order that would take liquidity.
+        """
         if order.side is Side.SELL and order.quantity > self._sellable(order.symbol):
             return (
                 f"insufficient position: selling {order.quantity} {order.symbol}, "
                 f"holding {self._sellable(order.symbol)} not already being sold"
             )
+        if order.post_only and self._marketable(order, self.clock.monotonic()):
+            return f"post only order would take liquidity: {order.side.value} {order.symbol}"
         return None
+
+    def _marketable(self, order: OrderRequest, now: float) -> bool:
+        """Whether `order` would trade at the price of `now` (market orders always do)."""
+        if order.order_type is OrderType.MARKET or order.price is None:
+            return True
+        price = self.market.quotes([order.symbol], now).get(order.symbol)
+        if price is None:
+            return False
+        return price <= order.price if order.side is Side.BUY else price >= order.price
 
     def _accept(self, order: OrderRequest, at: float) -> _PaperOrder:
         """Put `order` in the book at `at` (monotonic); it settles from then on."""
@@ -726,10 +767,17 @@ class PaperBroker(BaseBroker):
             return
         self._accept(request, queued.due)
 
-    def _fill(self, now: float) -> None:
+    def _fill(self, now: float) -> None:  # noqa: C901 (one rule per order kind)
         changed = False
         for placed in self._live:
             request = placed.request
+            if request.expire_at is not None and self._wall(now) >= request.expire_at:
+                placed.status, placed.shown, changed = OrderStatus.CANCELED, None, True
+                continue  # GTD: expired (what filled stays filled)
+            if not self._marketable(request, now):
+                if request.tif in {TimeInForce.IOC, TimeInForce.FOK}:
+                    placed.status, placed.shown, changed = OrderStatus.CANCELED, None, True
+                continue  # a limit order rests until the price reaches it
             if request.side is Side.SELL and self.fault_plan.sell_never_settles(request.symbol):
                 continue
             due = placed.submitted_at + self.settle_delay
