@@ -263,6 +263,7 @@ class BaseBroker(abc.ABC):
         self._bg_held: dict[str, tuple[Decimal, float]] = {}
         self._bg_accepted_losses: set[str] = set()  # confirmed gone by an operator
         self._bg_live: dict[str, Order] = {}  # our orders last seen not final (resting ones)
+        self._bg_listing: tuple[Order, ...] = ()  # the venue's last open-order listing
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
         self._bg_limiter = rate_limiter
@@ -826,6 +827,7 @@ class BaseBroker(abc.ABC):
             listed = self._bg_read.call_with_circuit_breaker(self._fetch_open_orders_checked)
         seen = {o.client_order_id for o in listed}
         with self._bg_lock:
+            self._bg_listing = tuple(listed)
             missing = [o for cid, o in self._bg_live.items() if cid not in seen]
         for known in missing:
             try:
@@ -839,11 +841,25 @@ class BaseBroker(abc.ABC):
                 listed.append(current)
         return listed
 
+    def known_open_orders(self) -> list[Order]:
+        """Open orders as last known, without a call: the last listing plus ours still live.
+
+        What the gate counts between listings (an order placed through this broker is known
+        at once; one placed elsewhere, from the next :meth:`get_open_orders`).
+        """
+        with self._bg_lock:
+            known = {o.client_order_id: o for o in self._bg_listing}
+            known.update(self._bg_live)
+            return [o for o in known.values() if not o.is_final]
+
     def _track_live(self, order: Order) -> None:
         """Remember a non-final order of ours (until seen final): it is exposure."""
         with self._bg_lock:
             if order.is_final:
                 self._bg_live.pop(order.client_order_id, None)
+                self._bg_listing = tuple(
+                    o for o in self._bg_listing if o.client_order_id != order.client_order_id
+                )
             else:
                 self._bg_live[order.client_order_id] = order
 

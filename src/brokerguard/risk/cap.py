@@ -147,7 +147,10 @@ class PositionCapEnforcer:
         ``failed_enforcement``), ``trading_halted``, ``position_count``, ``valued_count``,
         ``max_positions``, ``cycles``, ``liquidated`` (symbols), ``unvalued_symbols`` and
         ``orders`` (client order ids), plus ``reason``, ``excess`` and
-        ``initial_position_count`` (what the first fetch found).
+        ``initial_position_count`` (what the first fetch found). Resting buys of an account
+        over its cap or halted are cancelled first: ``cancelled`` lists those verified final,
+        ``cancel_unverified`` those whose cancel could not be verified (``"*"``: the open
+        orders could not be listed).
         """
         if fence_token is None:
             return self._enforce()
@@ -185,12 +188,17 @@ class PositionCapEnforcer:
             "orders": [],
             "reconciled": [],
             "unresolved": [],
+            "cancelled": [],
+            "cancel_unverified": [],
             "reason": "",
         }
         # symbol -> client order id of a sell not yet final (or whose fate is still unknown)
         self._doubtful = set()
         pending = self._reconcile(result["reconciled"])
         report = self._observe(result)
+        if report is not None and self._halted_now():
+            # A halted account takes no new risk: resting buys would open positions later.
+            self._cancel_risk_increasing(result)
         while report is not None:
             counted = self._counted(report)
             excess = counted - self.max_positions
@@ -222,6 +230,8 @@ class PositionCapEnforcer:
                 self.max_cycles,
                 excess,
             )
+            # Resting buys first: each one that fills adds a position while we sell.
+            self._cancel_risk_increasing(result)
             self._liquidate(report, excess, pending, result)
             self._await_settlement(pending)
             report = self._observe(result)  # verify on fresh positions
@@ -393,6 +403,61 @@ class PositionCapEnforcer:
                 break  # the write circuit is open: nothing more can be sent this cycle
             if live is not None:
                 pending[valuation.symbol] = live
+
+    def _halted_now(self) -> bool:
+        try:
+            return self.store.is_halted(self.account_id)
+        except BrokerGuardError:
+            return True  # the halt cannot be ruled out: cancelling buys only reduces risk
+
+    def _cancel_risk_increasing(self, result: dict[str, Any]) -> None:
+        """Cancel the account's open buy orders, and verify each cancel by its final state.
+
+        A cancel that cannot be verified (the listing failed, the answer was lost and the
+        lookup still shows the order live) is reported in ``cancel_unverified``; the gate keeps
+        counting that order's slot until it is seen final.
+        """
+        if not self.broker.has_order_book:
+            return
+        try:
+            buys = [o for o in self.broker.get_open_orders() if o.side is Side.BUY]
+        except BrokerGuardError as exc:
+            result["cancel_unverified"].append("*")
+            log.error(
+                "account %s: open orders could not be listed (%s); resting buys, if any, are "
+                "not cancelled this cycle",
+                self.account_id,
+                exc,
+            )
+            return
+        for order in buys:
+            cid = order.client_order_id
+            if cid in result["cancelled"]:
+                continue
+            if self._keep_lease is not None:
+                self._keep_lease()
+            try:
+                after = self.broker.cancel_order(cid)
+            except BrokerGuardError as exc:
+                log.error("account %s: cancel of buy %s failed: %s", self.account_id, cid, exc)
+                result["cancel_unverified"].append(cid)
+                continue
+            if not after.is_final:
+                result["cancel_unverified"].append(cid)
+                continue
+            result["cancelled"].append(cid)
+            self.store.record_audit(
+                self.account_id,
+                "order_cancelled",
+                ENFORCER_SOURCE,
+                "a resting buy of an account over its cap or halted",
+                {
+                    "client_order_id": cid,
+                    "symbol": order.symbol,
+                    "status": after.status.value,
+                    "filled": str(after.filled_quantity),
+                },
+            )
 
     def _dust(self, report: ValuationReport) -> set[str]:
         """The positions below the venue's minimum order: they cannot be sold."""

@@ -350,10 +350,14 @@ class TradingGate:
         unresolved_buys = {
             o.symbol for o in self.broker.unresolved_orders() if o.request.side is Side.BUY
         }
+        # A resting buy opens a position when it fills: it holds a slot like a held symbol.
+        resting_buys = {o.symbol for o in self.broker.known_open_orders() if o.side is Side.BUY}
         with self._lock:
             self._absorb(snapshot)
             return self._take_slot(
-                symbol, set(self._seen) | set(self._filled) | unresolved_buys, reserve=reserve
+                symbol,
+                set(self._seen) | set(self._filled) | unresolved_buys | resting_buys,
+                reserve=reserve,
             )
 
     def _take_slot(
@@ -468,6 +472,8 @@ class TradingGate:
             return snapshot
         try:
             self.broker.get_positions()
+            # Open orders are exposure too: read afresh with the positions they complete.
+            self.broker.get_open_orders()
         except PositionsImplausibleError as exc:
             return Decision.deny(
                 POSITIONS_IMPLAUSIBLE, missing=",".join(exc.missing), agreeing=exc.agreeing
