@@ -732,3 +732,36 @@ def test_forcing_a_closing_status_stamps_the_close_time(trader, timed, clock):
     timed.set_order_status(placed["id"], "canceled")
     order = trader.fetch_order(placed["id"])
     assert (order["status"], order["lastUpdateTimestamp"]) == ("canceled", int((START + 3) * 1000))
+
+
+def test_each_pairs_tick_size_is_one_unit_of_its_price_decimals(trader, timed):
+    """AssetPairs: tick_size agrees with pair_decimals (ccxt rounds prices to the latter)."""
+    pairs = trader.public_get_assetpairs()["result"]
+    assert {k: (p["pair_decimals"], p["tick_size"]) for k, p in pairs.items()} == {
+        "XXBTZUSD": (1, "0.1"),
+        "XETHZUSD": (2, "0.01"),
+        "SOLUSD": (2, "0.01"),
+    }
+    placed = trader.create_order("SOL/USD", "limit", "buy", 1, 149.95)
+    assert trader.fetch_order(placed["id"])["price"] == 149.95
+    with pytest.raises(ccxt.ExchangeError, match="EOrder:Tick size check failed"):
+        trader.private_post_addorder(
+            {
+                "pair": "SOLUSD",
+                "type": "buy",
+                "ordertype": "limit",
+                "price": "149.955",
+                "volume": "1",
+            }
+        )
+
+
+def test_the_dead_man_switch_starts_disarmed(timed):
+    """Until CancelAllOrdersAfter arms it, the emulator's switch has no trigger and never fired."""
+    switch = timed.dead_man_switch
+    assert (switch.armed, switch.trigger_at, switch.fired_at, switch.cancelled) == (
+        False,
+        None,
+        (),
+        0,
+    )

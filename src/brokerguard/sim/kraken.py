@@ -1,11 +1,24 @@
 """A Kraken REST emulator on 127.0.0.1, for driving the real ``ccxt.kraken`` client in tests.
 
 It speaks enough of Kraken's spot REST API for brokerguard's adapter: public ``Time``,
-``Assets``, ``AssetPairs`` and ``Ticker``; private ``Balance``, ``BalanceEx``, ``OpenOrders``,
-``ClosedOrders``, ``QueryOrders``, ``AddOrder`` (with ``cl_ord_id``, ``userref``, ``deadline``,
-``expiretm`` and ``validate``) and ``CancelOrder`` (by ``txid`` or ``cl_ord_id``), all in the
-``{"error": [...], "result": ...}`` envelope, with ``API-Key`` / ``API-Sign`` checked and nonces
-required to increase per key, as Kraken does.
+``Assets``, ``AssetPairs`` and ``Ticker``; private ``Balance``, ``BalanceEx`` (``hold_trade``:
+what open orders reserve), ``OpenOrders``, ``ClosedOrders``, ``QueryOrders``, ``AddOrder``,
+``CancelOrder`` (by ``txid``, ``userref`` or ``cl_ord_id``), ``CancelOrderBatch``, ``CancelAll``
+and ``CancelAllOrdersAfter``, all in the ``{"error": [...], "result": ...}`` envelope, with
+``API-Key`` / ``API-Sign`` checked and nonces required to increase per key, as Kraken does.
+
+AddOrder takes ``market`` and ``limit`` orders (``price`` on the pair's tick) with ``cl_ord_id``,
+``userref``, ``deadline``, ``expiretm``, ``validate``, ``timeinforce`` (``GTC``, ``IOC``, ``GTD``
+with an ``expiretm``; anything else, ``FOK`` included, is ``EGeneral:Invalid arguments:
+timeinforce``), ``oflags`` (``post``: refused with ``EOrder:Post only order`` when it would take
+liquidity) and ``reduce_only`` (a spot account has no margin position to reduce: ``true`` is
+``EOrder:Reduce only:No position exists``). Limit orders match against the Ticker's ask and bid
+(the pair's price plus and minus 0.01 %): a marketable one fills at once at the ask or bid, a
+resting one (status ``open``, its quote or base held) fills at its own price when
+:meth:`KrakenEmulator.set_price` moves the touch to it; ``IOC`` fills at once or is ``canceled``.
+Market orders fill at the pair's price. ``CancelAllOrdersAfter`` arms Kraken's dead man's switch:
+when its timer runs out every open order is cancelled and the switch disarms
+(:attr:`KrakenEmulator.dead_man_switch` shows it).
 
 Payload shapes follow Kraken's recorded responses (ccxt's ``ts/src/test/static/response/
 kraken.json``; ``tests/sim/fixtures/kraken_recorded.json`` keeps the excerpts a test compares
@@ -31,8 +44,9 @@ Faults are injected per endpoint (or for every endpoint) and consumed in order:
 ``"omit:XXBT,XETH"``              serve the request, then drop those keys from the result (a
                                   pair from ``Ticker``, assets from ``Balance``/``BalanceEx``, a
                                   txid from ``QueryOrders``/``OpenOrders``/``ClosedOrders``)
-``"accept_then:http:504"``        AddOrder executes the order, then answers with the fault
-``"delayed_accept:1.5"``          AddOrder is queued in the engine: it answers
+``"accept_then:http:504"``        the request is served (AddOrder places, CancelOrder cancels, a
+                                  limit order may fill), then answered with the fault
+``"delayed_accept:1.5"``          AddOrder (market or limit) is queued in the engine: it answers
                                   ``EService:Unavailable`` now, and the order is accepted (and,
                                   if due, filled) 1.5 s of emulator time later, invisible to every
                                   lookup until then
@@ -41,10 +55,16 @@ Faults are injected per endpoint (or for every endpoint) and consumed in order:
 ================================  ==================================================================
 
 Every delay (``fill_delay``, ``accept_delay``, ``pending_delay``, ``delayed_accept:``,
-``expiretm``, ``deadline``) is measured with ``time_source`` (default ``time.time``), so a test
-steps time instead of sleeping; only ``slow:`` sleeps in real seconds. Time moves lazily: queued
-orders are accepted, orders fill and expire when the next request (or :meth:`orders`,
-:meth:`balances`) looks.
+``expiretm``, ``deadline``, the dead man's switch) is measured with ``time_source`` (default
+``time.time``), so a test steps time instead of sleeping; only ``slow:`` sleeps in real seconds.
+Time moves lazily: queued orders are accepted, orders fill and expire, and the switch fires when
+the next request (or :meth:`orders`, :meth:`balances`, :attr:`dead_man_switch`) looks; each
+event is stamped with the moment it was due, in order, so an order the switch cancelled at its
+trigger time cannot fill after it.
+
+Cancelling an order that is no longer open answers ``EOrder:Unknown order`` when it was
+cancelled or expired (ccxt issue 7338; ccxt raises ``OrderNotFound``) and ``{"count": 0}`` when
+it filled; a ``cl_ord_id`` is known only among open orders.
 
 The engine queue is how Kraken produces duplicate orders: AddOrder answers a timeout or an
 ``EService`` error, a lookup made at once finds nothing, the client resends, and the first order
@@ -54,8 +74,9 @@ dropped and never appears (``EService:Deadline elapsed`` if it was not queued). 
 fill in parts (``fill_parts``), rest ``pending`` (``pending_delay``), expire (``expiretm``) or be
 given any status (:meth:`KrakenEmulator.set_order_status`); a pair can be put in ``cancel_only``,
 ``post_only``, ``limit_only``, ``reduce_only``, ``maintenance`` or ``delisted``
-(:meth:`KrakenEmulator.set_pair_status`): new market orders on it are refused as Kraken refuses
-them and nothing on it fills until it is ``online`` again.
+(:meth:`KrakenEmulator.set_pair_status`): new orders on it are refused as Kraken refuses them
+(``post_only`` still takes post-only limit orders, ``limit_only`` limit orders) and nothing on it
+fills until it is ``online`` again.
 
 ``set_down(True)`` takes the whole API down (HTTP 503 on every endpoint) until
 ``set_down(False)``; :meth:`KrakenEmulator.stats` counts requests, and those received while
@@ -76,6 +97,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import math
 import re
 import sys
 import threading
@@ -91,7 +113,7 @@ from urllib.parse import parse_qs
 
 from brokerguard.sim._http import LoopbackServer, Served, serve_until_terminated
 
-__all__ = ["KrakenEmulator", "KrakenPair", "RecordedRequest", "running_kraken"]
+__all__ = ["DeadManSwitch", "KrakenEmulator", "KrakenPair", "RecordedRequest", "running_kraken"]
 
 DEFAULT_API_KEY: Final = "brokerguard-emulator-key"
 DEFAULT_API_SECRET: Final = base64.b64encode(
@@ -106,6 +128,33 @@ DEADLINE_ELAPSED: Final = "EService:Deadline elapsed"
 INVALID_ARGUMENTS: Final = "EGeneral:Invalid arguments"
 DELAYED_ANSWER: Final = "EService:Unavailable"
 """What a queued AddOrder answers when the fault or constructor names no other answer."""
+UNKNOWN_ORDER: Final = "EOrder:Unknown order"
+INSUFFICIENT_FUNDS: Final = "EOrder:Insufficient funds"
+POST_ONLY_REFUSED: Final = "EOrder:Post only order"
+"""Kraken's refusal of a post-only limit order that would take liquidity (ccxt: ExchangeError)."""
+NO_POSITION: Final = "EOrder:Reduce only:No position exists"
+"""Kraken's answer to ``reduce_only=true`` "for a market that has no open positions" (its Spot
+Error Messages guide): a spot account never has a margin position to reduce."""
+TICK_SIZE_FAILED: Final = "EOrder:Tick size check failed"
+
+USER_REQUESTED: Final = "User requested"
+"""The ``reason`` of an order cancelled by CancelOrder or CancelAll (recorded by ccxt)."""
+IOC_UNFILLED: Final = "Unfilled IOC"
+"""The ``reason`` of an IOC limit order that found nothing to match (no Kraken document read
+spells this one: an assumption, kept in one place)."""
+DEAD_MAN_SWITCH_FIRED: Final = "Cancel all orders after"
+"""The ``reason`` of an order the dead man's switch cancelled (an assumption, like the above)."""
+DEAD_MAN_SWITCH_MAX: Final = 86400
+"""CancelAllOrdersAfter's ``timeout`` "should be less than 86400 seconds" (Kraken's reference)."""
+EXPIRETM_MIN_AHEAD: Final = 5
+"""AddOrder's relative ``expiretm`` ``+<n>``: "minimum 5 seconds" (Kraken's reference)."""
+TIME_IN_FORCE: Final = frozenset({"GTC", "IOC", "GTD"})
+"""Kraken spot's ``timeinforce`` values (no FOK on spot REST)."""
+ORDER_FLAGS: Final = frozenset({"post", "fcib", "fciq", "nompp", "viqc"})
+BATCH_MAX: Final = 50
+"""CancelOrderBatch: "maximum 50 total unique IDs/references" (Kraken's reference)."""
+ASK_MARKUP: Final = Decimal("1.0001")
+"""The Ticker's ask is the pair's price plus 0.01 %, its bid the price minus 0.01 %."""
 
 ORDER_MIN: Final = Decimal("0.0001")
 """Every pair's ``ordermin`` (the smallest volume AddOrder takes)."""
@@ -117,6 +166,7 @@ CL_ORD_ID_FREE_TEXT_MAX: Final = 18
 _UUID_LONG: Final = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 _UUID_SHORT: Final = re.compile(r"[0-9a-fA-F]{32}")
 _LIVE: Final = frozenset({"pending", "open"})  # what OpenOrders lists
+_GONE: Final = frozenset({"canceled", "expired"})  # CancelOrder answers EOrder:Unknown order
 _ORDER_STATUSES: Final = frozenset({"pending", "open", "closed", "canceled", "expired"})
 _LOT: Final = Decimal("1e-8")  # lot_decimals 8
 
@@ -189,6 +239,23 @@ class RecordedRequest:
     params: Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class DeadManSwitch:
+    """Kraken's CancelAllOrdersAfter timer as the emulator holds it (``time_source`` seconds)."""
+
+    trigger_at: float | None
+    """When every open order will be cancelled; None: disarmed (never armed, set to 0, fired)."""
+    fired_at: tuple[float, ...]
+    """Every moment the timer ran out, oldest first."""
+    cancelled: int
+    """How many orders it cancelled in all."""
+
+    @property
+    def armed(self) -> bool:
+        """Whether a timer is running."""
+        return self.trigger_at is not None
+
+
 @dataclass(frozen=True)
 class _AddRequest:
     """An AddOrder request that passed validation, as the engine will see it."""
@@ -202,6 +269,15 @@ class _AddRequest:
     deadline: float | None
     expire_after: float | None  # expiretm "+<n>"
     expire_at: float | None  # expiretm "<unix time>"
+    ordertype: str = "market"
+    price: Decimal | None = None  # the limit price
+    timeinforce: str = "GTC"
+    oflags: tuple[str, ...] = ()
+    reduce_only: bool = False
+
+    @property
+    def post_only(self) -> bool:
+        return "post" in self.oflags
 
 
 @dataclass
@@ -229,10 +305,22 @@ class _Order:
     trades: list[str] = field(default_factory=list)
     reason: str | None = None
     frozen: bool = False  # a status set by a test: the engine leaves the order alone
+    ordertype: str = "market"
+    limit_price: Decimal | None = None
+    timeinforce: str = "GTC"
+    oflags: tuple[str, ...] = ()
+    rested: bool = False  # it sat in the book unmatched: it fills as maker, at its own price
 
     @property
     def remaining(self) -> Decimal:
         return self.volume - self.vol_exec
+
+    def close(self, status: str, at: float, reason: str | None = None) -> None:
+        """End the order (``canceled``, ``expired``): it leaves the book at `at`."""
+        self.status = status
+        self.closetm = at
+        self.reason = reason
+        self.fills_due.clear()
 
     def payload(self, *, listing: bool = False, with_trades: bool = True) -> dict[str, Any]:
         """The order as Kraken describes it (``listing``: OpenOrders, which omits ``reason``)."""
@@ -253,11 +341,13 @@ class _Order:
                 "descr": {
                     "pair": self.pair.altname,
                     "type": self.side,
-                    "ordertype": "market",
-                    "price": "0",
+                    "ordertype": self.ordertype,
+                    "price": "0"
+                    if self.limit_price is None
+                    else _price(self.pair, self.limit_price),
                     "price2": "0",
                     "leverage": "none",
-                    "order": _describe(self.side, self.volume, self.pair),
+                    "order": _describe(self.side, self.volume, self.pair, self.limit_price),
                     "close": "",
                 },
                 "vol": f"{self.volume:.8f}",
@@ -266,9 +356,11 @@ class _Order:
                 "fee": "0.000000",
                 "price": "0.000000" if average is None else f"{average:.5f}",
                 "stopprice": "0.000000",
+                # Kraken's limitprice is the limit of a triggered (stop/take-profit) order: a plain
+                # limit order shows its limit in descr.price and "0.000000" here, as recorded.
                 "limitprice": "0.000000",
                 "misc": "",
-                "oflags": "fciq",
+                "oflags": _oflags_text(self.oflags),
             }
         )
         if with_trades and self.trades:
@@ -301,6 +393,10 @@ class _State:
     down: bool = False
     total: int = 0
     while_down: int = 0
+    moved_at: dict[str, float] = field(default_factory=dict)  # a pair's last price/mode change
+    switch_at: float | None = None  # the dead man's switch's trigger time
+    switch_fired: list[float] = field(default_factory=list)
+    switch_cancelled: int = 0
 
 
 class KrakenEmulator(Served):
@@ -387,10 +483,17 @@ class KrakenEmulator(Served):
             self._state.faults.clear()
 
     def set_price(self, pair_id: str, price: object) -> None:
-        """Move a pair's last price (resting orders fill at the price of the moment)."""
+        """Move a pair's last price, and with it the Ticker's ask and bid, now.
+
+        What was due before is settled at the old price first; market orders fill at the price
+        of the moment, and resting limit orders the new touch reaches fill (at their own price)
+        as of now, seen by the next request.
+        """
         with self._lock:
+            self._advance()
             pair = self._state.pairs[pair_id]
             self._state.pairs[pair_id] = dataclasses.replace(pair, price=Decimal(str(price)))
+            self._state.moved_at[pair_id] = self._now()
 
     def set_pair_status(self, pair_id: str, status: str) -> None:
         """Put a pair in a trading mode (``online``, ``cancel_only``, ``maintenance``, ...).
@@ -400,8 +503,10 @@ class KrakenEmulator(Served):
         """
         _check_pair_status(status)
         with self._lock:
+            self._advance()
             pair = self._state.pairs[pair_id]
             self._state.pairs[pair_id] = dataclasses.replace(pair, status=status)
+            self._state.moved_at[pair_id] = self._now()
 
     def set_fill_market_orders(self, fill: bool) -> None:
         """Choose whether new market orders fill (at once, or after ``fill_delay``) or rest."""
@@ -477,10 +582,28 @@ class KrakenEmulator(Served):
             return [dict(q.request.params) for q in self._state.queue]
 
     def balances(self) -> dict[str, Decimal]:
-        """The account's balances by Kraken asset id."""
+        """The account's balances by Kraken asset id (what open orders hold included)."""
         with self._lock:
             self._advance()
             return dict(self._state.balances)
+
+    def held(self) -> dict[str, Decimal]:
+        """What open orders hold, by Kraken asset id (BalanceEx's ``hold_trade``)."""
+        with self._lock:
+            self._advance()
+            return {k: v for k, v in self._held().items() if v}
+
+    @property
+    def dead_man_switch(self) -> DeadManSwitch:
+        """The CancelAllOrdersAfter timer: armed or not, when it fires, when it fired."""
+        with self._lock:
+            self._advance()
+            state = self._state
+            return DeadManSwitch(
+                trigger_at=state.switch_at,
+                fired_at=tuple(state.switch_fired),
+                cancelled=state.switch_cancelled,
+            )
 
     # ------------------------------------------------------------------ request handling
 
@@ -549,7 +672,13 @@ class KrakenEmulator(Served):
         if method != "POST":
             return _envelope(["EGeneral:Invalid arguments"])
         text = body.decode("utf-8", errors="replace")
-        params = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
+        if headers.get("content-type", "").startswith("application/json"):
+            # CancelOrderBatch (and AddOrderBatch) travel as JSON, signed the same way.
+            params = _json_params(text)
+            if params is None:
+                return _envelope([INVALID_ARGUMENTS])
+        else:
+            params = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
         problem = self._authenticate(path, headers, text, params)
         return params if problem is None else _envelope([problem])
 
@@ -644,7 +773,7 @@ class KrakenEmulator(Served):
                 "quote": p.quote,
                 "lot": "unit",
                 "cost_decimals": 5,
-                "pair_decimals": 1 if p.base == "XXBT" else 2,
+                "pair_decimals": _pair_decimals(p),
                 "lot_decimals": 8,
                 "lot_multiplier": 1,
                 "leverage_buy": [],
@@ -656,7 +785,7 @@ class KrakenEmulator(Served):
                 "margin_stop": 40,
                 "ordermin": str(ORDER_MIN),
                 "costmin": str(COST_MIN),
-                "tick_size": "0.1",
+                "tick_size": str(_tick(p)),
                 "status": p.status,
             }
             for p in chosen
@@ -675,8 +804,8 @@ class KrakenEmulator(Served):
                 return _envelope(["EQuery:Unknown asset pair"])
             last = f"{pair.price:.5f}"
             result[pair.pair_id] = {
-                "a": [f"{pair.price * Decimal('1.0001'):.5f}", "1", "1.000"],
-                "b": [f"{pair.price * Decimal('0.9999'):.5f}", "1", "1.000"],
+                "a": [f"{_ask(pair):.5f}", "1", "1.000"],
+                "b": [f"{_bid(pair):.5f}", "1", "1.000"],
                 "c": [last, "0.01000000"],
                 "v": ["100.0", "250.0"],
                 "p": [last, last],
@@ -737,26 +866,47 @@ class KrakenEmulator(Served):
             cl_ord_id = params.get("cl_ord_id")
             if cl_ord_id is not None:
                 # Kraken knows a cl_ord_id only among open orders.
-                order = next(
-                    (
-                        o
-                        for o in self._state.orders.values()
-                        if o.cl_ord_id == cl_ord_id and o.status in _LIVE
-                    ),
-                    None,
-                )
+                chosen = [o for o in self._live() if o.cl_ord_id == cl_ord_id][-1:]
             else:
-                order = self._find(params.get("txid", ""))
-            if order is None:
-                return _envelope(["EOrder:Unknown order"])
-            if self._state.pairs[order.pair.pair_id].status == "maintenance":
+                chosen = self._cancel_targets(params.get("txid", ""))
+            if not chosen:
+                return _envelope([UNKNOWN_ORDER])
+            if any(self._pair_status(o) == "maintenance" for o in chosen):
                 return _envelope([_PAIR_REFUSALS["maintenance"]])
-            if order.status not in _LIVE:
-                return _envelope([], {"count": 0})
-            order.status = "canceled"
-            order.reason = "User requested"
-            order.closetm = self._now()
-        return _envelope([], {"count": 1})
+            if all(o.status in _GONE for o in chosen):
+                # Kraken: an order already cancelled (or expired) is unknown to CancelOrder.
+                return _envelope([UNKNOWN_ORDER])
+            return _envelope([], {"count": self._cancel(chosen, USER_REQUESTED)})
+
+    def _private_CancelOrderBatch(self, params: Mapping[str, str]) -> tuple[int, bytes]:  # noqa: N802
+        refs = _batch_refs(params.get("orders"), "txid")
+        cl_ord_ids = _batch_refs(params.get("cl_ord_ids"), "cl_ord_id")
+        if refs is None or cl_ord_ids is None or not 0 < len(refs) + len(cl_ord_ids) <= BATCH_MAX:
+            return _envelope([INVALID_ARGUMENTS])
+        with self._lock:
+            chosen = [o for ref in refs for o in self._cancel_targets(ref)]
+            chosen += [o for o in self._live() if o.cl_ord_id in cl_ord_ids]
+            chosen = [o for o in chosen if self._pair_status(o) != "maintenance"]
+            return _envelope([], {"count": self._cancel(chosen, USER_REQUESTED)})
+
+    def _private_CancelAll(self, _params: Mapping[str, str]) -> tuple[int, bytes]:  # noqa: N802
+        with self._lock:
+            chosen = [o for o in self._live() if self._pair_status(o) != "maintenance"]
+            return _envelope([], {"count": self._cancel(chosen, USER_REQUESTED)})
+
+    def _private_CancelAllOrdersAfter(self, params: Mapping[str, str]) -> tuple[int, bytes]:  # noqa: N802
+        try:
+            timeout = int(params.get("timeout", ""))
+        except ValueError:
+            return _envelope(["EGeneral:Invalid arguments:timeout"])
+        if not 0 <= timeout < DEAD_MAN_SWITCH_MAX:
+            return _envelope(["EGeneral:Invalid arguments:timeout"])
+        with self._lock:
+            now = self._now()
+            self._state.switch_at = now + timeout if timeout else None
+        # Kraken: RFC 3339 at second precision, rounded up; "0" when the timer is off.
+        trigger = "0" if not timeout else _rfc3339_seconds(now + timeout)
+        return _envelope([], {"currentTime": _rfc3339_seconds(now), "triggerTime": trigger})
 
     # ------------------------------------------------------------------ AddOrder
 
@@ -768,18 +918,19 @@ class KrakenEmulator(Served):
             if isinstance(request, str):
                 return self._refuse(request)
             if _truthy(params.get("validate")):
-                description = _describe(request.side, request.volume, self._pair(request))
+                pair = self._pair(request)
+                description = _describe(request.side, request.volume, pair, request.price)
                 return _envelope([], {"descr": {"order": description}})
             accepted: _Order | str | None = None
             if delay > 0:
                 self._state.queue.append(_Queued(request, now + delay))
             else:
-                accepted = self._accept(request, now)
+                accepted = self._accept(request, now, now)
         if accepted is None:
             return _apply_fault(answer)  # outside the lock: it may be a slow answer
         if isinstance(accepted, str):
             return self._refuse(accepted)
-        description = _describe(accepted.side, accepted.volume, accepted.pair)
+        description = _describe(accepted.side, accepted.volume, accepted.pair, accepted.limit_price)
         return _envelope([], {"txid": [accepted.txid], "descr": {"order": description}})
 
     def _refuse(self, error: str) -> tuple[int, bytes]:
@@ -793,33 +944,33 @@ class KrakenEmulator(Served):
         """What Kraken checks before an order reaches the engine: the request or a refusal."""
         pair = self._pair_named(self._state.pairs, params.get("pair", ""))
         side = params.get("type")
+        ordertype = params.get("ordertype", "")
         if pair is None:
             return "EQuery:Unknown asset pair"
-        if side not in {"buy", "sell"} or params.get("ordertype") != "market":
-            return INVALID_ARGUMENTS
-        try:
-            volume = Decimal(params.get("volume", ""))
-        except ArithmeticError:
+        if side not in {"buy", "sell"} or ordertype not in {"market", "limit"}:
+            return INVALID_ARGUMENTS  # nor does the emulator speak stop, trailing or iceberg orders
+        volume = _positive(params.get("volume", ""))
+        if volume is None:
             return "EGeneral:Invalid arguments:volume"
-        if not volume.is_finite() or volume <= 0:
-            return "EGeneral:Invalid arguments:volume"
+        price: Decimal | None = None
+        if ordertype == "limit":
+            price = _positive(params.get("price", ""))
+            if price is None:
+                return "EGeneral:Invalid arguments:price"
+            if price % _tick(pair):
+                return TICK_SIZE_FAILED
         # Kraken's minimums per pair (AssetPairs ``ordermin`` and ``costmin``): dust cannot be
         # sold.
         if volume < ORDER_MIN:
             return "EOrder:Order minimum not met"
-        if volume * pair.price < COST_MIN:
+        if volume * (price or pair.price) < COST_MIN:
             return "EOrder:Cost minimum not met"
-        cl_ord_id = params.get("cl_ord_id")
-        if cl_ord_id is not None and not _valid_cl_ord_id(cl_ord_id):
-            return INVALID_ARGUMENTS
-        userref: int | None = None
-        if "userref" in params:
-            if cl_ord_id is not None:
-                return INVALID_ARGUMENTS  # Kraken: cl_ord_id and userref are mutually exclusive
-            try:
-                userref = int(params["userref"])
-            except ValueError:
-                return "EGeneral:Invalid arguments:userref"
+        terms = _order_terms(params, ordertype)
+        if isinstance(terms, str):
+            return terms
+        ids = _client_ids(params)
+        if isinstance(ids, str):
+            return ids
         deadline: float | None = None
         if "deadline" in params:
             deadline = _parse_rfc3339(params["deadline"])
@@ -830,37 +981,38 @@ class KrakenEmulator(Served):
             if not DEADLINE_MIN_AHEAD <= deadline - now <= DEADLINE_MAX_AHEAD:
                 return "EGeneral:Invalid arguments:deadline"
         expire = _parse_expiretm(params.get("expiretm", "0"))
-        if expire is None:
+        if (
+            expire is None
+            or (expire[0] is not None and expire[0] < EXPIRETM_MIN_AHEAD)
+            or (terms[0] == "GTD" and expire == (None, None))  # GTD "must coincide with" one
+        ):
             return "EGeneral:Invalid arguments:expiretm"
         return _AddRequest(
             params=dict(params),
             pair_id=pair.pair_id,
             side=side,
             volume=volume,
-            cl_ord_id=cl_ord_id,
-            userref=userref,
+            cl_ord_id=ids[0],
+            userref=ids[1],
             deadline=deadline,
             expire_after=expire[0],
             expire_at=expire[1],
+            ordertype=ordertype,
+            price=price,
+            timeinforce=terms[0],
+            oflags=terms[1],
+            reduce_only=terms[2],
         )
 
-    def _accept(self, request: _AddRequest, at: float) -> _Order | str:
-        """The engine takes the order at `at`: the order, or why it was refused (lock held)."""
+    def _accept(self, request: _AddRequest, at: float, until: float) -> _Order | str:
+        """The engine takes the order at `at` and runs it to `until`: the order, or a refusal."""
         state = self._state
         pair = self._pair(request)
         if request.deadline is not None and at > request.deadline:
             return DEADLINE_ELAPSED
-        if pair.status != "online":
-            return _PAIR_REFUSALS.get(pair.status, f"EService:Market in {pair.status} mode")
-        if request.cl_ord_id is not None and any(
-            o.cl_ord_id == request.cl_ord_id and o.status in _LIVE for o in state.orders.values()
-        ):
-            # Kraken checks cl_ord_id only against *open* orders.
-            return "EOrder:Duplicate order"
-        if request.side == "buy" and request.volume * pair.price > self._free(pair.quote):
-            return "EOrder:Insufficient funds"
-        if request.side == "sell" and request.volume > self._free(pair.base):
-            return "EOrder:Insufficient funds"
+        refusal = self._engine_refusal(request, pair)
+        if refusal is not None:
+            return refusal
         txid = f"O{state.next_txid:05d}-EMU{state.next_txid % 97:02d}-BGUARD"
         state.next_txid += 1
         live_at = at + state.pending_delay
@@ -874,16 +1026,48 @@ class KrakenEmulator(Served):
             request.userref,
             status="pending" if state.pending_delay > 0 else "open",
             parts=state.fill_parts,
+            ordertype=request.ordertype,
+            limit_price=request.price,
+            timeinforce=request.timeinforce,
+            oflags=request.oflags,
+            rested=request.post_only,  # a post-only order never takes: it fills as maker
         )
         if request.expire_after is not None:
             order.expiretm = at + request.expire_after
         elif request.expire_at is not None:
             order.expiretm = request.expire_at
-        if state.fill_market_orders:
+        if request.ordertype == "market" and state.fill_market_orders:
             order.fills_due = [live_at + state.fill_delay * k for k in range(1, order.parts + 1)]
         state.orders[txid] = order
-        self._advance_order(order, max(at, self._now()), live_at)
+        self._advance_order(order, max(at, until), live_at)
         return order
+
+    def _engine_refusal(  # noqa: PLR0911 (one refusal per rule the engine checks)
+        self, request: _AddRequest, pair: KrakenPair
+    ) -> str | None:
+        """Why the engine refuses `request` as it arrives (mode, id, position, funds), or None."""
+        mode = pair.status
+        if mode != "online" and not (
+            (mode == "limit_only" and request.ordertype == "limit")
+            or (mode == "post_only" and request.post_only)
+        ):
+            return _PAIR_REFUSALS.get(mode, f"EService:Market in {mode} mode")
+        if request.cl_ord_id is not None and any(
+            o.cl_ord_id == request.cl_ord_id for o in self._live()
+        ):
+            # Kraken checks cl_ord_id only against *open* orders.
+            return "EOrder:Duplicate order"
+        if request.reduce_only:
+            return NO_POSITION
+        if request.post_only and _marketable(request.side, request.price, pair):
+            return POST_ONLY_REFUSED
+        if request.side == "buy":
+            # What a buy holds: its volume at its limit (a market order: at the price of now).
+            if request.volume * (request.price or pair.price) > self._free(pair.quote):
+                return INSUFFICIENT_FUNDS
+        elif request.volume > self._free(pair.base):
+            return INSUFFICIENT_FUNDS
+        return None
 
     def _pair(self, request: _AddRequest) -> KrakenPair:
         return self._state.pairs[request.pair_id]
@@ -891,23 +1075,40 @@ class KrakenEmulator(Served):
     # ------------------------------------------------------------------ internals (lock held)
 
     def _advance(self) -> None:
-        """Let emulator time act: accept due queued orders, then fill and expire orders."""
-        state = self._state
+        """Let emulator time act up to now; the dead man's switch fires at its own moment."""
         now = self._now()
+        trigger = self._state.switch_at
+        if trigger is not None and trigger <= now:
+            self._advance_to(trigger)
+            self._fire_switch(trigger)
+        self._advance_to(now)
+
+    def _advance_to(self, now: float) -> None:
+        """Accept queued orders due by `now`, then fill, match and expire orders up to `now`."""
+        state = self._state
         due = sorted((q for q in state.queue if q.due <= now), key=lambda q: q.due)
         for queued in due:
             state.queue.remove(queued)
-            outcome = self._accept(queued.request, queued.due)
+            outcome = self._accept(queued.request, queued.due, now)
             if isinstance(outcome, str):  # dropped: nobody hears of it but the tally
                 state.refusals[outcome] += 1
         for order in state.orders.values():
             self._advance_order(order, now, order.opentm + state.pending_delay)
+
+    def _fire_switch(self, at: float) -> None:
+        """The timer ran out at `at`: every open order is cancelled, and the switch disarms."""
+        state = self._state
+        state.switch_at = None
+        state.switch_fired.append(at)
+        state.switch_cancelled += self._cancel(self._live(), DEAD_MAN_SWITCH_FIRED, at)
 
     def _advance_order(self, order: _Order, now: float, live_at: float) -> None:
         if order.frozen or order.status not in _LIVE:
             return
         if order.status == "pending" and live_at <= now:
             order.status = "open"
+        if order.ordertype == "limit":
+            self._match_limit(order, now, live_at)
         online = self._state.pairs[order.pair.pair_id].status == "online"
         while (
             online
@@ -918,18 +1119,38 @@ class KrakenEmulator(Served):
         ):
             self._fill_part(order, order.fills_due.pop(0))
         if order.status in _LIVE and order.expiretm is not None and now >= order.expiretm:
-            order.status = "expired"
-            order.closetm = order.expiretm
-            order.fills_due.clear()
+            order.close("expired", order.expiretm)
+
+    def _match_limit(self, order: _Order, now: float, live_at: float) -> None:
+        """Meet an open limit order with the touch: it fills, rests, or (IOC) is cancelled."""
+        if order.status != "open":
+            return
+        pair = self._state.pairs[order.pair.pair_id]
+        # Every order is looked at before each price or mode change, so the first moment it can
+        # match what it sees now is when it went live or when the pair last changed.
+        moment = min(now, max(live_at, self._state.moved_at.get(pair.pair_id, live_at)))
+        if order.expiretm is not None and moment >= order.expiretm:
+            return
+        if pair.status == "online" and _marketable(order.side, order.limit_price, pair):
+            # Taking liquidity on arrival it trades at the touch; resting, at its own price.
+            price = order.limit_price if order.rested else _touch(order.side, pair)
+            self._execute(order, order.remaining, price or pair.price, moment)
+        elif order.timeinforce == "IOC":
+            order.close("canceled", moment, IOC_UNFILLED)
+        elif pair.status == "online":
+            order.rested = True  # in the book below the touch (a halted book decides nothing)
 
     def _fill_part(self, order: _Order, at: float) -> None:
-        """Execute the next part of `order` at the pair's price of the moment."""
+        """Execute the next part of a market order at the pair's price of the moment."""
         done = order.parts - len(order.fills_due)
         target = order.volume
         if done < order.parts:
             target = (order.volume * done / order.parts).quantize(_LOT, rounding=ROUND_DOWN)
-        part = target - order.vol_exec
         price = self._state.pairs[order.pair.pair_id].price
+        self._execute(order, target - order.vol_exec, price, at)
+
+    def _execute(self, order: _Order, part: Decimal, price: Decimal, at: float) -> None:
+        """Trade `part` of `order` at `price`: balances move, and a full order closes at `at`."""
         balances = self._state.balances
         sign = 1 if order.side == "buy" else -1
         base, quote = order.pair.base, order.pair.quote
@@ -942,6 +1163,31 @@ class KrakenEmulator(Served):
         if order.vol_exec >= order.volume:
             order.status = "closed"
             order.closetm = at
+            order.fills_due.clear()
+
+    def _live(self) -> list[_Order]:
+        """The orders OpenOrders lists (``pending`` and ``open``), oldest first."""
+        return [o for o in self._state.orders.values() if o.status in _LIVE]
+
+    def _pair_status(self, order: _Order) -> str:
+        return self._state.pairs[order.pair.pair_id].status
+
+    def _cancel_targets(self, ref: str) -> list[_Order]:
+        """CancelOrder's ``txid``: one order by its txid, or every open order with a userref."""
+        orders = self._state.orders
+        if ref in orders:
+            return [orders[ref]]
+        if ref.removeprefix("-").isdigit():
+            return [o for o in self._live() if o.userref == int(ref)]
+        return []
+
+    def _cancel(self, orders: list[_Order], reason: str, at: float | None = None) -> int:
+        """Cancel those of `orders` still open (at `at`, default now); how many were."""
+        when = self._now() if at is None else at
+        live = [o for o in orders if o.status in _LIVE]
+        for order in live:
+            order.close("canceled", when, reason)
+        return len(live)
 
     def _find(self, ref: str) -> _Order | None:
         """An order by txid, else the newest with that cl_ord_id, else with that userref."""
@@ -969,14 +1215,17 @@ class KrakenEmulator(Served):
         return result
 
     def _held(self) -> dict[str, Decimal]:
+        """What open orders reserve: a buy its quote at its limit, a sell its base.
+
+        A market buy still open holds its quote at the price of now.
+        """
         held: dict[str, Decimal] = defaultdict(Decimal)
-        for order in self._state.orders.values():
-            if order.status in _LIVE:
-                if order.side == "buy":
-                    price = self._state.pairs[order.pair.pair_id].price
-                    held[order.pair.quote] += order.remaining * price
-                else:
-                    held[order.pair.base] += order.remaining
+        for order in self._live():
+            if order.side == "buy":
+                price = order.limit_price or self._state.pairs[order.pair.pair_id].price
+                held[order.pair.quote] += order.remaining * price
+            else:
+                held[order.pair.base] += order.remaining
         return held
 
     def _free(self, asset: str) -> Decimal:
@@ -1041,8 +1290,138 @@ def _amount(asset: str, value: Decimal) -> str:
     return f"{value:.{_decimals(asset)[0]}f}"
 
 
-def _describe(side: str, volume: Decimal, pair: KrakenPair) -> str:
-    return f"{side} {volume:.8f} {pair.altname} @ market"
+def _describe(side: str, volume: Decimal, pair: KrakenPair, price: Decimal | None = None) -> str:
+    """Kraken's ``descr.order``: ``buy 0.10000000 XBTUSD @ market`` or ``... @ limit 64000.0``."""
+    kind = "market" if price is None else f"limit {_price(pair, price)}"
+    return f"{side} {volume:.8f} {pair.altname} @ {kind}"
+
+
+def _pair_decimals(pair: KrakenPair) -> int:
+    """AssetPairs ``pair_decimals`` (Kraken: XBTUSD 1, ETHUSD and SOLUSD 2)."""
+    return 1 if pair.base == "XXBT" else 2
+
+
+def _tick(pair: KrakenPair) -> Decimal:
+    """AssetPairs ``tick_size``: one unit of the last price decimal."""
+    return Decimal(1).scaleb(-_pair_decimals(pair))
+
+
+def _price(pair: KrakenPair, value: Decimal) -> str:
+    return f"{value:.{_pair_decimals(pair)}f}"
+
+
+def _ask(pair: KrakenPair) -> Decimal:
+    return pair.price * ASK_MARKUP
+
+
+def _bid(pair: KrakenPair) -> Decimal:
+    return pair.price * (2 - ASK_MARKUP)
+
+
+def _touch(side: str, pair: KrakenPair) -> Decimal:
+    """Where an order taking liquidity trades: a buy at the ask, a sell at the bid."""
+    return _ask(pair) if side == "buy" else _bid(pair)
+
+
+def _marketable(side: str, limit: Decimal | None, pair: KrakenPair) -> bool:
+    """Whether a limit order would take liquidity: a buy at or above the ask, a sell below the bid.
+
+    (A sell at the bid itself takes it too.)
+    """
+    if limit is None:
+        return False
+    return _ask(pair) <= limit if side == "buy" else _bid(pair) >= limit
+
+
+def _oflags_text(flags: tuple[str, ...]) -> str:
+    """The ``oflags`` Kraken reports: the order's own, then ``fciq`` unless it has a fee flag.
+
+    Recorded: ``post,fciq`` for a post-only order, ``fciq`` for one without flags.
+    """
+    shown = list(flags)
+    if not {"fcib", "fciq"} & set(flags):
+        shown.append("fciq")
+    return ",".join(shown)
+
+
+def _positive(text: str) -> Decimal | None:
+    """A positive, finite decimal, or None."""
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        return None
+    return value if value.is_finite() and value > 0 else None
+
+
+def _order_terms(
+    params: Mapping[str, str], ordertype: str
+) -> tuple[str, tuple[str, ...], bool] | str:
+    """AddOrder's ``timeinforce``, ``oflags`` and ``reduce_only``, or Kraken's refusal."""
+    timeinforce = params.get("timeinforce", "GTC")
+    if timeinforce not in TIME_IN_FORCE:
+        # Kraken spot: GTC, IOC or GTD; anything else (FOK, "PO") is refused with this string.
+        return "EGeneral:Invalid arguments:timeinforce"
+    flags = tuple(dict.fromkeys(f for f in params.get("oflags", "").split(",") if f))
+    if (
+        not set(flags) <= ORDER_FLAGS
+        or {"fcib", "fciq"} <= set(flags)  # Kraken: mutually exclusive
+        or ("post" in flags and ordertype != "limit")  # "available when ordertype = limit"
+    ):
+        return "EGeneral:Invalid arguments:oflags"
+    reduce_only = params.get("reduce_only", "false").lower()
+    if reduce_only not in {"true", "false", "1", "0"}:
+        return "EGeneral:Invalid arguments:reduce_only"
+    return timeinforce, flags, reduce_only in {"true", "1"}
+
+
+def _client_ids(params: Mapping[str, str]) -> tuple[str | None, int | None] | str:
+    """AddOrder's ``cl_ord_id`` and ``userref``, or Kraken's refusal."""
+    cl_ord_id = params.get("cl_ord_id")
+    if cl_ord_id is not None and not _valid_cl_ord_id(cl_ord_id):
+        return INVALID_ARGUMENTS
+    if "userref" not in params:
+        return cl_ord_id, None
+    if cl_ord_id is not None:
+        return INVALID_ARGUMENTS  # Kraken: cl_ord_id and userref are mutually exclusive
+    try:
+        return None, int(params["userref"])
+    except ValueError:
+        return "EGeneral:Invalid arguments:userref"
+
+
+def _json_params(text: str) -> dict[str, str] | None:
+    """A JSON request body as parameters (lists and objects kept as JSON text), or None."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in body.items()}
+
+
+def _batch_refs(raw: str | None, key: str) -> list[str] | None:
+    """CancelOrderBatch's ``orders`` / ``cl_ord_ids`` (ids or ``{key: id}``); None: malformed."""
+    if raw is None:
+        return []
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(items, list):
+        return None
+    refs = []
+    for item in items:
+        value = item.get(key) if isinstance(item, dict) else item
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return None
+        refs.append(str(value))
+    return refs
+
+
+def _rfc3339_seconds(epoch: float) -> str:
+    """RFC 3339 in UTC at second precision, rounded up, as CancelAllOrdersAfter answers."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(epoch)))
 
 
 def _wsname(pair: KrakenPair) -> str:
