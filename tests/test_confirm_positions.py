@@ -16,9 +16,10 @@ from brokerguard.brokers.paper import FaultPlan, PaperBroker
 from brokerguard.brokers.plausibility import POSITIONS_CONFIRMED
 from brokerguard.cli import main
 from brokerguard.errors import ConfigurationError, PositionsImplausibleError
-from brokerguard.risk.gate import POSITIONS_IMPLAUSIBLE
+from brokerguard.risk.gate import POSITIONS_IMPLAUSIBLE, TradingGate
 from brokerguard.server import create_app
 from brokerguard.service import GuardService, embedded_default_config
+from brokerguard.store import open_store
 from brokerguard.testing import FakeClock
 
 TOKEN = "test-control-token-0123456789"  # noqa: S105 (a test value)
@@ -144,3 +145,27 @@ def test_the_service_refuses_an_empty_confirmation(service):
     for symbols in ([], ["a b"]):
         with pytest.raises(ConfigurationError):
             service.confirm_positions(ACCOUNT, symbols, "alice", "?")
+
+
+def test_a_restart_during_an_empty_read_glitch_frees_no_slot(tmp_path):
+    """The holdings believed before a restart are the baseline after it.
+
+    A first read that lacks them is suspect, not the truth (before: believed, and the cap gave
+    slots away).
+    """
+    clock = FakeClock(start=1_795_000_000.0)
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    coins = {f"C{i}/USD": "10" for i in range(6)}
+    held = dict.fromkeys(list(coins)[:3], "1")
+
+    def run(plan: FaultPlan) -> TradingGate:
+        broker = PaperBroker(
+            "restart", clock=clock, prices=coins, positions=held, fault_plan=plan, settle_delay=0
+        )
+        return TradingGate(broker, 3, store=open_store(url, clock=clock))
+
+    first = run(FaultPlan())
+    assert first.check_entry("C5/USD").code == "POSITION_CAP_REACHED"
+    clock.advance(60)
+    second = run(FaultPlan(empty_positions_rate=1.0))  # restarted while reads answer []
+    assert second.check_entry("C5/USD").code == POSITIONS_IMPLAUSIBLE

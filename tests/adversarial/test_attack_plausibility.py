@@ -182,13 +182,6 @@ def test_a_slow_thin_read_is_not_handed_to_its_caller(clock):
 # --------------------------------------------------------------------------- restarts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BREAK: the plausibility baseline is in memory only (PositionPlausibility._believed "
-    "in brokers/plausibility.py, one per BaseBroker; nothing is persisted in the store): the "
-    "first read after a restart is believed whatever it lacks, so a restart during a thin-read "
-    "glitch frees slots: a cap-3 gate at 3 real positions allows a 4th entry",
-)
 def test_a_restart_during_a_thin_read_glitch_is_not_believed(new_broker, kraken, clock, tmp_path):
     """A thin read right after a restart is not believed: it frees no slot."""
     url = f"sqlite:///{tmp_path / 'journal.db'}"

@@ -298,6 +298,7 @@ def test_ccxts_real_message_shape_keeps_the_class(key):
 CCXT_LEAVES_BARE = frozenset(
     {
         "EAPI:Bad request",
+        "EOrder:Post only order",
         "EAPI:Feature disabled",
         "EAPI:Invalid signature",
         "EAccount:Invalid permissions",

@@ -407,3 +407,31 @@ def test_a_version_3_store_keeps_its_fences_unscoped(durable_url, clock):
         second.fenced("acct-1", 40).record_audit("acct-1", "x", "w", "older than the kept mark")
     assert second.claim_fence("acct-1", 3, holder="w1", namespace="fleet") is None
     second.close()
+
+
+def test_a_version_4_store_gains_the_believed_holdings(durable_url, clock):
+    """The holdings table is created on open; what was stored before stays."""
+    first = open_store(durable_url, clock=clock)
+    first.halt("acct-1", "kept across the migration", "ops")
+    with first._engine.begin() as conn:
+        conn.execute(text("UPDATE bg_schema_version SET version = 4"))
+        conn.execute(text("DROP TABLE bg_holdings"))
+    first.close()
+    second = open_store(durable_url, clock=clock)
+    assert second.schema_version() == SCHEMA_VERSION
+    assert second.is_halted("acct-1")
+    assert second.holdings("acct-1") is None
+    second.close()
+
+
+def test_believed_holdings_are_replaced_whole_and_an_empty_belief_is_kept(store):
+    """Each save replaces the account's holdings; 'holds nothing' is remembered, not absent."""
+    assert store.holdings("acct-1") is None
+    store.save_holdings("acct-1", {"BTC/USD": Decimal("0.5"), "ETH/USD": Decimal(2)}, 100.0)
+    store.save_holdings("acct-2", {"SOL/USD": Decimal(3)}, 90.0)
+    assert store.holdings("acct-1") == ({"BTC/USD": Decimal("0.5"), "ETH/USD": Decimal(2)}, 100.0)
+    store.save_holdings("acct-1", {"ETH/USD": Decimal("1.25")}, 200.0)
+    assert store.holdings("acct-1") == ({"ETH/USD": Decimal("1.25")}, 200.0)
+    store.save_holdings("acct-1", {}, 300.0)
+    assert store.holdings("acct-1") == ({}, 300.0)
+    assert store.holdings("acct-2") == ({"SOL/USD": Decimal(3)}, 90.0)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from brokerguard._validation import seconds_problem
 from brokerguard.brokers.plausibility import PlausibilityPolicy, PositionPlausibility, Suspicion
@@ -183,6 +183,18 @@ class UnresolvedOrder:
         }
 
 
+class HoldingsStore(Protocol):
+    """Where a broker keeps its believed holdings across restarts (the state store)."""
+
+    def save_holdings(
+        self, account_id: str, holdings: Mapping[str, Decimal], seen_at: float
+    ) -> None:
+        """Replace the account's believed holdings."""
+
+    def holdings(self, account_id: str) -> tuple[dict[str, Decimal], float] | None:
+        """Return the account's last believed holdings and when they were read."""
+
+
 class BaseBroker(abc.ABC):
     """Base class of every broker adapter; subclasses implement the four raw methods.
 
@@ -264,6 +276,8 @@ class BaseBroker(abc.ABC):
         self._bg_accepted_losses: set[str] = set()  # confirmed gone by an operator
         self._bg_live: dict[str, Order] = {}  # our orders last seen not final (resting ones)
         self._bg_listing: tuple[Order, ...] = ()  # the venue's last open-order listing
+        self._bg_holdings_store: HoldingsStore | None = None
+        self._bg_saved_holdings: dict[str, Decimal] | None = None
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
         self._bg_limiter = rate_limiter
@@ -399,6 +413,8 @@ class BaseBroker(abc.ABC):
             if verdict.believed:
                 self._bg_last_positions = snapshot
                 self._remember_held(positions, wall_started)
+        if verdict.believed:
+            self._persist_holdings(positions, wall_started)
         if sold & set(lost):
             log.warning(
                 "account %s on broker %r: positions %s are gone and the trade history shows "
@@ -461,6 +477,67 @@ class BaseBroker(abc.ABC):
             agreeing=suspicion.agreeing,
             needed=needed,
         )
+
+    def keep_holdings_in(self, store: HoldingsStore) -> None:
+        """Persist every believed read's holdings in `store`; start from the stored ones.
+
+        Without it the first read after a restart is believed whatever it lacks, so a restart
+        during a thin-read glitch would free cap slots. With it, a first read that lacks
+        stored holdings is judged like any other (it needs a sell, the trade history or an
+        operator to be believed). The gate and the enforcer call it with their store; the
+        first store given is kept.
+        """
+        with self._bg_lock:
+            if self._bg_holdings_store is not None:
+                return
+            self._bg_holdings_store = store
+            if self._bg_plausibility.believed is not None:
+                return
+        try:
+            saved = store.holdings(self.account_id)
+        except BrokerGuardError as exc:
+            log.warning(
+                "account %s on broker %r: the believed holdings of the last run could not be "
+                "read (%s); the first read will be believed as it is",
+                self.account_id,
+                self.broker_name,
+                _reason(exc),
+            )
+            return
+        if saved is None:
+            return
+        held, seen_at = saved
+        with self._bg_lock:
+            if self._bg_plausibility.seed(held):
+                self._bg_held = {s: (q, seen_at) for s, q in held.items()}
+                self._bg_saved_holdings = dict(held)
+        log.info(
+            "account %s on broker %r: starting from %d holding(s) believed at %.0f",
+            self.account_id,
+            self.broker_name,
+            len(held),
+            seen_at,
+        )
+
+    def _persist_holdings(self, positions: Sequence[Position], wall: float) -> None:
+        """Save a believed read's holdings when they changed (best effort, logged)."""
+        store = self._bg_holdings_store
+        holdings = {p.symbol: p.quantity for p in positions}
+        with self._bg_lock:
+            if store is None or holdings == self._bg_saved_holdings:
+                return
+            self._bg_saved_holdings = holdings
+        try:
+            store.save_holdings(self.account_id, holdings, wall)
+        except BrokerGuardError as exc:
+            with self._bg_lock:
+                self._bg_saved_holdings = None  # try again on the next believed read
+            log.warning(
+                "account %s on broker %r: believed holdings not saved (%s)",
+                self.account_id,
+                self.broker_name,
+                _reason(exc),
+            )
 
     def awaited_evidence(self) -> str:
         """Say what would explain a pending loss of positions (for errors, status and alerts)."""

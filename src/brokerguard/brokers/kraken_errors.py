@@ -229,6 +229,9 @@ _TABLE: dict[str, KrakenErrorClass] = {
     "EOrder:Cost minimum not met": _C.REJECTED,
     # Price not a multiple of the pair's tick size [spot]
     "EOrder:Tick size check failed": _C.REJECTED,
+    # A post-only limit order that would take liquidity: refused whole, nothing rests
+    # [clients: NautilusTrader, python-kraken-sdk; not in Kraken's error table]
+    "EOrder:Post only order": _C.REJECTED,
     # Zero, negative or otherwise invalid price [ws spot sdk]
     "EOrder:Invalid price": _C.REJECTED,
     # The same with Kraken's detail [rest]

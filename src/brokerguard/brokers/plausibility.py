@@ -169,6 +169,16 @@ class PositionPlausibility:
         self._suspicion = suspicion
         return Verdict(believed=False, suspicion=suspicion)
 
+    def seed(self, shown: Iterable[str]) -> bool:
+        """Start from holdings believed before (a restart): only if nothing is believed yet.
+
+        Returns whether the seed was taken.
+        """
+        if self._believed is not None:
+            return False
+        self._believed = frozenset(shown)
+        return True
+
     def unexplained(self, shown: Iterable[str], explained: Iterable[str] = ()) -> tuple[str, ...]:
         """The symbols a read showing `shown` would lose with nothing to explain it, sorted.
 

@@ -111,6 +111,8 @@ class PositionCapEnforcer:
         self.poll_interval = float(poll_interval)
         self.clock = clock if clock is not None else broker.clock
         self.store = store if store is not None else open_store("sqlite://", clock=self.clock)
+        if store is not None:
+            broker.keep_holdings_in(store)  # a restart judges its first read against them
         self.count_unpriced = count_unpriced
         self.count_dust = count_dust
         self.valuator = valuator or Valuator(broker, store=self.store, clock=self.clock)

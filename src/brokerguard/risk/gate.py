@@ -221,6 +221,8 @@ class TradingGate:
         self.broker = broker
         self.max_positions = max_positions
         self.store = store
+        if store is not None:
+            broker.keep_holdings_in(store)  # a restart judges its first read against them
         self.clock = clock if clock is not None else broker.clock
         self.max_position_age = float(max_position_age)
         self.pending_entry_ttl = float(pending_entry_ttl)

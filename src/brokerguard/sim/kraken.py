@@ -873,8 +873,9 @@ class KrakenEmulator(Served):
                 return _envelope([UNKNOWN_ORDER])
             if any(self._pair_status(o) == "maintenance" for o in chosen):
                 return _envelope([_PAIR_REFUSALS["maintenance"]])
-            if all(o.status in _GONE for o in chosen):
-                # Kraken: an order already cancelled (or expired) is unknown to CancelOrder.
+            if all(o.status not in _LIVE for o in chosen):
+                # Kraken cancels open orders only: one already filled, cancelled or expired is
+                # unknown to CancelOrder (ccxt issue 7338 shows the cancelled case).
                 return _envelope([UNKNOWN_ORDER])
             return _envelope([], {"count": self._cancel(chosen, USER_REQUESTED)})
 

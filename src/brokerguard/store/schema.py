@@ -14,6 +14,7 @@ __all__ = [
     "AUDIT_LOG",
     "FENCES",
     "HALTS",
+    "HOLDINGS",
     "METADATA",
     "ORDERS",
     "PAUSED_SYMBOLS",
@@ -21,7 +22,7 @@ __all__ = [
     "SCHEMA_VERSION_TABLE",
 ]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """The version this code writes (1: halts, pauses, audit log, order journal; 2: adds bg_fences,
 the fencing tokens; 3: adds bg_orders.deadline, when a journaled order can no longer be
 accepted; 4: bg_fences keyed by fleet namespace and account, with the holder of each token).
@@ -99,6 +100,17 @@ FENCES = Table(
     Column("token", BigInteger, nullable=False),
     Column("holder", String(300), nullable=False, server_default=""),
     Column("updated_at", Float, nullable=False),
+)
+
+HOLDINGS = Table(
+    # The holdings of each account's last believed position read: after a restart, a read
+    # that lacks some of them is judged against them instead of being believed as the first.
+    "bg_holdings",
+    METADATA,
+    Column("account_id", String(200), primary_key=True),
+    Column("symbol", String(100), primary_key=True),
+    Column("quantity", String(60), nullable=False),
+    Column("seen_at", Float, nullable=False),  # wall time the read that showed it started
 )
 
 APPEND_ONLY_DDL: Final = {

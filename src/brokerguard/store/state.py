@@ -56,6 +56,7 @@ from brokerguard.store.schema import (
     AUDIT_LOG,
     FENCES,
     HALTS,
+    HOLDINGS,
     METADATA,
     ORDERS,
     PAUSED_SYMBOLS,
@@ -436,6 +437,50 @@ class StateStore:
             )
         return lifted
 
+    # ------------------------------------------------------------------ believed holdings
+
+    def save_holdings(
+        self, account_id: str, holdings: Mapping[str, Decimal], seen_at: float
+    ) -> None:
+        """Replace the account's believed holdings (symbol -> quantity, read at `seen_at`)."""
+        _require("account_id", account_id)
+
+        def work(conn: Connection) -> None:
+            conn.execute(delete(HOLDINGS).where(HOLDINGS.c.account_id == account_id))
+            if holdings:
+                conn.execute(
+                    insert(HOLDINGS),
+                    [
+                        {
+                            "account_id": account_id,
+                            "symbol": symbol,
+                            "quantity": str(quantity),
+                            "seen_at": seen_at,
+                        }
+                        for symbol, quantity in sorted(holdings.items())
+                    ],
+                )
+            else:  # "holds nothing" is a belief too: one marker row keeps its time
+                conn.execute(
+                    insert(HOLDINGS).values(
+                        account_id=account_id, symbol="", quantity="0", seen_at=seen_at
+                    )
+                )
+
+        self._write(work)
+
+    def holdings(self, account_id: str) -> tuple[dict[str, Decimal], float] | None:
+        """The account's last believed holdings and when they were read, or None if never."""
+
+        def work(conn: Connection) -> tuple[dict[str, Decimal], float] | None:
+            rows = list(conn.execute(select(HOLDINGS).where(HOLDINGS.c.account_id == account_id)))
+            if not rows:
+                return None
+            held = {r.symbol: Decimal(r.quantity) for r in rows if r.symbol}
+            return held, min(r.seen_at for r in rows)
+
+        return self._read(work)
+
     # ------------------------------------------------------------------ paused symbols
 
     def pause_symbol(
@@ -673,7 +718,8 @@ class StateStore:
             elif found < SCHEMA_VERSION:
                 # 1 -> 2 added bg_fences, which create_all above has just made; 2 -> 3 adds
                 # bg_orders.deadline, which create_all does not add to an existing table;
-                # 3 -> 4 keys bg_fences by (namespace, account), keeping every fence.
+                # 3 -> 4 keys bg_fences by (namespace, account), keeping every fence;
+                # 4 -> 5 added bg_holdings, which create_all above has just made.
                 columns = {c["name"] for c in inspect(conn).get_columns(ORDERS.name)}
                 if "deadline" not in columns:
                     conn.execute(text("ALTER TABLE bg_orders ADD COLUMN deadline FLOAT"))
