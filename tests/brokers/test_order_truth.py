@@ -358,3 +358,30 @@ def test_an_unknown_kraken_error_on_a_read_is_a_counted_failure_not_retried(brok
     assert type(info.value) is BrokerError
     assert kraken.count("BalanceEx") == 1
     assert broker.read_breaker.get_status()["failure_count"] == 1
+
+
+def test_a_sale_on_the_website_is_believed_from_kraken_s_trade_history(broker, kraken, clock):
+    """BTC sold outside brokerguard: TradesHistory shows the sell, so the read is believed."""
+    assert len(broker.get_positions()) == 3
+    clock.advance(5)
+    website = client(kraken, nonce=broker._nonce.next)  # the owner, on the same key
+    website.load_markets()
+    btc = next(p for p in broker.get_positions() if p.symbol == "BTC/USD")
+    website.create_order("BTC/USD", "market", "sell", str(btc.quantity))
+    clock.advance(5)
+    assert {p.symbol for p in broker.get_positions()} == {"ETH/USD", "SOL/USD"}
+    assert broker.position_suspicion() is None
+
+
+def test_a_partial_sale_on_the_website_does_not_explain_a_vanished_position(broker, kraken, clock):
+    """Half of BTC sold, then a balance that omits BTC: the other half is unexplained."""
+    broker.get_positions()
+    clock.advance(5)
+    website = client(kraken, nonce=broker._nonce.next)
+    website.load_markets()
+    btc = next(p for p in broker.get_positions() if p.symbol == "BTC/USD")
+    website.create_order("BTC/USD", "market", "sell", str(btc.quantity / 2))
+    clock.advance(5)
+    kraken.inject("omit:XXBT", endpoint="BalanceEx")
+    with pytest.raises(PositionsImplausibleError, match="BTC/USD"):
+        broker.get_positions()

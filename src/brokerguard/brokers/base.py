@@ -571,7 +571,7 @@ class BaseBroker(abc.ABC):
     def _sold_evidence(self, lost: Iterable[str]) -> set[str]:
         """The `lost` symbols the trade history shows sold since they were last seen held.
 
-        A sell counts only if it executed after the start of the last believed read that
+        A sell counts only if it executed at or after the start of the last believed read that
         showed the symbol, and the sells (less any buys) since then leave at most dust. A
         history that cannot be read, or shows nothing, explains nothing: absence of a sell is
         not evidence either way.
@@ -596,7 +596,7 @@ class BaseBroker(abc.ABC):
         for symbol, (quantity, at) in held.items():
             remaining = quantity
             for fill in fills:
-                if fill.symbol == symbol and fill.timestamp > at:
+                if fill.symbol == symbol and fill.timestamp >= at:
                     remaining += fill.quantity if fill.side is Side.BUY else -fill.quantity
             if remaining <= 0 or self.is_dust(symbol, remaining):
                 sold.add(symbol)

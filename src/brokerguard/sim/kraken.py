@@ -3,9 +3,10 @@
 It speaks enough of Kraken's spot REST API for brokerguard's adapter: public ``Time``,
 ``Assets``, ``AssetPairs`` and ``Ticker``; private ``Balance``, ``BalanceEx`` (``hold_trade``:
 what open orders reserve), ``OpenOrders``, ``ClosedOrders``, ``QueryOrders``, ``AddOrder``,
-``CancelOrder`` (by ``txid``, ``userref`` or ``cl_ord_id``), ``CancelOrderBatch``, ``CancelAll``
-and ``CancelAllOrdersAfter``, all in the ``{"error": [...], "result": ...}`` envelope, with
-``API-Key`` / ``API-Sign`` checked and nonces required to increase per key, as Kraken does.
+``CancelOrder`` (by ``txid``, ``userref`` or ``cl_ord_id``), ``CancelOrderBatch``, ``CancelAll``,
+``CancelAllOrdersAfter`` and ``TradesHistory`` (every execution, newest first, 50 a page), all
+in the ``{"error": [...], "result": ...}`` envelope, with ``API-Key`` / ``API-Sign`` checked and
+nonces required to increase per key, as Kraken does.
 
 AddOrder takes ``market`` and ``limit`` orders (``price`` on the pair's tick) with ``cl_ord_id``,
 ``userref``, ``deadline``, ``expiretm``, ``validate``, ``timeinforce`` (``GTC``, ``IOC``, ``GTD``
@@ -397,6 +398,7 @@ class _State:
     switch_at: float | None = None  # the dead man's switch's trigger time
     switch_fired: list[float] = field(default_factory=list)
     switch_cancelled: int = 0
+    executions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # TradesHistory
 
 
 class KrakenEmulator(Served):
@@ -847,6 +849,19 @@ class KrakenEmulator(Served):
         recent = dict(list(found.items())[-50:][::-1])
         return _envelope([], {"closed": recent, "count": len(found)})
 
+    def _private_TradesHistory(self, params: Mapping[str, str]) -> tuple[int, bytes]:  # noqa: N802
+        """The account's executions, newest first, 50 a page (``start``/``end`` in seconds)."""
+        try:
+            start = float(params.get("start", "0") or 0)
+            end = float(params.get("end", "inf") or "inf")
+            offset = int(params.get("ofs", "0") or 0)
+        except ValueError:
+            return _envelope([INVALID_ARGUMENTS])
+        with self._lock:
+            found = [(t, e) for t, e in self._state.executions if start <= e["time"] <= end]
+        page = found[::-1][offset : offset + 50]
+        return _envelope([], {"trades": dict(page), "count": len(found)})
+
     def _private_QueryOrders(self, params: Mapping[str, str]) -> tuple[int, bytes]:  # noqa: N802
         with_trades = _truthy(params.get("trades"))
         userref = params.get("userref")
@@ -1159,7 +1174,29 @@ class KrakenEmulator(Served):
         balances[quote] = balances.get(quote, Decimal(0)) - sign * part * price
         order.vol_exec += part
         order.cost += part * price
-        order.trades.append(f"T{self._state.next_trade:05d}-EMU{self._state.next_trade % 97:02d}")
+        trade_id = f"T{self._state.next_trade:05d}-EMU{self._state.next_trade % 97:02d}"
+        order.trades.append(trade_id)
+        self._state.executions.append(
+            (
+                trade_id,
+                {
+                    "ordertxid": order.txid,
+                    "postxid": f"P{self._state.next_trade:05d}-EMU",
+                    "pair": order.pair.pair_id,
+                    "time": at,
+                    "type": order.side,
+                    "ordertype": order.ordertype,
+                    "price": _amount(quote, price),
+                    "cost": _amount(quote, part * price),
+                    "fee": _amount(quote, Decimal(0)),
+                    "vol": f"{part:.8f}",
+                    "margin": _amount(quote, Decimal(0)),
+                    "misc": "",
+                    "trade_id": self._state.next_trade,
+                    "maker": order.rested,
+                },
+            )
+        )
         self._state.next_trade += 1
         if order.vol_exec >= order.volume:
             order.status = "closed"
