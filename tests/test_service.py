@@ -242,3 +242,42 @@ def test_an_order_deadline_kraken_would_refuse_is_a_configuration_error(deadline
                 "accounts": [{"id": "p-1", "broker": "paper", "max_positions": 2}],
             }
         )
+
+
+def test_the_service_refreshes_a_configured_dead_man_switch_every_pass(tmp_path):
+    """Each pass re-arms it (status shows the trigger); when passes stop, resting orders go."""
+    config = parse_config(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 's.db'}"},
+            "brokers": {"paper": {"kind": "paper", "dead_man_switch_s": 60, "settle_delay_s": 0}},
+            "accounts": [{"id": "p-1", "broker": "paper", "max_positions": 3}],
+        }
+    )
+    clock = FakeClock(start=1_795_000_000.0)
+    service = GuardService(config, clock=clock)
+    broker = service.accounts["p-1"].broker
+    price = broker.get_current_price("BTC/USD")
+    broker.place_order(
+        "BTC/USD", "buy", "0.01", order_type="limit", price=price / 2, client_order_id="rest"
+    )
+    for _ in range(5):
+        service.tick()
+        clock.advance(30)
+    switch = service.status()["accounts"]["p-1"]["dead_man_switch"]
+    assert switch["error"] is None
+    assert switch["trigger_at"] == pytest.approx(clock.time() - 30 + 60)
+    assert broker.get_order("rest").status.value == "open"
+    clock.advance(61)  # the service stopped: no refresh
+    assert broker.get_order("rest").status.value == "canceled"
+    service.close()
+
+
+def test_a_dead_man_switch_shorter_than_15_s_is_refused():
+    """A switch that fires between two refreshes would cancel every resting order."""
+    with pytest.raises(ConfigurationError):
+        parse_config(
+            {
+                "brokers": {"paper": {"kind": "paper", "dead_man_switch_s": 5}},
+                "accounts": [{"id": "p-1", "broker": "paper", "max_positions": 3}],
+            }
+        )

@@ -219,6 +219,16 @@ class BrokerConfig(_Model):
     resolution_margin_s: Seconds = Field(
         5.0, description="added to a deadline before absence proves an order was never placed"
     )
+    dead_man_switch_s: float | None = Field(
+        None,
+        ge=15,
+        lt=86400,
+        allow_inf_nan=False,
+        description="arm the venue's dead man's switch (Kraken CancelAllOrdersAfter) for this "
+        "many seconds and refresh it every enforcement pass: if brokerguard stops, the venue "
+        "cancels every open order when it fires. Keep it above twice the enforcement interval "
+        "(default: off)",
+    )
     positions_believe_reads: bool = Field(
         default=False,
         description="whether agreeing reads alone may confirm that positions are gone (default "

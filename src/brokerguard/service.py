@@ -132,6 +132,8 @@ class AccountRuntime:
     broker: BaseBroker
     enforcer: PositionCapEnforcer
     gate: TradingGate
+    dead_man_switch: dict[str, Any] | None = None
+    """The switch's last refresh: ``timeout_s``, ``trigger_at`` (epoch s), ``error``."""
 
 
 class GuardService:
@@ -312,7 +314,35 @@ class GuardService:
     def tick(self) -> dict[str, dict[str, Any]]:
         """One enforcement pass over every account (and a look for operators' actions)."""
         self.watch_operator_actions()
-        return self.exits.tick()
+        results = self.exits.tick()
+        self.refresh_dead_man_switches()
+        return results
+
+    def refresh_dead_man_switches(self) -> None:
+        """Re-arm each configured dead man's switch (every pass; the next pass is the retry).
+
+        A refresh that fails is logged and shown in status: when the switch fires, the venue
+        cancels the account's open orders, which is the point of it (fail closed).
+        """
+        for account_id, runtime in self.accounts.items():
+            timeout = self.config.brokers[runtime.config.broker].dead_man_switch_s
+            if timeout is None or not runtime.broker.has_dead_man_switch:
+                continue
+            state: dict[str, Any] = {"timeout_s": timeout, "trigger_at": None, "error": None}
+            previous = runtime.dead_man_switch or {}
+            try:
+                state["trigger_at"] = runtime.broker.arm_dead_man_switch(timeout)
+            except BrokerGuardError as exc:
+                state["trigger_at"] = previous.get("trigger_at")
+                state["error"] = f"{type(exc).__name__}: {exc}"
+                log.error(
+                    "account %s: the dead man's switch could not be refreshed (%s); the venue "
+                    "cancels its open orders at %s unless a later refresh succeeds",
+                    account_id,
+                    state["error"],
+                    state["trigger_at"],
+                )
+            runtime.dead_man_switch = state
 
     def enforce_once(self, account_id: str) -> dict[str, Any]:
         """Enforce one account now (the CLI's ``enforce``), under its lease in a fleet.
@@ -554,6 +584,7 @@ class GuardService:
                 "data_quality": runtime.broker.data_quality(),
                 "unresolved_orders": self._unresolved_orders(runtime.broker, store_ok),
                 "positions_suspect": _suspicion_dict(runtime.broker),
+                "dead_man_switch": runtime.dead_man_switch,
             }
         brokers = {}
         for name, breakers in self.breakers.items():

@@ -239,3 +239,42 @@ def test_an_open_order_a_listing_omits_stays_exposure(clock):
     assert [o.client_order_id for o in broker.get_open_orders()] == ["r1"]
     broker.cancel_order("r1")
     assert broker.get_open_orders() == []  # seen final: forgotten
+
+
+# ---------------------------------------------------------------- the dead man's switch
+
+
+def test_the_dead_man_switch_cancels_resting_orders_when_not_refreshed(broker, clock):
+    """Armed for 60 s and refreshed: orders live on; refreshes stop: the book is cancelled."""
+    rest = broker.place_order(
+        "BTC/USD", "buy", "1", order_type="limit", price="90", client_order_id="dms-1"
+    )
+    assert broker.arm_dead_man_switch(60) == pytest.approx(START + 60)
+    clock.advance(50)
+    broker.arm_dead_man_switch(60)  # refreshed in time
+    clock.advance(50)
+    assert broker.get_order(rest.client_order_id).status is OrderStatus.OPEN
+    clock.advance(11)  # 61 s since the last refresh
+    assert broker.get_order(rest.client_order_id).status is OrderStatus.CANCELED
+    assert broker.switch_fired == 1
+
+
+def test_a_disarmed_switch_cancels_nothing(broker, clock):
+    """0 disarms: no trigger time, and the order outlives the old deadline."""
+    broker.place_order("BTC/USD", "buy", "1", order_type="limit", price="90", client_order_id="d2")
+    broker.arm_dead_man_switch(60)
+    assert broker.arm_dead_man_switch(0) is None
+    clock.advance(120)
+    assert broker.get_order("d2").status is OrderStatus.OPEN
+
+
+def test_a_venue_without_a_switch_says_so(clock):
+    """Arming where there is none is a refusal, not a silent no-op."""
+
+    class NoSwitch(PaperBroker):
+        submit_cancel_all_after = BaseBroker.submit_cancel_all_after
+
+    broker = NoSwitch("no-switch", clock=clock, prices={"BTC/USD": "1"})
+    assert not broker.has_dead_man_switch
+    with pytest.raises(BrokerRejection, match="dead man"):
+        broker.arm_dead_man_switch(60)

@@ -320,6 +320,14 @@ class BaseBroker(abc.ABC):
         """
         raise NotImplementedError
 
+    def submit_cancel_all_after(self, seconds: float) -> float | None:
+        """Arm the venue's dead man's switch (raw); return its trigger time, or None.
+
+        The venue cancels every open order in `seconds` unless armed again; 0 disarms.
+        Override where the venue has one (Kraken ``CancelAllOrdersAfter``).
+        """
+        raise NotImplementedError
+
     def fetch_fills(self, since: float) -> Sequence[Fill]:
         """Return the account's executions since `since` (epoch seconds): its trade history.
 
@@ -368,6 +376,35 @@ class BaseBroker(abc.ABC):
             type(self).fetch_open_orders is not BaseBroker.fetch_open_orders
             and type(self).submit_cancel is not BaseBroker.submit_cancel
         )
+
+    @property
+    def has_dead_man_switch(self) -> bool:
+        """Whether the adapter provides :meth:`submit_cancel_all_after`."""
+        return type(self).submit_cancel_all_after is not BaseBroker.submit_cancel_all_after
+
+    def arm_dead_man_switch(self, seconds: float) -> float | None:
+        """Arm (or, with 0, disarm) the venue's dead man's switch; return its trigger time.
+
+        If brokerguard stops refreshing it (the process died, the network to the venue is
+        gone), the venue cancels every open order when it fires: resting orders never outlive
+        their guard by more than `seconds`. A write through the write breaker, never retried
+        here: the next refresh is the retry.
+        """
+        if not self.has_dead_man_switch:
+            raise BrokerRejection(f"broker {self.broker_name!r} has no dead man's switch")
+        problems = seconds_problem("seconds", seconds)
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        with self._observed("write", "arm_dead_man_switch"):
+            self._probe_if_due(self._bg_write, real_call_is_probe=False)
+            return self._bg_write.call(self._arm_checked, float(seconds))
+
+    def _arm_checked(self, seconds: float) -> float | None:
+        self._throttle()
+        trigger: object = self.submit_cancel_all_after(seconds)
+        if trigger is None:
+            return None
+        return float(parse_decimal(trigger, field="trigger_time"))
 
     @property
     def has_trade_history(self) -> bool:

@@ -83,6 +83,7 @@ RAW_METHODS: Final = (
     "fetch_fills",
     "submit_cancel",
     "fetch_open_orders",
+    "submit_cancel_all_after",
 )
 """The calls a fault plan can target."""
 
@@ -422,6 +423,8 @@ class PaperBroker(BaseBroker):
         self._queue: list[_QueuedOrder] = []  # received, not accepted yet (delayed acceptance)
         self._dropped: list[tuple[OrderRequest, str]] = []
         self._fills: deque[Fill] = deque(maxlen=10_000)  # the trade history, oldest first
+        self._switch_at: float | None = None  # the dead man's switch's trigger (monotonic)
+        self.switch_fired = 0  # how many times the dead man's switch cancelled the book
         self._next_order_number = 1
         now = self.clock.monotonic()
         self._history: list[tuple[float, dict[str, Decimal]]] = [(now, dict(self._positions))]
@@ -542,6 +545,15 @@ class PaperBroker(BaseBroker):
                 self._live = [p for p in self._live if p is not placed]
             self._record(now, "submit_cancel", "ok")
             return placed.view()
+
+    def submit_cancel_all_after(self, seconds: float) -> float | None:
+        """Cancel every open order in `seconds` unless armed again (0 disarms), as Kraken."""
+        now = self._enter("submit_cancel_all_after")
+        with self._lock:
+            self._settle(now)
+            self._switch_at = now + seconds if seconds else None
+            self._record(now, "submit_cancel_all_after", "ok")
+            return None if self._switch_at is None else self._wall(self._switch_at)
 
     def fetch_open_orders(self) -> Sequence[Order]:
         """Return every order not final yet (resting limit orders, unsettled market orders)."""
@@ -750,6 +762,13 @@ class PaperBroker(BaseBroker):
             self._queue.remove(first)
             self._fill(first.due)
             self._accept_queued(first)
+        if self._switch_at is not None and now >= self._switch_at:
+            self._fill(self._switch_at)  # what filled before the switch fired stays filled
+            for placed in self._live:
+                placed.status, placed.shown = OrderStatus.CANCELED, None
+            self._live = []
+            self._switch_at = None
+            self.switch_fired += 1
         self._fill(now)
 
     def _accept_queued(self, queued: _QueuedOrder) -> None:
