@@ -135,6 +135,7 @@ def run(
         config = with_server(config, host=host or None, port=port)  # checked like the file
     # Read and judge the token before anything opens: a weak one stops the start (exit 2).
     token = _control_token(config)
+    bot_token = _bot_token(config, token)
     embedded = config_path is None
     demo = embedded and not no_demo
     console = Console(stderr=True)
@@ -142,7 +143,9 @@ def run(
     _configure_logging(interactive)
     service = GuardService(config)
     server = StatusServer(
-        create_app(service, control_token=token), host=config.server.host, port=config.server.port
+        create_app(service, control_token=token, bot_token=bot_token),
+        host=config.server.host,
+        port=config.server.port,
     )
     server.start()
     console.print(
@@ -151,6 +154,12 @@ def run(
             f"control endpoints ON (bearer token from {config.server.control_token_env})"
             if token
             else f"control endpoints OFF (set {config.server.control_token_env} to enable)"
+        )
+        + " · "
+        + (
+            f"pre-trade API /v1 ON (bot token from {config.server.bot_token_env})"
+            if bot_token
+            else f"pre-trade API /v1 OFF (set {config.server.bot_token_env} to enable)"
         )
     )
     if embedded:
@@ -682,6 +691,21 @@ def _control_token(config: BrokerGuardConfig) -> str | None:
             f"server.control_token_env: the control token in {name} is too weak "
             f"({'; '.join(problems)}): use at least 32 random characters, e.g. "
             "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return token
+
+
+def _bot_token(config: BrokerGuardConfig, control_token: str | None) -> str | None:
+    """The bot token: as strong as the control token, and never the same one."""
+    name = config.server.bot_token_env
+    token = resolve_secret(name)
+    problems = [] if token is None else check_control_token(token)
+    if token is not None and token == control_token:
+        problems.append("it is the control token: a bot could halt and resume")
+    if problems:
+        raise ConfigurationError(
+            f"server.bot_token_env: the bot token in {name} is refused "
+            f"({'; '.join(problems)}): use 32 random characters of its own"
         )
     return token
 

@@ -47,6 +47,7 @@ from brokerguard.errors import ConfigurationError
 from brokerguard.resilience.backoff import BackoffKind, BackoffPolicy
 
 __all__ = [
+    "DEFAULT_BOT_TOKEN_ENV",
     "DEFAULT_CONTROL_TOKEN_ENV",
     "AccountConfig",
     "AlertConfig",
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 DEFAULT_CONTROL_TOKEN_ENV = "BROKERGUARD_CONTROL_TOKEN"  # noqa: S105 (a variable's name)
+DEFAULT_BOT_TOKEN_ENV = "BROKERGUARD_BOT_TOKEN"  # noqa: S105 (a variable's name)
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _SECRET_KEYS = ("api_key", "api_secret", "secret", "password", "token", "webhook_url", "url")
@@ -407,8 +409,13 @@ class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     control_token_env: str = DEFAULT_CONTROL_TOKEN_ENV
+    bot_token_env: str = Field(
+        DEFAULT_BOT_TOKEN_ENV,
+        description="the variable holding the bot token of the /v1 pre-trade API (a bot can "
+        "reserve and report entries; it cannot halt or resume). Unset: /v1 answers 403",
+    )
 
-    _check_env = field_validator("control_token_env")(_env_name)
+    _check_env = field_validator("control_token_env", "bot_token_env")(_env_name)
 
     @field_validator("host")
     @classmethod

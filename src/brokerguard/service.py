@@ -44,13 +44,14 @@ from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_ena
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.state import CircuitState
 from brokerguard.risk.cap import ENFORCER_SOURCE, PositionCapEnforcer
+from brokerguard.risk.entries import EntryBook
 from brokerguard.risk.exits import (
     ContinuousExitEnforcer,
     EnforcementEvent,
     TradingHalted,
     TradingResumed,
 )
-from brokerguard.risk.gate import EntryDenied, TradingGate
+from brokerguard.risk.gate import EntryDenied, TradingGate, TradingState
 from brokerguard.risk.valuation import Valuator
 from brokerguard.store.state import StateStore, open_store
 
@@ -132,6 +133,8 @@ class AccountRuntime:
     broker: BaseBroker
     enforcer: PositionCapEnforcer
     gate: TradingGate
+    entries: EntryBook
+    """The pre-trade API's reservations (bots in other processes)."""
     dead_man_switch: dict[str, Any] | None = None
     """The switch's last refresh: ``timeout_s``, ``trigger_at`` (epoch s), ``error``."""
 
@@ -270,7 +273,8 @@ class GuardService:
             max_position_age=account.max_position_age_s,
             slots=self._slots,
         )
-        return AccountRuntime(account, broker, enforcer, gate)
+        entries = EntryBook(gate, clock=self.clock, store=self.store)
+        return AccountRuntime(account, broker, enforcer, gate, entries)
 
     # ------------------------------------------------------------------ events
 
@@ -316,7 +320,41 @@ class GuardService:
         self.watch_operator_actions()
         results = self.exits.tick()
         self.refresh_dead_man_switches()
+        self.sweep_entries()
         return results
+
+    def sweep_entries(self) -> None:
+        """Resolve pre-trade reservations whose bots never reported (looked up at the broker)."""
+        for account_id, runtime in self.accounts.items():
+            try:
+                runtime.entries.sweep()
+            except BrokerGuardError as exc:
+                log.warning("account %s: reservations not swept: %s", account_id, exc)
+
+    def account_view(self, account_id: str) -> dict[str, Any]:
+        """What a bot asks before it trades: the state, the cap, and what to exit now.
+
+        ``exit_symbols`` is the enforcer's plan when the account is REDUCING (over its cap):
+        the positions it would sell, smallest first.
+        """
+        runtime = self.account(account_id)
+        state = runtime.gate.trading_state()
+        snapshot = runtime.broker.last_position_snapshot()
+        exits: list[str] = []
+        if state is TradingState.REDUCING and snapshot is not None:
+            try:
+                plan = runtime.enforcer.plan()
+            except BrokerGuardError:
+                plan = {"would_liquidate": []}
+            exits = [item["symbol"] for item in plan["would_liquidate"]]
+        return {
+            "account_id": account_id,
+            "trading_state": state.value,
+            "max_positions": runtime.config.max_positions,
+            "positions": None if snapshot is None else snapshot.count,
+            "symbols_held": [] if snapshot is None else [p.symbol for p in snapshot.positions],
+            "exit_symbols": exits,
+        }
 
     def refresh_dead_man_switches(self) -> None:
         """Re-arm each configured dead man's switch (every pass; the next pass is the retry).

@@ -294,6 +294,35 @@ class TradingGate:
             token, filled=not reservation.cancelled or bool(sent), client_order_ids=list(sent)
         )
 
+    def hold_slot(self, symbol: str) -> tuple[Decision, int | None]:
+        """Take a slot outside a ``with`` block (the HTTP API's reservations): (decision, token).
+
+        The token is None when refused. Give it back with :meth:`settle_slot`; until then the
+        slot counts as reserved.
+        """
+        decision, token = self._decide(symbol, reserve=True)
+        self._announce(decision)
+        return decision, token
+
+    def settle_slot(self, token: int, *, placed: bool, client_order_id: str | None) -> None:
+        """End a :meth:`hold_slot`.
+
+        Placed (or possibly placed) keeps the slot as a filled entry until a snapshot shows it;
+        not placed gives it back.
+        """
+        self._release(token, filled=placed, client_order_ids=[client_order_id])
+
+    def remember_entry(self, symbol: str, client_order_id: str | None) -> None:
+        """Count an entry of unknown outcome (one a restart found reserved).
+
+        It keeps a slot until a snapshot shows the position, the broker proves it absent, or
+        ``pending_entry_ttl`` passes.
+        """
+        with self._lock:
+            self._filled.setdefault(parse_symbol(symbol), []).append(
+                (self.clock.monotonic(), client_order_id)
+            )
+
     def check_exit(self, symbol: str) -> Decision:
         """Risk-reducing orders stay allowed when halted or over the cap, not when paused."""
         try:

@@ -32,6 +32,7 @@ from brokerguard.server.body import (
     validate_body,
 )
 from brokerguard.server.page import render_page
+from brokerguard.server.pretrade import pretrade_router
 from brokerguard.service import GuardService
 
 __all__ = ["HaltRequest", "ResumeRequest", "create_app"]
@@ -97,9 +98,9 @@ def _control_openapi(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def create_app(  # noqa: C901, PLR0915 (one nested function per route reads best in one place)
-    service: GuardService, *, control_token: str | None
+    service: GuardService, *, control_token: str | None, bot_token: str | None = None
 ) -> FastAPI:
-    """Build the app for `service`; `control_token` None disables the control endpoints."""
+    """Build the app for `service`; a None token disables its endpoints (control, /v1)."""
     from brokerguard import __version__  # noqa: PLC0415 (the package imports this module)
 
     app = FastAPI(title="brokerguard", version=__version__, docs_url=None, redoc_url=None)
@@ -215,4 +216,5 @@ def create_app(  # noqa: C901, PLR0915 (one nested function per route reads best
             raise HTTPException(503, f"{type(exc).__name__}: {exc}") from exc
         return {"account_id": order.account_id, "confirmed": symbols}
 
+    app.include_router(pretrade_router(service, bot_token=bot_token))
     return app

@@ -12,6 +12,7 @@ from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Tab
 
 __all__ = [
     "AUDIT_LOG",
+    "ENTRIES",
     "FENCES",
     "HALTS",
     "HOLDINGS",
@@ -22,7 +23,7 @@ __all__ = [
     "SCHEMA_VERSION_TABLE",
 ]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 """The version this code writes (1: halts, pauses, audit log, order journal; 2: adds bg_fences,
 the fencing tokens; 3: adds bg_orders.deadline, when a journaled order can no longer be
 accepted; 4: bg_fences keyed by fleet namespace and account, with the holder of each token).
@@ -111,6 +112,23 @@ HOLDINGS = Table(
     Column("symbol", String(100), primary_key=True),
     Column("quantity", String(60), nullable=False),
     Column("seen_at", Float, nullable=False),  # wall time the read that showed it started
+)
+
+ENTRIES = Table(
+    # The pre-trade API's reservations: one a bot never reported keeps its slot across a
+    # restart until the broker is asked about its client order id.
+    "bg_entries",
+    METADATA,
+    Column("reservation_id", String(64), primary_key=True),
+    Column("account_id", String(200), nullable=False, index=True),
+    Column("symbol", String(100), nullable=False),
+    Column("side", String(10), nullable=False),
+    Column("client_order_id", String(100), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("order_id", String(100), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 APPEND_ONLY_DDL: Final = {

@@ -54,6 +54,7 @@ from brokerguard.store._deadline import call_deadline, remaining
 from brokerguard.store.schema import (
     APPEND_ONLY_DDL,
     AUDIT_LOG,
+    ENTRIES,
     FENCES,
     HALTS,
     HOLDINGS,
@@ -481,6 +482,39 @@ class StateStore:
 
         return self._read(work)
 
+    # ------------------------------------------------------------------ pre-trade entries
+
+    def save_entry(self, entry: Mapping[str, Any]) -> None:
+        """Insert or update one pre-trade reservation (keyed by ``reservation_id``)."""
+        row = {c.name: entry[c.name] for c in ENTRIES.columns if c.name != "updated_at"}
+        row["updated_at"] = self._clock.time()
+
+        def work(conn: Connection) -> None:
+            updated = conn.execute(
+                update(ENTRIES)
+                .where(ENTRIES.c.reservation_id == row["reservation_id"])
+                .values(state=row["state"], order_id=row["order_id"], updated_at=row["updated_at"])
+            )
+            if not updated.rowcount:
+                conn.execute(insert(ENTRIES).values(**row))
+
+        self._write(work)
+
+    def open_entries(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        """Reservations not settled yet (``reserved`` or ``unresolved``), oldest first."""
+
+        def work(conn: Connection) -> list[dict[str, Any]]:
+            query = (
+                select(ENTRIES)
+                .where(ENTRIES.c.state.in_(("reserved", "unresolved")))
+                .order_by(ENTRIES.c.created_at)
+            )
+            if account_id is not None:
+                query = query.where(ENTRIES.c.account_id == account_id)
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+        return self._read(work)
+
     # ------------------------------------------------------------------ paused symbols
 
     def pause_symbol(
@@ -719,7 +753,7 @@ class StateStore:
                 # 1 -> 2 added bg_fences, which create_all above has just made; 2 -> 3 adds
                 # bg_orders.deadline, which create_all does not add to an existing table;
                 # 3 -> 4 keys bg_fences by (namespace, account), keeping every fence;
-                # 4 -> 5 added bg_holdings, which create_all above has just made.
+                # 4 -> 5 added bg_holdings, 5 -> 6 bg_entries, which create_all above made.
                 columns = {c["name"] for c in inspect(conn).get_columns(ORDERS.name)}
                 if "deadline" not in columns:
                     conn.execute(text("ALTER TABLE bg_orders ADD COLUMN deadline FLOAT"))
