@@ -52,3 +52,19 @@ def test_shared_breaker_bench_measures_every_path(capsys, redis_namespace):
     out = capsys.readouterr().out
     for row in ("local breaker", "shared breaker, closed", "shared breaker, open", "Redis PING"):
         assert f"| {row}" in out
+
+
+def test_pretrade_times_every_call_of_the_v1_api(capsys):
+    """A short run over real HTTP: a row per call, and every reservation answered 201 or 409."""
+    pretrade = load_bench("pretrade")
+    assert pretrade.main(["--rounds", "20"]) == 0
+    rows = {
+        line.split("|")[1].strip(): line.split("|")
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and "call" not in line
+    }
+    assert {"reserve", "gate"} <= set(rows)
+    assert int(rows["reserve"][2].replace(",", "")) == 20
+    assert set(rows["reserve"][8].replace(" ", "").split(",")) <= {
+        f"{code}:{n}" for code in (201, 409) for n in range(21)
+    }

@@ -435,3 +435,30 @@ def test_believed_holdings_are_replaced_whole_and_an_empty_belief_is_kept(store)
     store.save_holdings("acct-1", {}, 300.0)
     assert store.holdings("acct-1") == ({}, 300.0)
     assert store.holdings("acct-2") == ({"SOL/USD": Decimal(3)}, 90.0)
+
+
+def test_a_version_5_store_gains_the_pre_trade_entries(durable_url, clock):
+    """The entries table is created on open; a saved entry is found open, then settled."""
+    first = open_store(durable_url, clock=clock)
+    with first._engine.begin() as conn:
+        conn.execute(text("UPDATE bg_schema_version SET version = 5"))
+        conn.execute(text("DROP TABLE bg_entries"))
+    first.close()
+    second = open_store(durable_url, clock=clock)
+    assert second.schema_version() == SCHEMA_VERSION
+    entry = {
+        "reservation_id": "r1",
+        "account_id": "acct-1",
+        "symbol": "BTC/USD",
+        "side": "buy",
+        "client_order_id": "c1",
+        "state": "reserved",
+        "order_id": None,
+        "created_at": 1.0,
+        "expires_at": 61.0,
+    }
+    second.save_entry(entry)
+    assert [e["reservation_id"] for e in second.open_entries("acct-1")] == ["r1"]
+    second.save_entry({**entry, "state": "placed", "order_id": "X"})
+    assert second.open_entries("acct-1") == []
+    second.close()
