@@ -21,7 +21,8 @@ def _app():
         embedded_default_config(tempfile.mkdtemp(prefix="bg-schema-")),
         clock=FakeClock(start=1_795_000_000.0),
     )
-    return create_app(service, control_token=TOKEN)
+    # One token for both (the CLI refuses that; here it lets every route be reached).
+    return create_app(service, control_token=TOKEN, bot_token=TOKEN)
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
