@@ -293,6 +293,10 @@ class OrderRequest:
         if self.expire_at is not None:
             stamp = parse_decimal(self.expire_at, field="expire_at", allow_zero=False)
             _set(self, "expire_at", float(stamp))
+        for flag in ("post_only", "reduce_only"):
+            value: object = getattr(self, flag)
+            if type(value) is not bool:  # "false" is truthy: never guess a flag
+                raise InvalidBrokerData(flag, value, "not_a_bool")
         problem = self._shape_problem()
         if problem:
             raise InvalidBrokerData("order", self.client_order_id, problem)
@@ -321,8 +325,12 @@ class OrderRequest:
 
     @property
     def increases_risk(self) -> bool:
-        """Whether filling it could open or grow a position (spot: every non-reduce buy)."""
-        return self.side is Side.BUY and not self.reduce_only
+        """Whether filling it could open or grow a position.
+
+        On spot every buy does: there is no short for a reduce-only buy to reduce, and a venue
+        that ignores the flag (as a paper book may) would open a position with it.
+        """
+        return self.side is Side.BUY
 
 
 @dataclass(frozen=True, slots=True)

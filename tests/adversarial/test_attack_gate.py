@@ -168,11 +168,12 @@ def test_an_entry_stuck_as_exists_holds_its_slot_forever(make_broker, venue, clo
 
 
 def test_empty_lookup_answers_for_a_stuck_entry_refuse_every_entry(make_broker, venue, clock):
-    """Empty lookup answers for an entry the venue calls a duplicate are failed reads: no entry.
+    """Empty order listings are failed reads: the entry is refused before anything is sent.
 
-    Updated to the current, safer behaviour: {"result": {}} from OpenOrders/ClosedOrders used to
-    read as "not found"; CcxtBroker now refuses it as invalid data, so the read circuit opens
-    and the gate refuses every entry as BROKER_OFFLINE while the order stays EXISTS.
+    Updated to the current, safer behaviour: the gate lists open orders before it reserves
+    (resting buys take slots), and {"result": {}} from OpenOrders is refused as invalid data,
+    so the reservation is refused (positions and open orders unknown) and no second buy of the
+    stuck id is ever attempted.
     """
     venue.set_fill_market_orders(fill=False)
     other = make_broker()
@@ -181,14 +182,12 @@ def test_empty_lookup_answers_for_a_stuck_entry_refuse_every_entry(make_broker, 
     gate = TradingGate(broker, CAP, store=open_store("sqlite://", clock=clock))
     venue.inject("empty_result", endpoint="OpenOrders", times=1000)
     venue.inject("empty_result", endpoint="ClosedOrders", times=1000)
-    with pytest.raises(OrderUnconfirmedError), gate.reserve_entry("SOL/USD"):
+    with pytest.raises(EntryDenied) as refused, gate.reserve_entry("SOL/USD"):
         broker.place_market_order("SOL/USD", "buy", "1", client_order_id="rt-stuck-2")
+    assert refused.value.decision.code in {"POSITIONS_UNKNOWN", BROKER_OFFLINE}
     for _ in range(4):
         clock.advance(900)
-        broker.resolve_unresolved()
-    assert [o.state.value for o in broker.unresolved_orders()] == ["exists"]
-    assert gate.check_entry("SOL/USD").code == BROKER_OFFLINE
-    assert gate.check_entry("ETH/USD").code == BROKER_OFFLINE
+        assert not gate.check_entry("ETH/USD").allowed
     assert buys(venue, "SOLUSD") == 1
 
 

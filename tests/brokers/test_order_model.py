@@ -97,11 +97,21 @@ def test_impossible_orders_are_refused_with_a_reason(terms, problem):
     assert caught.value.reason == problem
 
 
-def test_only_non_reducing_buys_increase_risk():
-    """A buy opens or grows a position; a sell, or a reduce-only order, cannot."""
+def test_every_spot_buy_increases_risk_and_flags_must_be_booleans():
+    """A buy opens or grows a position, reduce-only or not (spot has no short to reduce)."""
     assert OrderRequest("BTC/USD", "buy", "1", "a").increases_risk
     assert not OrderRequest("BTC/USD", "sell", "1", "b").increases_risk
-    assert not OrderRequest("BTC/USD", "buy", "1", "c", reduce_only=True).increases_risk
+    assert OrderRequest("BTC/USD", "buy", "1", "c", reduce_only=True).increases_risk
+    with pytest.raises(InvalidBrokerData) as caught:
+        OrderRequest("BTC/USD", "buy", "1", "d", reduce_only="false")
+    assert caught.value.reason == "not_a_bool"
+
+
+def test_a_reduce_only_buy_is_refused_on_spot(broker):
+    """Nothing to reduce: refused as Kraken refuses it, nothing placed."""
+    with pytest.raises(BrokerRejection, match="reduce only"):
+        broker.place_order("BTC/USD", "buy", "1", reduce_only=True)
+    assert broker.all_orders() == []
 
 
 # ---------------------------------------------------------------- limit orders

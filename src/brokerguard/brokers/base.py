@@ -17,6 +17,7 @@ no breaker, no validation. :class:`BaseBroker` wraps them:
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import threading
 import uuid
@@ -47,6 +48,7 @@ from brokerguard.models import (
     Fill,
     Order,
     OrderRequest,
+    OrderStatus,
     OrderType,
     Position,
     PriceProblem,
@@ -99,6 +101,9 @@ _RECENT_SENDS = 8
 """Sends remembered per symbol and side, for the gate's question "did this entry send?"."""
 
 _SELL_EXPLAINS_S = 600.0
+_SALE_SKEW_S = 2.0
+"""Seconds after a read's end within which a sale in the trade history may be in the read."""
+_RECENT_FILLS = 10_000
 """A sell we sent explains a position's disappearance for this long (monotonic seconds)."""
 
 
@@ -266,13 +271,20 @@ class BaseBroker(abc.ABC):
         # Every client order id this process sent, with the state its order is known to be in.
         self._bg_sent: OrderedDict[str, OrderState] = OrderedDict()
         self._bg_unresolved: dict[str, UnresolvedOrder] = {}
-        self._bg_sells: dict[str, float] = {}  # symbol -> monotonic time of our last sell
+        # symbol -> (monotonic time of our last sell of it whole, its client order id or None
+        # for a journaled one): it explains the symbol's disappearance once it is filled.
+        self._bg_sells: dict[str, tuple[float, str | None]] = {}
+        self._bg_filled_at: dict[str, float] = {}  # sell cid -> monotonic time seen filled
         # (symbol, side) -> the last few sends (monotonic time, client order id)
         self._bg_recent_sends: dict[tuple[str, Side], list[tuple[float, str]]] = {}
         self._bg_plausibility = PositionPlausibility(plausibility)
-        # symbol -> (quantity, wall time the read started) of the last believed read holding it:
-        # what a sell in the trade history must be newer than, and must account for.
-        self._bg_held: dict[str, tuple[Decimal, float]] = {}
+        # symbol -> (quantity, wall time the read started, wall time it ended) of the last
+        # believed read holding it: a sell in the trade history must be newer than the read's
+        # end (one inside the read may be in it already), and must account for the quantity.
+        self._bg_held: dict[str, tuple[Decimal, float, float]] = {}
+        self._bg_holdings_pending = False  # the stored holdings could not be read yet
+        self._bg_save_lock = threading.Lock()
+        self._bg_saved_at = float("-inf")
         self._bg_accepted_losses: set[str] = set()  # confirmed gone by an operator
         self._bg_live: dict[str, Order] = {}  # our orders last seen not final (resting ones)
         self._bg_listing: tuple[Order, ...] = ()  # the venue's last open-order listing
@@ -431,10 +443,16 @@ class BaseBroker(abc.ABC):
                 with self._bg_lock:
                     self._bg_plausibility.interrupt()  # a gap: agreeing reads start again
                 raise
+        wall_ended = self._bg_clock.time()
+        if self._bg_holdings_pending:
+            self._seed_from_store()  # raises while the last run's holdings stay unreadable
         snapshot = PositionSnapshot(tuple(positions), started)
         shown = [p.symbol for p in positions]
         with self._bg_lock:
             lost = self._bg_plausibility.unexplained(shown, self._explained_losses(started))
+        if lost and self._look_up_own_sells(lost, started):
+            with self._bg_lock:  # a sell of ours turned out filled: it explains its symbol
+                lost = self._bg_plausibility.unexplained(shown, self._explained_losses(started))
         # Read the trade history outside the lock (it is a broker call), only when a read lost
         # positions that nothing explains yet.
         sold = self._sold_evidence(lost) if lost and self.has_trade_history else set()
@@ -449,7 +467,8 @@ class BaseBroker(abc.ABC):
             )
             if verdict.believed:
                 self._bg_last_positions = snapshot
-                self._remember_held(positions, wall_started)
+                self._remember_held(positions, wall_started, wall_ended)
+                self._forget_rebought(shown, started)
         if verdict.believed:
             self._persist_holdings(positions, wall_started)
         if sold & set(lost):
@@ -519,35 +538,51 @@ class BaseBroker(abc.ABC):
         """Persist every believed read's holdings in `store`; start from the stored ones.
 
         Without it the first read after a restart is believed whatever it lacks, so a restart
-        during a thin-read glitch would free cap slots. With it, a first read that lacks
-        stored holdings is judged like any other (it needs a sell, the trade history or an
-        operator to be believed). The gate and the enforcer call it with their store; the
-        first store given is kept.
+        during a thin-read glitch would free cap slots. With it, a read that lacks stored
+        holdings is judged like any other (it needs a sell, the trade history or an operator to
+        be believed). Stored holdings are merged into a belief formed before the store was
+        given. While the store cannot be read, position reads raise (fail closed). The gate
+        and the enforcer call it with their store; the first store given is kept.
         """
         with self._bg_lock:
             if self._bg_holdings_store is not None:
                 return
             self._bg_holdings_store = store
-            if self._bg_plausibility.believed is not None:
-                return
+            self._bg_holdings_pending = True
+        with contextlib.suppress(BrokerGuardError):
+            self._seed_from_store()  # a failure is retried (and raised) by the next read
+
+    def _seed_from_store(self) -> None:
+        """Take the stored holdings as (part of) the belief; raise if they cannot be read."""
+        store = self._bg_holdings_store
+        if store is None:
+            return
         try:
             saved = store.holdings(self.account_id)
         except BrokerGuardError as exc:
             log.warning(
-                "account %s on broker %r: the believed holdings of the last run could not be "
-                "read (%s); the first read will be believed as it is",
+                "account %s on broker %r: the believed holdings of the last run cannot be read "
+                "(%s); no position read is believed until they can",
                 self.account_id,
                 self.broker_name,
                 _reason(exc),
             )
-            return
-        if saved is None:
-            return
-        held, seen_at = saved
+            raise
         with self._bg_lock:
-            if self._bg_plausibility.seed(held):
-                self._bg_held = {s: (q, seen_at) for s, q in held.items()}
+            self._bg_holdings_pending = False
+            if saved is None:
+                return
+            held, seen_at = saved
+            believed = self._bg_plausibility.believed
+            if believed is None:
+                self._bg_plausibility.seed(held)
+                self._bg_held = {s: (q, seen_at, seen_at) for s, q in held.items()}
                 self._bg_saved_holdings = dict(held)
+            else:  # a read was believed before the store was given: stored ones still count
+                extra = set(held) - believed
+                self._bg_plausibility.widen(extra)
+                for symbol in extra:
+                    self._bg_held[symbol] = (held[symbol], seen_at, seen_at)
         log.info(
             "account %s on broker %r: starting from %d holding(s) believed at %.0f",
             self.account_id,
@@ -557,24 +592,32 @@ class BaseBroker(abc.ABC):
         )
 
     def _persist_holdings(self, positions: Sequence[Position], wall: float) -> None:
-        """Save a believed read's holdings when they changed (best effort, logged)."""
+        """Save a believed read's holdings when they changed (best effort, logged).
+
+        Saves run one at a time and a read older than the last one saved is not saved, so a
+        slow save of an older read can never land last.
+        """
         store = self._bg_holdings_store
+        if store is None:
+            return
         holdings = {p.symbol: p.quantity for p in positions}
-        with self._bg_lock:
-            if store is None or holdings == self._bg_saved_holdings:
-                return
-            self._bg_saved_holdings = holdings
-        try:
-            store.save_holdings(self.account_id, holdings, wall)
-        except BrokerGuardError as exc:
+        with self._bg_save_lock:
             with self._bg_lock:
-                self._bg_saved_holdings = None  # try again on the next believed read
-            log.warning(
-                "account %s on broker %r: believed holdings not saved (%s)",
-                self.account_id,
-                self.broker_name,
-                _reason(exc),
-            )
+                if holdings == self._bg_saved_holdings or wall < self._bg_saved_at:
+                    return
+            try:
+                store.save_holdings(self.account_id, holdings, wall)
+            except BrokerGuardError as exc:
+                log.warning(
+                    "account %s on broker %r: believed holdings not saved (%s)",
+                    self.account_id,
+                    self.broker_name,
+                    _reason(exc),
+                )
+                return
+            with self._bg_lock:
+                self._bg_saved_holdings = holdings
+                self._bg_saved_at = wall
 
     def awaited_evidence(self) -> str:
         """Say what would explain a pending loss of positions (for errors, status and alerts)."""
@@ -608,8 +651,10 @@ class BaseBroker(abc.ABC):
     def _sold_evidence(self, lost: Iterable[str]) -> set[str]:
         """The `lost` symbols the trade history shows sold since they were last seen held.
 
-        A sell counts only if it executed at or after the start of the last believed read that
-        showed the symbol, and the sells (less any buys) since then leave at most dust. A
+        A sell counts only if it executed after the end of the last believed read that showed
+        the symbol (plus a margin for the venue's clock: an execution during the read may be in
+        it already, and then explains nothing), and the sells (less any buys) since leave at
+        most dust. A
         history that cannot be read, or shows nothing, explains nothing: absence of a sell is
         not evidence either way.
         """
@@ -617,7 +662,7 @@ class BaseBroker(abc.ABC):
             held = {s: self._bg_held[s] for s in lost if s in self._bg_held}
         if not held:
             return set()
-        since = min(at for _, at in held.values())
+        since = min(at for _, at, _ in held.values())
         try:
             fills = self.get_fills(since)
         except BrokerGuardError as exc:
@@ -630,11 +675,13 @@ class BaseBroker(abc.ABC):
             )
             return set()
         sold: set[str] = set()
-        for symbol, (quantity, at) in held.items():
+        for symbol, (quantity, at, ended) in held.items():
+            mine = [f for f in fills if f.symbol == symbol and f.timestamp >= at]
+            if any(f.timestamp <= ended + _SALE_SKEW_S for f in mine):
+                continue  # executed while (or just after) the read ran: it may be in it
             remaining = quantity
-            for fill in fills:
-                if fill.symbol == symbol and fill.timestamp >= at:
-                    remaining += fill.quantity if fill.side is Side.BUY else -fill.quantity
+            for fill in mine:
+                remaining += fill.quantity if fill.side is Side.BUY else -fill.quantity
             if remaining <= 0 or self.is_dust(symbol, remaining):
                 sold.add(symbol)
         return sold
@@ -655,22 +702,28 @@ class BaseBroker(abc.ABC):
                 raise self._bad_payload("fills", item, "not_a_fill")
         return list(raw)
 
-    def _remember_held(self, positions: Iterable[Position], wall: float) -> None:
-        """After a believed read (caller holds the lock): what it held, and since when."""
-        self._bg_held = {p.symbol: (p.quantity, wall) for p in positions}
+    def _remember_held(self, positions: Iterable[Position], wall: float, ended: float) -> None:
+        """After a believed read (caller holds the lock): what it held, and when it was read."""
+        self._bg_held = {p.symbol: (p.quantity, wall, ended) for p in positions}
         self._bg_accepted_losses -= set(self._bg_held)
 
-    def note_sell(self, symbol: str) -> None:
+    def note_sell(self, symbol: str, client_order_id: str | None = None) -> None:
         """Record a sell of `symbol` this process did not send (a journal entry of an earlier run).
 
         Its position may then vanish without the read being suspect: the journal explains it.
         """
         with self._bg_lock:
-            self._bg_sells[parse_symbol(symbol)] = self._bg_clock.monotonic()
+            self._bg_sells[parse_symbol(symbol)] = (self._bg_clock.monotonic(), client_order_id)
 
     def _explained_losses(self, now: float) -> set[str]:
         """Symbols a sell of ours explains the disappearance of (caller holds the lock)."""
-        sells = {s for s, at in self._bg_sells.items() if now - at <= _SELL_EXPLAINS_S}
+        sells = {
+            s
+            for s, (at, cid) in self._bg_sells.items()
+            if now - at <= _SELL_EXPLAINS_S
+            # ours explains it once filled; a journaled one (no id here) was looked up already
+            and (cid is None or self._bg_sent.get(cid) is OrderState.FILLED)
+        }
         return sells | self._bg_accepted_losses
 
     def last_position_snapshot(self) -> PositionSnapshot | None:
@@ -727,13 +780,20 @@ class BaseBroker(abc.ABC):
         return self.check_prices([symbol]).price(parse_symbol(symbol))
 
     def get_order(self, client_order_id: str) -> Order | None:
-        """Look an order up by its client order id (reads breaker, with retries)."""
+        """Look an order up by its client order id (reads breaker, with retries).
+
+        What it finds is remembered: an open order is exposure until seen final, and a final
+        one settles the state this broker knew it in.
+        """
         client_order_id = parse_symbol(client_order_id, field="client_order_id")
         with self._observed("read", "get_order"):
             self._probe_if_due(self._bg_read, real_call_is_probe=False)
-            return self._bg_read.call_with_circuit_breaker(
+            found = self._bg_read.call_with_circuit_breaker(
                 self._fetch_order_checked, client_order_id
             )
+        if found is not None:
+            self._track_live(found)
+        return found
 
     # ------------------------------------------------------------------ guarded writes
 
@@ -955,6 +1015,42 @@ class BaseBroker(abc.ABC):
                 listed.append(current)
         return listed
 
+    def _look_up_own_sells(self, lost: Iterable[str], now: float) -> bool:
+        """Look up our recent sells of `lost` symbols not known filled; True if one was found.
+
+        A sell whose answer said "open" (Kraken answers AddOrder before it fills) explains its
+        symbol's loss only once it is seen filled.
+        """
+        with self._bg_lock:
+            pending = [
+                cid
+                for s in lost
+                if s in self._bg_sells
+                and now - self._bg_sells[s][0] <= _SELL_EXPLAINS_S
+                and (cid := self._bg_sells[s][1]) is not None
+                and self._bg_sent.get(cid) is not OrderState.FILLED
+            ]
+        filled = False
+        for cid in pending:
+            try:
+                found = self.get_order(cid)
+            except BrokerGuardError:
+                continue  # unknown: it explains nothing yet
+            filled = filled or (found is not None and found.status is OrderStatus.FILLED)
+        return filled
+
+    def _forget_rebought(self, shown: Iterable[str], started: float) -> None:
+        """Drop the explanation of sells a later believed read contradicts (caller holds the lock).
+
+        A read made after our sell filled that still shows the symbol: bought again, or the
+        sell did not close it. That sell no longer explains a later loss.
+        """
+        for symbol in set(shown) & set(self._bg_sells):
+            _, cid = self._bg_sells[symbol]
+            filled_at = None if cid is None else self._bg_filled_at.get(cid)
+            if filled_at is not None and filled_at <= started:
+                del self._bg_sells[symbol]
+
     def known_open_orders(self) -> list[Order]:
         """Open orders as last known, without a call: the last listing plus ours still live.
 
@@ -967,7 +1063,13 @@ class BaseBroker(abc.ABC):
             return [o for o in known.values() if not o.is_final]
 
     def _track_live(self, order: Order) -> None:
-        """Remember a non-final order of ours (until seen final): it is exposure."""
+        """Remember a non-final order (until seen final): it is exposure.
+
+        Seeing an order of ours final also records its state (a venue's own cancel, a GTD
+        expiry, a fill), so its slot and its sell's explanation follow the venue.
+        """
+        if order.is_final:
+            self._saw_final(order)
         with self._bg_lock:
             if order.is_final:
                 self._bg_live.pop(order.client_order_id, None)
@@ -976,6 +1078,21 @@ class BaseBroker(abc.ABC):
                 )
             else:
                 self._bg_live[order.client_order_id] = order
+
+    def _saw_final(self, order: Order) -> None:
+        cid = order.client_order_id
+        state = OrderState(order.status.value)
+        with self._bg_lock:
+            known = self._bg_sent.get(cid)
+            unresolved = cid in self._bg_unresolved
+            if known is not None and known is not state and not unresolved:
+                self._bg_sent[cid] = state
+            if state is OrderState.FILLED and cid not in self._bg_filled_at:
+                self._bg_filled_at[cid] = self._bg_clock.monotonic()
+                while len(self._bg_filled_at) > _RECENT_FILLS:
+                    del self._bg_filled_at[next(iter(self._bg_filled_at))]
+        if unresolved:
+            self._settle_unresolved(cid, state, order)
 
     def _cancel_checked(self, order: Order) -> Order | None:
         self._throttle()
@@ -1139,7 +1256,10 @@ class BaseBroker(abc.ABC):
                     (p.quantity for p in snapshot.positions if p.symbol == request.symbol), None
                 )
             if held is None or request.quantity >= held:
-                self._bg_sells[request.symbol] = self._bg_clock.monotonic()
+                self._bg_sells[request.symbol] = (
+                    self._bg_clock.monotonic(),
+                    request.client_order_id,
+                )
 
     def resolve_order(
         self, client_order_id: str, *, absent_after: float | None = None
@@ -1312,6 +1432,8 @@ class BaseBroker(abc.ABC):
         with self._bg_lock:
             entry = self._bg_unresolved.pop(cid, None)
             self._bg_sent[cid] = state
+            if found is not None and not found.is_final:
+                self._bg_live[cid] = found  # adopted and live: exposure until seen final
         if entry is not None:
             log.warning(
                 "order %s on broker %r (account %s) resolved: %s",

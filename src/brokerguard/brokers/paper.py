@@ -715,6 +715,8 @@ class PaperBroker(BaseBroker):
                 f"insufficient position: selling {order.quantity} {order.symbol}, "
                 f"holding {self._sellable(order.symbol)} not already being sold"
             )
+        if order.reduce_only and order.side is Side.BUY:
+            return "reduce only: no short position to reduce (spot)"  # as Kraken refuses it
         if order.post_only and self._marketable(order, self.clock.monotonic()):
             return f"post only order would take liquidity: {order.side.value} {order.symbol}"
         return None

@@ -179,6 +179,11 @@ class PositionPlausibility:
         self._believed = frozenset(shown)
         return True
 
+    def widen(self, symbols: Iterable[str]) -> None:
+        """Add symbols to the belief (held before, by a record the broker trusts)."""
+        if self._believed is not None:
+            self._believed |= frozenset(symbols)
+
     def unexplained(self, shown: Iterable[str], explained: Iterable[str] = ()) -> tuple[str, ...]:
         """The symbols a read showing `shown` would lose with nothing to explain it, sorted.
 

@@ -257,10 +257,10 @@ class PositionCapEnforcer:
         pending: dict[str, str] = {}
         for entry in self.store.journal(self.account_id, statuses=set(LIVE_ORDER_STATUSES)):
             cid = entry.client_order_id
-            if entry.side == Side.SELL.value:
-                # Whatever it did, the journal explains its position's disappearance.
-                self.broker.note_sell(entry.symbol)
             status = self._look_up(entry)
+            if entry.side == Side.SELL.value and status not in _SOLD_NOTHING:
+                # A sell that may have executed explains its position's disappearance.
+                self.broker.note_sell(entry.symbol)
             if status in _STILL_LIVE:
                 pending[entry.symbol] = cid
             if status in _DOUBTFUL:
@@ -690,6 +690,11 @@ class PositionCapEnforcer:
             result["trading_halted"] = True  # unknown: report the fail-closed reading
         return result
 
+
+_SOLD_NOTHING: Final = frozenset(
+    {OrderState.NOT_PLACED.value, OrderState.REJECTED.value, OrderState.VANISHED.value}
+)
+"""Journal outcomes that prove a sell executed nothing (a cancel may have filled in part)."""
 
 _DOUBTFUL: Final = frozenset({"unknown", OrderState.UNRESOLVED.value, OrderState.EXISTS.value})
 """Outcomes that are not known yet: over the cap because of them, the enforcer waits."""
