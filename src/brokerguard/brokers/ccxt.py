@@ -1,40 +1,69 @@
-"""Real exchanges through ccxt: the four raw methods, and ccxt's errors translated at one seam.
+"""Real exchanges through ccxt: the raw SPI, and ccxt's errors translated at one seam.
 
-:class:`CcxtBroker` wraps a *synchronous* ``ccxt`` exchange instance. Spot positions are the
-account's non-quote balances; prices come from one batched ``fetch_tickers`` call; orders are
-market orders carrying our client order id (Kraken's ``cl_ord_id``); an order is looked up among
-open **and** recently closed orders by that id, because Kraken checks ``cl_ord_id`` for
-uniqueness only against open orders.
+:class:`CcxtBroker` wraps a ccxt exchange instance (synchronous, or ``ccxt.async_support``
+when driven through :func:`brokerguard.ccxt.guard`, see "Async exchanges" below). Spot
+positions are the account's non-quote balances; prices come from one batched ``fetch_tickers``
+call; orders (market or limit: GTC, IOC, FOK, GTD, post-only) carry our client order id; open
+orders are listed for every symbol, and cancels are verified by a lookup.
+
+What differs between venues is in one table, :data:`VENUE_RULES` (docs/ccxt.md shows it):
+
+- **Kraken**: the client id travels as ``cl_ord_id`` and is unique only among *open* orders (not
+  an idempotency key); an order is looked up among open **and** recently closed orders by that
+  id; AddOrder takes a ``deadline`` (RFC 3339) after which the engine rejects it, so a lookup
+  after it that finds nothing proves the order was never placed; GTD is ``expiretm``; spot has
+  no FOK and no reduce-only (``reduce_only`` reduces margin positions). Private calls need
+  strictly increasing nonces (:class:`NonceSource`).
+- **Coinbase Advanced Trade**: ccxt 4.5.90 ignores ``clientOrderId``, so the id is sent as the
+  raw ``client_order_id``; a reused id returns the order it names (a true idempotency key);
+  there is no lookup by client id, so List Orders is scanned page by page (an incomplete scan
+  proves nothing); no deadline parameter (absence waits for the local bound); a market buy is
+  sent by ``base_size`` (ccxt would turn it into a ``quote_size`` and need a price); GTD is
+  ``end_time``; no reduce-only on spot; balances are read from v3 ``brokerage/accounts`` (every
+  page, with holds), not ccxt's default v2 (first page only).
 
 ccxt's own retry loop (``maxRetriesOnFailure``) is forced to 0: it would resend orders blindly.
 brokerguard owns retries.
 
 Every ccxt exception becomes a brokerguard one in :func:`translate_ccxt_error`, re-raised
-``from`` the original; nothing above this module imports ccxt. For Kraken the error string
-decides first (:mod:`brokerguard.brokers.kraken_errors`: ``EService:Deadline elapsed`` is
-transient, ``EOrder:Duplicate order`` means the order exists, an unknown ``E...`` string leaves
-a write unresolved), then ccxt's exception type, most specific first.
-
-Orders sent to Kraken carry AddOrder's ``deadline`` (RFC 3339): after it the engine rejects the
-request, so a lookup made after it that finds nothing proves the order was never placed.
+``from`` the original; nothing above this module (and :mod:`brokerguard.ccxt`, the bot-facing
+door that hands ccxt errors back) imports ccxt. For Kraken the error string decides first
+(:mod:`brokerguard.brokers.kraken_errors`: ``EService:Deadline elapsed`` is transient,
+``EOrder:Duplicate order`` means the order exists, an unknown ``E...`` string leaves a write
+unresolved), then ccxt's exception type, most specific first. A client library that crashes on
+a hostile payload (``TypeError``, ``KeyError``) produced no data: it is invalid data too.
 
 Holdings under suffixed Kraken asset codes (``XBT.F`` flexible/Earn, ``.S`` staked, ``.M``,
 ``.B``, ``.P``) are holdings of their base asset and count toward the cap; ``ignore_assets``
 opts out explicitly. A ticker's own timestamp becomes the quote's time, so ``max_quote_age``
 sees an old quote; a ticker without one (Kraken's REST Ticker has none) is stamped on receipt
 and says so (``Quote.stamped_on_receipt``).
+
+**Raw calls.** When the exchange is a guarded one (:func:`brokerguard.ccxt.guard` subclasses
+its class), the adapter calls the *unguarded* methods of the exchange's own class, and marks
+the call (:func:`in_raw_call`) so that ccxt methods which call other public methods of the
+exchange internally (Coinbase's ``cancel_order`` calls ``cancel_orders``) reach the unguarded
+ones too. **Async exchanges**: the guarded broker is synchronous; the guard runs it in a worker
+thread and each raw coroutine is run on the caller's event loop (:func:`driving_loop`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import json
 import logging
+import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import ccxt
 
@@ -45,6 +74,7 @@ from brokerguard.errors import (
     BrokerError,
     BrokerGuardError,
     BrokerRejection,
+    ConfigurationError,
     DuplicateOrderError,
     FatalBrokerError,
     InvalidBrokerData,
@@ -56,9 +86,13 @@ from brokerguard.models import (
     Order,
     OrderRequest,
     OrderStatus,
+    OrderType,
     Position,
     Quote,
+    Side,
+    TimeInForce,
     parse_decimal,
+    parse_price,
     parse_side,
     parse_symbol,
 )
@@ -66,12 +100,20 @@ from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.resilience.ratelimit import RateLimiter
 
 __all__ = [
+    "COINBASE",
+    "GENERIC",
+    "KRAKEN",
+    "VENUE_RULES",
     "CcxtBroker",
     "InvalidNonceError",
     "NonceSource",
+    "VenueRules",
+    "driving_loop",
+    "in_raw_call",
     "nonce_source_for",
     "strict_json_loads",
     "translate_ccxt_error",
+    "venue_rules",
 ]
 
 log = logging.getLogger("brokerguard.broker.ccxt")
@@ -121,6 +163,10 @@ _MARKERS: tuple[tuple[str, Callable[[str], BrokerGuardError]], ...] = (
     ("EOrder:Duplicate order", DuplicateOrderError),
     ("EOrder:Unknown order", BrokerRejection),
     ("EQuery:Unknown asset", BrokerRejection),
+    # Coinbase: a reused client id in "reject" mode proves the order exists; Get Order's 404
+    # for an id it never had is a plain ExchangeError in ccxt 4.5.90.
+    ("DUPLICATE_CLIENT_ORDER_ID", DuplicateOrderError),
+    ("order with this orderID was not found", BrokerRejection),
 )
 
 _KRAKEN_CLASSES: Mapping[KrakenErrorClass, Callable[[str], BrokerGuardError]] = {
@@ -261,6 +307,144 @@ def nonce_source_for(api_key: str, clock: Clock | None = None) -> NonceSource:
         return source
 
 
+# --------------------------------------------------------------------------- raw calls, async
+
+
+_RAW_CALL: ContextVar[bool] = ContextVar("brokerguard_raw_ccxt_call", default=False)
+_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar(
+    "brokerguard_ccxt_loop", default=None
+)
+
+
+def in_raw_call() -> bool:
+    """Return whether the current call comes from inside the adapter's own (raw) ccxt call.
+
+    A guarded exchange's methods answer such calls with the unguarded method of the
+    exchange's class: ccxt methods call other public methods internally, and those calls are
+    part of the raw call, not new calls of the bot.
+    """
+    return _RAW_CALL.get()
+
+
+@contextmanager
+def driving_loop(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Run the raw coroutines of an async ccxt exchange on `loop` (from a worker thread).
+
+    The guarded broker is synchronous; for a ``ccxt.async_support`` exchange the guard runs it
+    in a worker thread inside this block, and each raw coroutine is handed to `loop` (where the
+    exchange's HTTP session lives) while the worker waits for its result.
+    """
+    token = _LOOP.set(loop)
+    try:
+        yield
+    finally:
+        _LOOP.reset(token)
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def _resolve(result: Any) -> Any:
+    """The value of a raw call: an async exchange's coroutine is run on the driving loop."""
+    if not inspect.isawaitable(result):
+        return result
+    loop = _LOOP.get()
+    running = _running_loop()
+    if loop is None or loop is running:
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: no "was never awaited" warning
+        raise ConfigurationError(
+            "an async ccxt exchange is driven through brokerguard.ccxt.guard (its calls run "
+            "in a worker thread on the exchange's event loop); CcxtBroker alone needs a "
+            "synchronous ccxt exchange"
+        )
+    return asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+# --------------------------------------------------------------------------- venues
+
+
+@dataclass(frozen=True, slots=True)
+class VenueRules:
+    """What differs between venues behind one ccxt interface (docs/ccxt.md tabulates it)."""
+
+    venue: str
+    time_in_force: frozenset[TimeInForce]
+    """Times in force the venue's spot orders take; others are refused before sending."""
+    client_id_param: str
+    """The ccxt ``params`` key that carries our client order id to the venue."""
+    client_id_idempotent: bool
+    """A reused client id returns the order it names (True) or may make a second order."""
+    lookup_by_client_id: bool
+    """The venue filters its order lists by client id (else: List Orders is scanned)."""
+    enforces_deadline: bool
+    """The venue takes a deadline after which it rejects the order (Kraken's ``deadline``)."""
+    cancel_by_client_id: bool
+    """A cancel can name the order by its client id alone."""
+    reduce_only: bool
+    """``reduceOnly`` is passed through (False: refused, spot has no position to reduce)."""
+    gtd_param: str | None
+    """The ccxt ``params`` key of a GTD order's expiry (``expiretm``, ``end_time``)."""
+    uses_nonce: bool
+    """Private calls are signed with strictly increasing nonces (a shared NonceSource)."""
+    balance_params: Mapping[str, Any] = field(default_factory=dict)
+    """``fetch_balance`` params that make the balance complete."""
+
+
+KRAKEN: Final = VenueRules(
+    venue="kraken",
+    time_in_force=frozenset({TimeInForce.GTC, TimeInForce.IOC, TimeInForce.GTD}),
+    client_id_param="clientOrderId",
+    client_id_idempotent=False,
+    lookup_by_client_id=True,
+    enforces_deadline=True,
+    cancel_by_client_id=True,
+    reduce_only=False,
+    gtd_param="expiretm",
+    uses_nonce=True,
+)
+COINBASE: Final = VenueRules(
+    venue="coinbase",
+    time_in_force=frozenset(TimeInForce),
+    client_id_param="client_order_id",
+    client_id_idempotent=True,
+    lookup_by_client_id=False,
+    enforces_deadline=False,
+    cancel_by_client_id=False,
+    reduce_only=False,
+    gtd_param="end_time",
+    uses_nonce=False,
+    balance_params={"v3": True},
+)
+GENERIC: Final = VenueRules(
+    venue="ccxt",
+    time_in_force=frozenset({TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK}),
+    client_id_param="clientOrderId",
+    client_id_idempotent=False,
+    lookup_by_client_id=True,
+    enforces_deadline=False,
+    cancel_by_client_id=False,
+    reduce_only=True,
+    gtd_param=None,
+    uses_nonce=True,
+)
+"""Any other ccxt exchange: ccxt's unified parameters, nothing venue-specific assumed."""
+VENUE_RULES: Final[Mapping[str, VenueRules]] = {"kraken": KRAKEN, "coinbase": COINBASE}
+
+
+def venue_rules(exchange_id: str) -> VenueRules:
+    """Return the rules of the venue with this ccxt id (:data:`GENERIC` when unknown)."""
+    return VENUE_RULES.get(exchange_id, GENERIC)
+
+
 _VENUE_TIME_RESOLUTION_S = 1.0
 """Kraken's ``Time`` answers whole seconds: the venue's clock is known to within one."""
 
@@ -268,6 +452,19 @@ _STAKED_ALIASES: Mapping[str, str] = {
     # Kraken's staked ether was its own asset (ETH2, ETH2.S); it is ether exposure all the same.
     "ETH2": "ETH",
 }
+
+_REMEMBERED_RAW = 10_000
+"""Raw ccxt order answers kept (by client order id), to hand a bot ccxt's own shapes."""
+
+_SCAN_PAGE = 250
+_SCAN_PAGES = 20
+"""Coinbase: List Orders pages read to find a client id; a longer history proves nothing."""
+
+_SCAN_MARGIN_S = 120.0
+"""Coinbase: the scan starts this long before the order was sent (clock skew, queues)."""
+
+_CLIENT_PARSE_ERRORS = (TypeError, KeyError, IndexError)
+"""What ccxt's parsers raise on a hostile payload: no data came out of it."""
 
 
 def _rfc3339(epoch_seconds: float) -> str:
@@ -294,19 +491,33 @@ def _quote_or_raw(symbol: str, ticker: Mapping[str, Any]) -> object:
 _STATUS = {
     "open": OrderStatus.OPEN,
     "pending": OrderStatus.OPEN,
+    "new": OrderStatus.OPEN,
+    "queued": OrderStatus.OPEN,
+    "cancel_queued": OrderStatus.OPEN,
     "closed": OrderStatus.FILLED,
+    "filled": OrderStatus.FILLED,
     "canceled": OrderStatus.CANCELED,
     "cancelled": OrderStatus.CANCELED,
     "expired": OrderStatus.CANCELED,
     "rejected": OrderStatus.REJECTED,
+    "failed": OrderStatus.REJECTED,
+}
+
+_CCXT_STATUS = {
+    OrderStatus.OPEN: "open",
+    OrderStatus.PARTIALLY_FILLED: "open",
+    OrderStatus.FILLED: "closed",
+    OrderStatus.CANCELED: "canceled",
+    OrderStatus.REJECTED: "rejected",
 }
 
 
 class CcxtBroker(BaseBroker):
-    """A real exchange through a synchronous ccxt exchange instance.
+    """A real exchange through a ccxt exchange instance.
 
     Args:
-        exchange: a configured ``ccxt`` exchange (keys come from the caller's environment).
+        exchange: a configured ``ccxt`` exchange (keys come from the caller's environment); a
+            ``ccxt.async_support`` one only through :func:`brokerguard.ccxt.guard`.
         broker_name: defaults to the exchange id (``"kraken"``).
         quote_currency: the currency positions are valued in; its balance is cash, not a
             position.
@@ -315,7 +526,7 @@ class CcxtBroker(BaseBroker):
             variants too; a suffixed one (``"DOT.S"``) only itself. Suffixed holdings count
             toward the cap unless named here (fail closed).
         nonce_source: shared nonces for the API key (default: the process-wide source for the
-            exchange's key, when it has one).
+            exchange's key, when it has one and the venue signs with nonces).
         nonce_resyncs: refused nonces re-synced and retried per call (each jump doubles: 5
             clears a writer up to 31 s ahead); a refused nonce proves nothing was processed.
         Other arguments: as for :class:`BaseBroker`.
@@ -354,31 +565,59 @@ class CcxtBroker(BaseBroker):
         )
         self.exchange = exchange
         self._exchange_id = str(exchange.id)
+        self.rules = venue_rules(self._exchange_id)
+        """What this venue does differently (see :data:`VENUE_RULES`)."""
         # Kraken's AddOrder takes a deadline (now + 2 s to now + 60 s) after which its engine
         # rejects the request; other venues get none, and absence waits for the local bound.
-        self.enforces_order_deadline = self._exchange_id == "kraken"
+        self.enforces_order_deadline = self.rules.enforces_deadline
         self.nonce_resyncs = nonce_resyncs
         self._venue_offset_s = 0.0  # the venue's clock minus ours, measured by ping()
         self._clock_error_s = _VENUE_TIME_RESOLUTION_S
         exchange.enableLastJsonResponse = True  # the order lookups read the raw envelope
         self.quote_currency = quote_currency
         self.ignore_assets = frozenset(ignore_assets)
-        if exchange.options.get("maxRetriesOnFailure", 0):
-            log.warning(
-                "ccxt maxRetriesOnFailure was %s for %r; forcing 0: ccxt would resend orders "
-                "blindly, and brokerguard owns retries",
-                exchange.options["maxRetriesOnFailure"],
-                self.broker_name,
-            )
-        exchange.options["maxRetriesOnFailure"] = 0
+        self.force_no_ccxt_retries()
         exchange.on_json_response = strict_json_loads
         self._nonce: NonceSource | None = nonce_source
-        if self._nonce is None and getattr(exchange, "apiKey", None):
+        if self._nonce is None and self.rules.uses_nonce and getattr(exchange, "apiKey", None):
             self._nonce = nonce_source_for(exchange.apiKey, clock)
         if self._nonce is not None:
             exchange.nonce = self._nonce.next
+        self._raw_lock = threading.Lock()
+        self._raw_orders: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cid_by_venue_id: OrderedDict[str, str] = OrderedDict()
+        self._hand_placed: set[str] = set()  # client ids that are venue ids (no id of ours)
+        self._sent_at: OrderedDict[str, float] = OrderedDict()
+        self._extras: dict[str, Mapping[str, Any]] = {}
+        self._local = threading.local()
 
-    # ------------------------------------------------------------------ the four raw methods
+    def force_no_ccxt_retries(self) -> None:
+        """Set ccxt's ``maxRetriesOnFailure`` to 0, exchange-wide and per endpoint.
+
+        ccxt's ``fetch2`` resends any failed request (orders included) while it is above 0;
+        brokerguard owns retries and never resends a write blindly.
+        """
+        options = self.exchange.options
+        found = {
+            key: value
+            for key, value in options.items()
+            if key in {"maxRetriesOnFailure", "defaultMaxRetriesOnFailure"} and value
+        }
+        if found:
+            log.warning(
+                "ccxt %s was %s for %r; forcing 0: ccxt would resend orders blindly, and "
+                "brokerguard owns retries",
+                ", ".join(found),
+                ", ".join(str(v) for v in found.values()),
+                self.broker_name,
+            )
+        options["maxRetriesOnFailure"] = 0
+        options.pop("defaultMaxRetriesOnFailure", None)
+        for value in options.values():
+            if isinstance(value, dict) and value.get("maxRetriesOnFailure"):
+                value["maxRetriesOnFailure"] = 0  # a per-endpoint setting ("AddOrder": {...})
+
+    # ------------------------------------------------------------------ the raw SPI
 
     def fetch_positions(self) -> Sequence[Position]:
         """Return every non-quote holding with a positive total as a spot position.
@@ -389,7 +628,9 @@ class CcxtBroker(BaseBroker):
         always lists its cash): it is refused as invalid data.
         """
         self._ensure_markets()
-        balance = self._ccxt(self.exchange.fetch_balance, private=True)
+        params = {**self.rules.balance_params, **getattr(self._local, "balance_params", {})}
+        self._local.balance = None
+        balance = self._ccxt(self._raw("fetch_balance"), params, private=True)
         totals = balance.get("total") if isinstance(balance, Mapping) else None
         if not isinstance(totals, Mapping) or not isinstance(balance.get("info"), Mapping):
             raise InvalidBrokerData("balance", balance, "no_totals")
@@ -403,6 +644,7 @@ class CcxtBroker(BaseBroker):
             quantity = parse_decimal(total, field="quantity", symbol=str(code))
             if quantity > 0:
                 held[base] = held.get(base, Decimal(0)) + quantity
+        self._local.balance = balance
         return [
             Position(f"{base}/{self.quote_currency}", qty) for base, qty in sorted(held.items())
         ]
@@ -429,7 +671,7 @@ class CcxtBroker(BaseBroker):
         known = [s for s in symbols if s in markets]
         if not known:
             return {}
-        tickers = self._ccxt(self.exchange.fetch_tickers, known)
+        tickers = self._ccxt(self._raw("fetch_tickers"), known)
         if not isinstance(tickers, Mapping):
             raise InvalidBrokerData("tickers", tickers, "not_a_mapping")
         prices: dict[str, object] = {}
@@ -440,18 +682,25 @@ class CcxtBroker(BaseBroker):
         return prices
 
     def submit_order(self, order: OrderRequest) -> Order:
-        """Send a market order with our client order id (Kraken's ``cl_ord_id``) and deadline."""
+        """Send `order` with our client order id, the venue's form of its terms, and deadline.
+
+        Terms the venue does not take (Kraken's FOK, reduce-only on spot) and orders below the
+        venue's minimums are refused before anything is sent. Parameters a bot passed through
+        :func:`brokerguard.ccxt.guard` that brokerguard does not model (``userref``, trigger
+        prices ...) travel with the order unchanged.
+        """
         self._ensure_markets()
-        params: dict[str, Any] = {"clientOrderId": order.client_order_id}
-        if self.enforces_order_deadline and order.deadline is not None:
-            params["deadline"] = _rfc3339(order.deadline + self._venue_offset_s)
+        kind, amount, price, params = self._order_args(order)
+        with self._raw_lock:
+            self._sent_at[order.client_order_id] = self.clock.time()
+            _trim(self._sent_at)
         placed = self._ccxt(
-            self.exchange.create_order,
+            self._raw("create_order"),
             order.symbol,
-            "market",
+            kind,
             order.side.value,
-            str(order.quantity),
-            None,
+            amount,
+            price,
             params,
             private=True,
             resend_on_nonce=False,  # the guarded broker looks the order up before any resend
@@ -459,22 +708,254 @@ class CcxtBroker(BaseBroker):
         if isinstance(placed, Mapping) and placed.get("id") is None:
             # A success without the venue's order id is no acknowledgement: look it up.
             raise InvalidBrokerData("order", placed.get("info"), "no_order_id")
-        return self._order_from(placed, order.client_order_id, order)
+        result = self._order_from(placed, order.client_order_id, order)
+        if (result.symbol, result.side) != (order.symbol, order.side):
+            # Coinbase answers a reused client id with the order it already names.
+            raise BrokerRejection(
+                f"client order id {order.client_order_id} on {self.broker_name!r} already names "
+                f"order {result.broker_order_id} ({result.side.value} {result.symbol}); the "
+                f"venue created nothing for {order.side.value} {order.symbol}"
+            )
+        self._remember(order.client_order_id, placed)
+        return result
+
+    def _order_args(self, order: OrderRequest) -> tuple[str, str, str | None, dict[str, Any]]:
+        """(type, amount, price, params) of the ccxt ``create_order`` call for `order`."""
+        self._refuse_what_the_venue_does_not_take(order)
+        rules = self.rules
+        amount = self._on_grid_amount(order.symbol, order.quantity)
+        with self._raw_lock:
+            extras = dict(self._extras.get(order.client_order_id, {}))
+        params: dict[str, Any] = {**extras, rules.client_id_param: order.client_order_id}
+        if rules.enforces_deadline and order.deadline is not None:
+            params["deadline"] = _rfc3339(order.deadline + self._venue_offset_s)
+        price: str | None = None
+        if order.order_type is OrderType.LIMIT:
+            price = str(order.price)
+            if order.time_in_force is not None:
+                params["timeInForce"] = order.time_in_force.value
+            if order.time_in_force is TimeInForce.GTD and order.expire_at is not None:
+                params[str(rules.gtd_param)] = self._venue_expiry(order.expire_at)
+            if order.post_only:
+                params["postOnly"] = True
+        if order.reduce_only:
+            params["reduceOnly"] = True
+        if rules is COINBASE and order.order_type is OrderType.MARKET and order.side is Side.BUY:
+            # ccxt would send a quote_size (and need a price to compute it): the base quantity
+            # is what we mean, and Advanced Trade takes it as base_size.
+            params["createMarketBuyOrderRequiresPrice"] = False
+            params["order_configuration"] = {"market_market_ioc": {"base_size": amount}}
+        return order.order_type.value, amount, price, params
+
+    def _venue_expiry(self, expire_at: float) -> str:
+        """A GTD order's expiry in the venue's form (on the venue's clock)."""
+        venue_time = expire_at + self._venue_offset_s
+        if self.rules is KRAKEN:
+            return str(math.ceil(venue_time))  # expiretm: a unix timestamp (whole seconds)
+        return datetime.fromtimestamp(venue_time, tz=UTC).isoformat().replace("+00:00", "Z")
+
+    def _refuse_what_the_venue_does_not_take(self, order: OrderRequest) -> None:
+        rules = self.rules
+        tif = order.tif
+        if tif is not None and tif not in rules.time_in_force:
+            taken = ", ".join(sorted(t.value for t in rules.time_in_force))
+            raise BrokerRejection(
+                f"{self.broker_name!r} spot orders take time in force {taken}, not {tif.value}: "
+                f"order {order.client_order_id} ({order.side.value} {order.symbol}) was not sent"
+            )
+        if order.reduce_only and not rules.reduce_only:
+            raise BrokerRejection(
+                f"{self.broker_name!r} takes reduce-only orders for margin positions only; a spot "
+                f"sell reduces by itself: order {order.client_order_id} ({order.side.value} "
+                f"{order.symbol}) was not sent (send it without reduce_only)"
+            )
+        minimums = self.order_minimums(order.symbol)
+        if minimums is None:
+            return
+        if minimums.quantity is not None and order.quantity < minimums.quantity:
+            raise BrokerRejection(
+                f"{order.side.value} {order.quantity} {order.symbol} is below "
+                f"{self.broker_name!r}'s minimum order of {minimums.quantity}: not sent"
+            )
+        if (
+            minimums.value is not None
+            and order.price is not None
+            and order.quantity * order.price < minimums.value
+        ):
+            raise BrokerRejection(
+                f"{order.side.value} {order.quantity} {order.symbol} at {order.price} is worth "
+                f"less than {self.broker_name!r}'s minimum of {minimums.value}: not sent"
+            )
+
+    def _on_grid_amount(self, symbol: str, quantity: Decimal) -> str:
+        """The quantity as ccxt sends it (truncated to the market's precision), never zero."""
+        try:
+            text = str(self.exchange.amount_to_precision(symbol, str(quantity)))
+        except ccxt.BaseError as exc:
+            raise BrokerRejection(
+                f"{quantity} {symbol} cannot be sent to {self.broker_name!r}: {exc}"
+            ) from exc
+        sent = parse_decimal(text, field="quantity", symbol=symbol)
+        if sent <= 0:
+            raise BrokerRejection(
+                f"{quantity} {symbol} is below {self.broker_name!r}'s amount precision: not sent"
+            )
+        if sent != quantity:
+            log.info(
+                "quantity %s %s truncated to %s, %r's amount precision (as ccxt sends it)",
+                quantity,
+                symbol,
+                sent,
+                self.broker_name,
+            )
+        return text
+
+    def precise(
+        self, symbol: str, quantity: Decimal, price: Decimal | None = None
+    ) -> tuple[Decimal, Decimal | None]:
+        """The quantity and price as ccxt would send them (the market's precision).
+
+        ccxt truncates amounts and rounds prices to the market's grid before sending; a
+        guarded bot's order is recorded with the values the venue will see.
+        """
+        self._ensure_markets()
+        sent = parse_decimal(self._on_grid_amount(symbol, quantity), field="quantity")
+        if price is None:
+            return sent, None
+        try:
+            rounded = str(self.exchange.price_to_precision(symbol, str(price)))
+        except ccxt.BaseError as exc:
+            raise BrokerRejection(f"price {price} for {symbol}: {exc}") from exc
+        return sent, parse_price(rounded, symbol=symbol)
 
     def fetch_order(self, client_order_id: str) -> Order | None:
-        """Find the order by client order id among open, then recently closed, orders."""
+        """Find the order by client order id among open and recently closed orders.
+
+        Kraken filters OpenOrders and ClosedOrders by ``cl_ord_id``; Coinbase has no such
+        filter, so List Orders is scanned (every page since shortly before the order was sent);
+        an order placed by hand (no client id of ours: its venue id stands for it) is looked
+        up by its venue id. An answer that does not hold the list asked for, or a scan that
+        could not read every page, proves nothing and raises.
+        """
         self._ensure_markets()
+        if client_order_id in self._hand_placed:
+            return self._fetch_by_venue_id(client_order_id)
+        if not self.rules.lookup_by_client_id:
+            return self._scan_for(client_order_id)
         params = {"clientOrderId": client_order_id}
-        for fetch, key in (
-            (self.exchange.fetch_open_orders, "open"),
-            (self.exchange.fetch_closed_orders, "closed"),
-        ):
-            found = self._ccxt(self._listed_orders, fetch, key, params, private=True)
+        for name, key in (("fetch_open_orders", "open"), ("fetch_closed_orders", "closed")):
+            found = self._ccxt(self._listed_orders, name, key, params, private=True)
             if not isinstance(found, list):
                 raise InvalidBrokerData("orders", found, "not_a_list")
             for raw in found:
                 if isinstance(raw, Mapping) and raw.get("clientOrderId") == client_order_id:
-                    return self._order_from(raw, client_order_id, None)
+                    return self._adopt(raw, client_order_id)
+        return None
+
+    def _fetch_by_venue_id(self, venue_id: str) -> Order | None:
+        try:
+            raw = self._ccxt(self._raw("fetch_order"), venue_id, None, private=True)
+        except BrokerRejection:
+            return None  # the venue does not know the id
+        if not isinstance(raw, Mapping) or raw.get("id") is None:
+            raise InvalidBrokerData("order", raw, "no_order_id")
+        return self._adopt(raw, venue_id)
+
+    def _scan_for(self, client_order_id: str) -> Order | None:
+        """Coinbase: page through List Orders for `client_order_id` (absence needs every page)."""
+        with self._raw_lock:
+            sent_at = self._sent_at.get(client_order_id)
+        params: dict[str, Any] = {"limit": _SCAN_PAGE}
+        if sent_at is not None:
+            since = sent_at + self._venue_offset_s - _SCAN_MARGIN_S
+            params["start_date"] = datetime.fromtimestamp(since, tz=UTC).isoformat()
+        for raw in self._listing(params):
+            if raw.get("client_order_id") == client_order_id:
+                return self._adopt(self.exchange.parse_order(raw), client_order_id)
+        return None
+
+    def _listing(self, params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """Every order Coinbase's List Orders holds for `params` (all pages), or raise."""
+        method = self._raw("v3PrivateGetBrokerageOrdersHistoricalBatch")
+        found: list[Mapping[str, Any]] = []
+        cursor: object = None
+        for _ in range(_SCAN_PAGES):
+            query = dict(params) if cursor is None else {**params, "cursor": cursor}
+            body = self._ccxt(method, query, private=True)
+            orders = body.get("orders") if isinstance(body, Mapping) else None
+            if not isinstance(orders, list):
+                raise InvalidBrokerData("orders", body, "no_orders_list")
+            found.extend(o for o in orders if isinstance(o, Mapping))
+            if not body.get("has_next"):
+                return found
+            cursor = body.get("cursor")
+            if not cursor:
+                raise InvalidBrokerData("orders", body, "no_cursor")
+        raise InvalidBrokerData("orders", params, "listing_too_long")
+
+    def fetch_open_orders(self) -> Sequence[Order]:
+        """The account's open orders in every symbol (pending ones included: they are live).
+
+        An order without a client id of ours (placed by hand) gets its venue id as client id.
+        """
+        self._ensure_markets()
+        if self.rules is COINBASE:
+            listed = [
+                self.exchange.parse_order(raw)
+                for raw in self._listing({"limit": _SCAN_PAGE, "order_status": ["OPEN", "PENDING"]})
+            ]
+        else:
+            found = self._ccxt(self._listed_orders, "fetch_open_orders", "open", {}, private=True)
+            if not isinstance(found, list):
+                raise InvalidBrokerData("orders", found, "not_a_list")
+            listed = found
+        orders: list[Order] = []
+        for raw in listed:
+            if not isinstance(raw, Mapping):
+                raise InvalidBrokerData("orders", raw, "not_a_mapping")
+            venue_id = raw.get("id")
+            cid = self._client_id_of(raw) or venue_id
+            if not isinstance(cid, str) or not cid:
+                raise InvalidBrokerData("order", raw.get("info", raw), "no_order_id")
+            if cid == venue_id:
+                with self._raw_lock:
+                    self._hand_placed.add(cid)
+            orders.append(self._adopt(raw, cid))
+        return orders
+
+    def submit_cancel(self, order: Order) -> Order | None:
+        """Cancel by the venue's id (Kraken: by ``cl_ord_id`` when there is none).
+
+        The answers say nothing of the order's final state (Kraken: a count; Coinbase: a
+        success flag), so None is returned and the guarded broker looks the order up. A refusal
+        because the order is already final (Kraken's ``EOrder:Unknown order`` for a cancelled
+        or expired one, Coinbase's ``ORDER_IS_FULLY_FILLED``) is not a failure: the order is
+        looked up and its final state returned.
+        """
+        self._ensure_markets()
+        venue_id = order.broker_order_id
+        try:
+            if venue_id is None and self.rules.cancel_by_client_id:
+                params = {"clientOrderId": order.client_order_id}
+                self._ccxt(self._raw("cancel_order"), "", None, params, private=True)
+                return None
+            if venue_id is None:
+                found = self.fetch_order(order.client_order_id)
+                if found is None or found.is_final or found.broker_order_id is None:
+                    return found
+                venue_id = found.broker_order_id
+            self._ccxt(self._raw("cancel_order"), venue_id, order.symbol, {}, private=True)
+        except BrokerRejection:
+            found = self.fetch_order(order.client_order_id)
+            if found is not None and found.is_final:
+                log.info(
+                    "cancel of %s on %r refused: the order is already %s",
+                    order.client_order_id,
+                    self.broker_name,
+                    found.status.value,
+                )
+                return found
+            raise
         return None
 
     def fetch_fills(self, since: float) -> Sequence[Fill]:
@@ -488,7 +969,7 @@ class CcxtBroker(BaseBroker):
         """
         markets = self._ensure_markets()
         venue_since_ms = int((since + self._venue_offset_s) * 1000)
-        trades = self._ccxt(self.exchange.fetch_my_trades, None, venue_since_ms, private=True)
+        trades = self._ccxt(self._raw("fetch_my_trades"), None, venue_since_ms, private=True)
         if not isinstance(trades, list):
             raise InvalidBrokerData("trades", trades, "not_a_list")
         fills: list[Fill] = []
@@ -558,16 +1039,14 @@ class CcxtBroker(BaseBroker):
         """
         return super().absent_after(deadline, sent_at) + self._clock_error_s
 
-    def _listed_orders(
-        self, fetch: Callable[..., object], key: str, params: Mapping[str, Any]
-    ) -> object:
+    def _listed_orders(self, name: str, key: str, params: Mapping[str, Any]) -> object:
         """One order listing; on Kraken the raw answer must hold the list it was asked for.
 
         ccxt reads a missing ``result.open`` (or ``closed``) as no orders: an empty but
         successful answer would then "prove" an order absent, and a filled order would be sent
         again. Absence needs the venue to have listed its orders.
         """
-        found = fetch(None, None, None, dict(params))
+        found = _resolve(self._raw(name)(None, None, None, dict(params)))
         if self._exchange_id == "kraken":
             body = getattr(self.exchange, "last_json_response", None)
             result = body.get("result") if isinstance(body, Mapping) else None
@@ -577,7 +1056,7 @@ class CcxtBroker(BaseBroker):
 
     def _measure_clock(self) -> object:
         before = self.clock.time()
-        venue_ms = self._ccxt(self.exchange.fetch_time)
+        venue_ms = self._ccxt(self._raw("fetch_time"))
         after = self.clock.time()
         try:
             venue = float(parse_decimal(venue_ms, field="time")) / 1000
@@ -586,6 +1065,114 @@ class CcxtBroker(BaseBroker):
         self._venue_offset_s = venue - (before + after) / 2
         self._clock_error_s = (after - before) / 2 + _VENUE_TIME_RESOLUTION_S
         return venue_ms
+
+    # ------------------------------------------------------------------ for a guarded exchange
+
+    def new_client_order_id(self) -> str:
+        """Make a client order id the way this broker makes them."""
+        return self._bg_new_cid()
+
+    @contextmanager
+    def ccxt_params(self, client_order_id: str, params: Mapping[str, Any]) -> Iterator[None]:
+        """Send `params` with the order `client_order_id` (a bot's own ccxt parameters)."""
+        with self._raw_lock:
+            self._extras[client_order_id] = dict(params)
+        try:
+            yield
+        finally:
+            with self._raw_lock:
+                self._extras.pop(client_order_id, None)
+
+    @contextmanager
+    def balance_params(self, params: Mapping[str, Any]) -> Iterator[None]:
+        """Read the balance with these ccxt ``params`` (in this thread) inside the block."""
+        previous = getattr(self._local, "balance_params", {})
+        self._local.balance_params = {**previous, **params}
+        try:
+            yield
+        finally:
+            self._local.balance_params = previous
+
+    def last_balance(self) -> Mapping[str, Any] | None:
+        """The raw ccxt balance of this thread's last successful position read."""
+        balance = getattr(self._local, "balance", None)
+        return balance if isinstance(balance, Mapping) else None
+
+    def raw_order(self, client_order_id: str) -> dict[str, Any] | None:
+        """A copy of the last ccxt order structure seen for this client order id, if any."""
+        with self._raw_lock:
+            raw = self._raw_orders.get(client_order_id)
+            return None if raw is None else dict(raw)
+
+    def ccxt_order(self, order: Order) -> dict[str, Any]:
+        """The order as a ccxt order structure: ccxt's own answer when there is one."""
+        raw = self.raw_order(order.client_order_id)
+        if raw is not None and str(raw.get("id")) == str(order.broker_order_id or raw.get("id")):
+            return raw
+        remaining = order.remaining_quantity
+        built: dict[str, Any] = {
+            "info": {},
+            "id": order.broker_order_id,
+            "clientOrderId": order.client_order_id,
+            "symbol": order.symbol,
+            "type": order.order_type.value,
+            "side": order.side.value,
+            "price": None if order.price is None else float(order.price),
+            "amount": float(order.quantity),
+            "filled": float(order.filled_quantity),
+            "remaining": float(remaining),
+            "status": _CCXT_STATUS[order.status],
+        }
+        return dict(self.exchange.safe_order(built))
+
+    def client_order_id_for(self, venue_id: str, symbol: str | None = None) -> str:
+        """The client order id that names the venue's order `venue_id` (looked up if unknown).
+
+        An order without one (placed by hand) is named by its venue id. Raises
+        :class:`BrokerRejection` when the venue does not know the order.
+        """
+        with self._raw_lock:
+            known = self._cid_by_venue_id.get(venue_id)
+        if known is not None:
+            return known
+        self._ensure_markets()
+        raw = self._ccxt(self._raw("fetch_order"), venue_id, symbol, private=True)
+        if not isinstance(raw, Mapping) or raw.get("id") is None:
+            raise InvalidBrokerData("order", raw, "no_order_id")
+        cid = self._client_id_of(raw) or venue_id
+        if cid == venue_id:
+            with self._raw_lock:
+                self._hand_placed.add(venue_id)
+        self._adopt(raw, str(cid))
+        return str(cid)
+
+    def read(self, name: str, *args: Any, private: bool = True) -> Any:
+        """Call the exchange's own (unguarded) method `name` as a guarded read.
+
+        Through the read breaker, with retries and backoff, the probe first when one is due;
+        ccxt's errors are translated (the original is the ``__cause__``).
+        """
+        with self._observed("read", name):
+            self._probe_if_due(self.read_breaker, real_call_is_probe=False)
+            return self.read_breaker.call_with_circuit_breaker(self._read_once, name, args, private)
+
+    def _read_once(self, name: str, args: tuple[Any, ...], private: bool) -> Any:
+        self._throttle()
+        self._ensure_markets()
+        return self._ccxt(self._raw(name), *args, private=private)
+
+    def note_unusable_price(self, symbol: str, reason: str, value: object) -> None:
+        """Count and log a price a ticker gave that is not usable (it is never used)."""
+        self._count_bad_data("price", reason)
+        log.critical(
+            "price for %s from broker %r (account %s) is unusable: %s (got %r); no fallback "
+            "price is used, the symbol cannot be valued until a valid price arrives",
+            symbol,
+            self.broker_name,
+            self.account_id,
+            reason,
+            value,
+        )
 
     # ------------------------------------------------------------------ status
 
@@ -598,15 +1185,51 @@ class CcxtBroker(BaseBroker):
 
     # ------------------------------------------------------------------ internals
 
+    def _raw(self, name: str) -> Callable[..., Any]:
+        """The exchange's own method `name`, past any guard (an instance's override first)."""
+        exchange = self.exchange
+        if name in vars(exchange):
+            return getattr(exchange, name)  # type: ignore[no-any-return]
+        base = getattr(type(exchange), "_brokerguard_base", None)
+        if base is None:
+            return getattr(exchange, name)  # type: ignore[no-any-return]
+        return getattr(base, name).__get__(exchange, type(exchange))  # type: ignore[no-any-return]
+
     def _ensure_markets(self) -> Mapping[str, Any]:
         markets = self.exchange.markets
         if not markets:
-            markets = self._ccxt(self.exchange.load_markets)
+            markets = self._ccxt(self._raw("load_markets"))
             if self.enforces_order_deadline:
                 self._measure_clock()  # deadlines are read on the venue's clock
         if not isinstance(markets, Mapping):
             raise InvalidBrokerData("markets", markets, "not_a_mapping")
         return markets
+
+    def _client_id_of(self, raw: Mapping[str, Any]) -> str | None:
+        """The order's client id, if it has one (Kraken's ``userref`` is no id: never unique)."""
+        if self.rules is KRAKEN:
+            info = raw.get("info")
+            cid = info.get("cl_ord_id") if isinstance(info, Mapping) else None
+        else:
+            cid = raw.get("clientOrderId")
+        return str(cid) if cid else None
+
+    def _remember(self, client_order_id: str, raw: Mapping[str, Any]) -> None:
+        kept = dict(raw)
+        kept["clientOrderId"] = client_order_id  # (Kraken's parser puts a userref there)
+        venue_id = kept.get("id")
+        with self._raw_lock:
+            self._raw_orders[client_order_id] = kept
+            self._raw_orders.move_to_end(client_order_id)
+            _trim(self._raw_orders)
+            if isinstance(venue_id, str) and venue_id:
+                self._cid_by_venue_id[venue_id] = client_order_id
+                _trim(self._cid_by_venue_id)
+
+    def _adopt(self, raw: Mapping[str, Any], client_order_id: str) -> Order:
+        order = self._order_from(raw, client_order_id, None)
+        self._remember(client_order_id, raw)
+        return order
 
     def _ccxt(
         self,
@@ -630,8 +1253,9 @@ class CcxtBroker(BaseBroker):
         self, func: Callable[..., T], args: tuple[Any, ...], resend: bool = True
     ) -> T:
         for attempt in range(1, self.nonce_resyncs + 2):
+            token = _RAW_CALL.set(True)
             try:
-                result = func(*args)
+                result: T = _resolve(func(*args))
             except ccxt.InvalidNonce as exc:
                 if self._nonce is not None:
                     self._nonce.resync()
@@ -648,10 +1272,15 @@ class CcxtBroker(BaseBroker):
                 )
             except ccxt.BaseError as exc:
                 raise translate_ccxt_error(exc, exchange_id=self._exchange_id) from exc
+            except _CLIENT_PARSE_ERRORS as exc:
+                # ccxt's parser crashed on the payload: nothing usable came back.
+                raise InvalidBrokerData("response", repr(exc), "client_parse_error") from exc
             else:
                 if self._nonce is not None:
                     self._nonce.accepted()
                 return result
+            finally:
+                _RAW_CALL.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _order_from(self, raw: object, client_order_id: str, request: OrderRequest | None) -> Order:
@@ -659,20 +1288,32 @@ class CcxtBroker(BaseBroker):
             raise InvalidBrokerData("order", raw, "not_a_mapping")
         symbol = raw.get("symbol") or (request.symbol if request else None)
         side = raw.get("side") or (request.side.value if request else None)
-        amount = raw.get("amount")
-        quantity = parse_decimal(
-            amount if amount is not None else (request.quantity if request else None),
-            field="quantity",
-        )
         filled_raw = raw.get("filled")
         filled = Decimal(0) if filled_raw is None else parse_decimal(filled_raw, field="filled")
+        amount = raw.get("amount")
+        if amount is None:
+            # A quote-sized order (Coinbase's market buy by funds) has no base amount: what
+            # filled is what is known.
+            amount = request.quantity if request else filled
+        quantity = parse_decimal(amount, field="quantity")
         status_raw = raw.get("status")
-        status = OrderStatus.OPEN if status_raw is None else _STATUS.get(str(status_raw))
+        status = OrderStatus.OPEN if status_raw is None else _STATUS.get(str(status_raw).lower())
         if status is None:
             raise InvalidBrokerData("status", status_raw, "unknown_status")
         if status is OrderStatus.OPEN and filled > 0:
             status = OrderStatus.PARTIALLY_FILLED
         broker_id = raw.get("id")
+        kind = raw.get("type")
+        if kind is None:
+            order_type = request.order_type if request else OrderType.MARKET
+        else:
+            # Anything but a market order rests at a price (stop and take-profit included).
+            order_type = OrderType.MARKET if str(kind).lower() == "market" else OrderType.LIMIT
+        price: Decimal | None = None
+        if order_type is OrderType.LIMIT:
+            price = _usable_price(raw.get("price"))
+            if price is None and request is not None:
+                price = request.price
         return Order(
             client_order_id,
             parse_symbol(symbol),
@@ -681,4 +1322,20 @@ class CcxtBroker(BaseBroker):
             filled,
             status,
             None if broker_id is None else str(broker_id),
+            order_type,
+            price,
         )
+
+
+def _usable_price(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return parse_price(value)
+    except InvalidBrokerData:
+        return None
+
+
+def _trim(memory: OrderedDict[str, Any]) -> None:
+    while len(memory) > _REMEMBERED_RAW:
+        memory.popitem(last=False)
