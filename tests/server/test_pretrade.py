@@ -207,3 +207,23 @@ def test_malformed_requests_are_refused_before_anything_is_reserved(api):
     assert api.post(url, json=huge, headers=auth()).status_code == 413
     assert reserve(api, "C1/USD", "o-1").status_code == 201
     assert reserve(api, "C2/USD", "o-2").status_code == 201
+
+
+def test_a_second_entry_while_the_first_is_unreported_is_refused(api):
+    """A retry under a new id after a timeout would buy twice: 409 ENTRY_PENDING.
+
+    The same id asked again is the same reservation.
+    """
+    first = reserve(api, "C1/USD", "try-1").json()
+    again = reserve(api, "C1/USD", "try-1").json()
+    assert again["reservation_id"] == first["reservation_id"]
+    second = reserve(api, "C1/USD", "try-2")
+    assert second.status_code == 409
+    assert second.json()["decision"]["code"] == "ENTRY_PENDING"
+    assert second.json()["decision"]["details"]["reservation_id"] == first["reservation_id"]
+    api.post(
+        f"/v1/accounts/{ACCOUNT}/entries/{first['reservation_id']}/placed",
+        json={"order_id": "X"},
+        headers=auth(),
+    )
+    assert reserve(api, "C1/USD", "add-1").status_code == 201  # reported: adding is the gate's

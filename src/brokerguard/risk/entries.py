@@ -31,7 +31,14 @@ from brokerguard.models import Side, parse_side, parse_symbol
 from brokerguard.risk.gate import Decision, TradingGate
 from brokerguard.store.state import StateStore
 
-__all__ = ["DEFAULT_ENTRY_TTL_S", "Entry", "EntryBook", "EntryState", "UnknownReservationError"]
+__all__ = [
+    "DEFAULT_ENTRY_TTL_S",
+    "ENTRY_PENDING",
+    "Entry",
+    "EntryBook",
+    "EntryState",
+    "UnknownReservationError",
+]
 
 log = logging.getLogger("brokerguard.entries")
 
@@ -39,6 +46,9 @@ DEFAULT_ENTRY_TTL_S: Final = 60.0
 """How long a reservation waits for the bot's report before the broker is asked."""
 
 _IDEMPOTENCY_KEYS: Final = 10_000
+
+ENTRY_PENDING: Final = "ENTRY_PENDING"
+"""Refusal code: the symbol has a buy reservation whose outcome is not reported yet."""
 
 
 class EntryState(StrEnum):
@@ -151,6 +161,21 @@ class EntryBook:
         symbol = parse_symbol(symbol)
         side = parse_side(side)
         client_order_id = parse_symbol(client_order_id, field="client_order_id")
+        pending = self._pending_in(symbol) if side is Side.BUY else None
+        if pending is not None:
+            if pending.client_order_id == client_order_id:
+                return self._remember(idempotency_key, pending)  # the same order asked again
+            # A second entry while the first one's outcome is unknown: if both were sent, the
+            # bot would hold the symbol twice over (a retry after a timeout does exactly this).
+            return self._remember(
+                idempotency_key,
+                Decision.deny(
+                    ENTRY_PENDING,
+                    symbol=symbol,
+                    reservation_id=pending.reservation_id,
+                    state=pending.state.value,
+                ),
+            )
         if side is Side.SELL:
             decision, token = self.gate.check_exit(symbol), None
         else:
@@ -244,6 +269,20 @@ class EntryBook:
             elif entry.state is not EntryState.UNRESOLVED:
                 changed.append(self._mark(entry, EntryState.UNRESOLVED))
         return changed
+
+    def _pending_in(self, symbol: str) -> Entry | None:
+        """The open (unreported or unresolved) buy reservation in `symbol`, if any."""
+        with self._lock:
+            return next(
+                (
+                    e
+                    for e in self._entries.values()
+                    if e.symbol == symbol
+                    and e.side is Side.BUY
+                    and e.state in {EntryState.RESERVED, EntryState.UNRESOLVED}
+                ),
+                None,
+            )
 
     def get(self, reservation_id: str) -> Entry:
         """One reservation (UnknownReservationError if it is not this account's)."""
