@@ -1,12 +1,15 @@
 """A Kraken REST emulator on 127.0.0.1, for driving the real ``ccxt.kraken`` client in tests.
 
-It speaks enough of Kraken's spot REST API for brokerguard's adapter: public ``Time``,
-``Assets``, ``AssetPairs`` and ``Ticker``; private ``Balance``, ``BalanceEx`` (``hold_trade``:
-what open orders reserve), ``OpenOrders``, ``ClosedOrders``, ``QueryOrders``, ``AddOrder``,
-``CancelOrder`` (by ``txid``, ``userref`` or ``cl_ord_id``), ``CancelOrderBatch``, ``CancelAll``,
-``CancelAllOrdersAfter`` and ``TradesHistory`` (every execution, newest first, 50 a page), all
-in the ``{"error": [...], "result": ...}`` envelope, with ``API-Key`` / ``API-Sign`` checked and
-nonces required to increase per key, as Kraken does.
+It speaks enough of Kraken's spot REST API for brokerguard's adapter and for a freqtrade bot:
+public ``Time``, ``SystemStatus``, ``Assets``, ``AssetPairs``, ``Ticker``, ``OHLC`` (candles
+of the prices :meth:`KrakenEmulator.set_price` set, see :data:`MARKET_VOLUME`), ``Depth`` (one
+level each side: the Ticker's ask and bid) and ``Trades`` (the account's own executions);
+private ``Balance``, ``BalanceEx`` (``hold_trade``: what open orders reserve), ``OpenOrders``,
+``ClosedOrders``, ``QueryOrders``, ``AddOrder``, ``CancelOrder`` (by ``txid``, ``userref`` or
+``cl_ord_id``), ``CancelOrderBatch``, ``CancelAll``, ``CancelAllOrdersAfter`` and
+``TradesHistory`` (every execution, newest first, 50 a page), all in the ``{"error": [...],
+"result": ...}`` envelope, with ``API-Key`` / ``API-Sign`` checked and nonces required to
+increase per key, as Kraken does.
 
 AddOrder takes ``market`` and ``limit`` orders (``price`` on the pair's tick) with ``cl_ord_id``,
 ``userref``, ``deadline``, ``expiretm``, ``validate``, ``timeinforce`` (``GTC``, ``IOC``, ``GTD``
@@ -156,6 +159,15 @@ BATCH_MAX: Final = 50
 """CancelOrderBatch: "maximum 50 total unique IDs/references" (Kraken's reference)."""
 ASK_MARKUP: Final = Decimal("1.0001")
 """The Ticker's ask is the pair's price plus 0.01 %, its bid the price minus 0.01 %."""
+BOOK_VOLUME: Final = "1.000"
+"""The volume Depth shows at the ask and the bid (the Ticker's lot volume)."""
+MARKET_VOLUME: Final = Decimal(1)
+"""The base volume every OHLC candle carries besides the account's own executions: the rest of
+the market, so a strategy that skips empty candles (``volume > 0``) still sees a live pair."""
+OHLC_INTERVALS: Final = frozenset({1, 5, 15, 30, 60, 240, 1440, 10080, 21600})
+"""OHLC's ``interval`` in minutes (Kraken's reference)."""
+OHLC_MAX: Final = 720
+"""OHLC answers at most the 720 most recent candles, whatever ``since`` asks (Kraken)."""
 
 ORDER_MIN: Final = Decimal("0.0001")
 """Every pair's ``ordermin`` (the smallest volume AddOrder takes)."""
@@ -399,6 +411,8 @@ class _State:
     switch_fired: list[float] = field(default_factory=list)
     switch_cancelled: int = 0
     executions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # TradesHistory
+    # Every price a pair had, from its first (time -inf) on, oldest first: OHLC's candles.
+    price_moves: dict[str, list[tuple[float, Decimal]]] = field(default_factory=dict)
 
 
 class KrakenEmulator(Served):
@@ -467,6 +481,7 @@ class KrakenEmulator(Served):
             pending_delay=pending_delay,
             accept_delay=accept_delay,
             delayed_answer=delayed_answer,
+            price_moves={p.pair_id: [(-math.inf, p.price)] for p in pairs},
         )
         self._http = LoopbackServer(self.handle, name="kraken-emulator")
 
@@ -496,6 +511,7 @@ class KrakenEmulator(Served):
             pair = self._state.pairs[pair_id]
             self._state.pairs[pair_id] = dataclasses.replace(pair, price=Decimal(str(price)))
             self._state.moved_at[pair_id] = self._now()
+            self._state.price_moves[pair_id].append((self._now(), Decimal(str(price))))
 
     def set_pair_status(self, pair_id: str, status: str) -> None:
         """Put a pair in a trading mode (``online``, ``cancel_only``, ``maintenance``, ...).
@@ -817,6 +833,80 @@ class KrakenEmulator(Served):
                 "o": last,
             }
         return _envelope([], result)
+
+    def _public_SystemStatus(self, _params: Mapping[str, str]) -> tuple[int, bytes]:  # noqa: N802
+        # While down the front door answers 503 before this: reachable means online.
+        return _envelope([], {"status": "online", "timestamp": _rfc3339_seconds(self._now())})
+
+    def _public_OHLC(self, params: Mapping[str, str]) -> tuple[int, bytes]:  # noqa: N802
+        """Candles of `interval` minutes since `since` (at most 720, the newest one still open)."""
+        try:
+            interval = int(params.get("interval", "1") or 1)
+            since = float(params.get("since", "0") or 0)
+        except ValueError:
+            return _envelope(["EGeneral:Invalid arguments"])
+        if interval not in OHLC_INTERVALS:
+            return _envelope(["EGeneral:Invalid arguments"])
+        with self._lock:
+            pair = self._pair_named(self._state.pairs, params.get("pair", ""))
+            if pair is None:
+                return _envelope(["EQuery:Unknown asset pair"])
+            now = self._now()
+            step = interval * 60
+            current = int(now // step) * step
+            first = max(current - (OHLC_MAX - 1) * step, (int(since) // step + 1) * step)
+            moves = list(self._state.price_moves[pair.pair_id])
+            trades = [e for _, e in self._state.executions if e["pair"] == pair.pair_id]
+        candles = [
+            _candle(pair, start, start + step, moves, trades)
+            for start in range(first, current + 1, step)
+        ]
+        return _envelope([], {pair.pair_id: candles, "last": current - step})
+
+    def _public_Depth(self, params: Mapping[str, str]) -> tuple[int, bytes]:  # noqa: N802
+        """The book: one level each side, the Ticker's ask and bid (``count`` is accepted)."""
+        with self._lock:
+            pair = self._pair_named(self._state.pairs, params.get("pair", ""))
+            now = int(self._now())
+        if pair is None:
+            return _envelope(["EQuery:Unknown asset pair"])
+        book = {
+            "asks": [[f"{_ask(pair):.5f}", BOOK_VOLUME, now]],
+            "bids": [[f"{_bid(pair):.5f}", BOOK_VOLUME, now]],
+        }
+        return _envelope([], {pair.pair_id: book})
+
+    def _public_Trades(self, params: Mapping[str, str]) -> tuple[int, bytes]:  # noqa: N802
+        """The pair's recent trades (the account's own executions), oldest first."""
+        try:
+            since = float(params.get("since", "0") or 0)
+        except ValueError:
+            return _envelope(["EGeneral:Invalid arguments"])
+        if since > 1e12:  # noqa: PLR2004 (Kraken's "last" is in nanoseconds; seconds work too)
+            since /= 1e9
+        with self._lock:
+            pair = self._pair_named(self._state.pairs, params.get("pair", ""))
+            if pair is None:
+                return _envelope(["EQuery:Unknown asset pair"])
+            found = [
+                e
+                for _, e in self._state.executions
+                if e["pair"] == pair.pair_id and e["time"] > since
+            ][-1000:]
+        rows = [
+            [
+                e["price"],
+                e["vol"],
+                e["time"],
+                e["type"][0],
+                e["ordertype"][0],
+                "",
+                e["trade_id"],
+            ]
+            for e in found
+        ]
+        last = int((found[-1]["time"] if found else since) * 1e9)
+        return _envelope([], {pair.pair_id: rows, "last": str(last)})
 
     @staticmethod
     def _pair_named(pairs: Mapping[str, KrakenPair], name: str) -> KrakenPair | None:
@@ -1268,6 +1358,42 @@ class KrakenEmulator(Served):
 
     def _free(self, asset: str) -> Decimal:
         return self._state.balances.get(asset, Decimal(0)) - self._held().get(asset, Decimal(0))
+
+
+def _price_at(moves: list[tuple[float, Decimal]], moment: float) -> Decimal:
+    """The price of the last move at or before `moment` (the first price before any)."""
+    price = moves[0][1]
+    for at, value in moves:
+        if at > moment:
+            break
+        price = value
+    return price
+
+
+def _candle(
+    pair: KrakenPair,
+    start: int,
+    end: float,
+    moves: list[tuple[float, Decimal]],
+    trades: list[dict[str, Any]],
+) -> list[Any]:
+    """One OHLC row ``[time, open, high, low, close, vwap, volume, count]`` for [start, end)."""
+    opening = _price_at(moves, start)
+    inside = [value for at, value in moves if start < at < end]
+    closing = inside[-1] if inside else opening
+    mine = [t for t in trades if start <= t["time"] < end]
+    volume = MARKET_VOLUME + sum((Decimal(t["vol"]) for t in mine), Decimal(0))
+    prices = [opening, *inside]
+    return [
+        start,
+        _price(pair, opening),
+        _price(pair, max(prices)),
+        _price(pair, min(prices)),
+        _price(pair, closing),
+        _price(pair, closing),
+        f"{volume:.8f}",
+        len(mine) + 1,
+    ]
 
 
 def _check_pair_status(status: str) -> None:
