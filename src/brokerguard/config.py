@@ -60,6 +60,7 @@ __all__ = [
     "PaperFaultsConfig",
     "ServerConfig",
     "StoreConfig",
+    "SuperviseConfig",
     "check_control_token",
     "load_config",
     "parse_config",
@@ -307,6 +308,32 @@ class BrokerConfig(_Model):
         return self
 
 
+class SuperviseConfig(_Model):
+    """A bot brokerguard supervises through the bot's own API (freqtrade's REST API)."""
+
+    kind: Literal["freqtrade"] = "freqtrade"
+    url: str = Field(
+        min_length=1,
+        pattern=r"^https?://",
+        description="the bot's API root, e.g. http://127.0.0.1:8081",
+    )
+    username_env: str = Field(
+        "FREQTRADE__API_SERVER__USERNAME", description="the variable holding the API user"
+    )
+    password_env: str = Field(
+        "FREQTRADE__API_SERVER__PASSWORD", description="the variable holding its password"
+    )
+    timeout_s: PositiveSeconds = Field(10.0, le=120)
+    exit_grace_s: PositiveSeconds = Field(
+        60.0,
+        le=3600,
+        description="seconds the bot has to exit a position brokerguard asked it to (forceexit) "
+        "before the enforcer sells it itself",
+    )
+
+    _check_env = field_validator("username_env", "password_env")(_env_name)
+
+
 class AccountConfig(_Model):
     """One guarded account on a broker."""
 
@@ -321,6 +348,11 @@ class AccountConfig(_Model):
     max_quote_age_s: PositiveSeconds = Field(60.0, le=3600)
     positions: dict[str, str] = Field(
         default_factory=dict, description="paper only: starting positions"
+    )
+    supervise: SuperviseConfig | None = Field(
+        None,
+        description="the bot trading this account, supervised through its API: a halt becomes "
+        "its lock on every pair, an excess is exited through it first",
     )
 
     @model_validator(mode="after")

@@ -38,6 +38,7 @@ from brokerguard.config import (
     resolve_secret,
 )
 from brokerguard.errors import BrokerGuardError, ConfigurationError, InvalidBrokerData
+from brokerguard.integrations.freqtrade import FreqtradeSupervisor
 from brokerguard.models import Side, parse_symbol
 from brokerguard.orders import OrderState
 from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_enabled
@@ -67,6 +68,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("brokerguard.service")
+
+_ASK_AGAIN_AFTER_S = 600.0
+"""A supervised bot asked to exit a symbol is not asked again for this long (at least)."""
 
 _DEMO_SYMBOLS = [
     "BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOGE/USD",
@@ -135,6 +139,10 @@ class AccountRuntime:
     gate: TradingGate
     entries: EntryBook
     """The pre-trade API's reservations (bots in other processes)."""
+    supervisor: FreqtradeSupervisor | None = None
+    """The bot trading the account, when ``supervise`` is configured."""
+    supervision: dict[str, Any] | None = None
+    """The last look at the bot: ``locked``, ``untracked``, ``delegated``, ``error``."""
     dead_man_switch: dict[str, Any] | None = None
     """The switch's last refresh: ``timeout_s``, ``trigger_at`` (epoch s), ``error``."""
 
@@ -274,7 +282,15 @@ class GuardService:
             slots=self._slots,
         )
         entries = EntryBook(gate, clock=self.clock, store=self.store)
-        return AccountRuntime(account, broker, enforcer, gate, entries)
+        supervisor = None
+        if account.supervise is not None:
+            supervisor = FreqtradeSupervisor.from_env(
+                account.supervise.url,
+                username_env=account.supervise.username_env,
+                password_env=account.supervise.password_env,
+                timeout_s=account.supervise.timeout_s,
+            )
+        return AccountRuntime(account, broker, enforcer, gate, entries, supervisor)
 
     # ------------------------------------------------------------------ events
 
@@ -318,10 +334,91 @@ class GuardService:
     def tick(self) -> dict[str, dict[str, Any]]:
         """One enforcement pass over every account (and a look for operators' actions)."""
         self.watch_operator_actions()
+        self.supervise_bots()  # exits handed to the bots before the enforcer sells
         results = self.exits.tick()
+        self.supervise_bots()  # a halt decided in this pass locks the bot now
         self.refresh_dead_man_switches()
         self.sweep_entries()
         return results
+
+    def supervise_bots(self) -> None:
+        """Keep each supervised bot in line with brokerguard (every pass, idempotent).
+
+        A halt is the bot's lock on every pair (in its own database: it survives the bot's
+        restart) and is lifted on resume; an excess is exited through the bot first for the
+        trades it knows (its books stay true), the enforcer selling the rest, and itself after
+        ``exit_grace_s``; positions the exchange holds that the bot does not know are reported
+        (``untracked``) and counted like any other.
+        """
+        for account_id, runtime in self.accounts.items():
+            if runtime.supervisor is None:
+                continue
+            previous = runtime.supervision or {}
+            try:
+                runtime.supervision = self._supervise(account_id, runtime, runtime.supervisor)
+            except BrokerGuardError as exc:
+                runtime.supervision = {**previous, "error": f"{type(exc).__name__}: {exc}"}
+                log.error("account %s: the supervised bot cannot be reached: %s", account_id, exc)
+
+    def _supervise(
+        self, account_id: str, runtime: AccountRuntime, bot: FreqtradeSupervisor
+    ) -> dict[str, Any]:
+        settings = runtime.config.supervise
+        if settings is None:  # pragma: no cover (only supervised accounts get here)
+            return {}
+        try:
+            halt = self.store.get_halt(account_id)
+            halted = halt is not None
+            reason = halt.reason if halt is not None else ""
+        except BrokerGuardError:
+            halted, reason = True, "the state store cannot say whether the account is halted"
+        ours = [lock for lock in bot.locks() if lock.by_brokerguard and lock.active]
+        if halted and not ours:
+            bot.lock_all(reason)
+            log.warning("account %s: halted, so its bot is locked on every pair", account_id)
+        elif not halted and ours:
+            bot.unlock_brokerguard()
+            log.warning("account %s: resumed, so its bot's lock is lifted", account_id)
+        trades = {parse_symbol(t.pair): t for t in bot.open_trades() if t.is_open}
+        snapshot = runtime.broker.last_position_snapshot()
+        held = set() if snapshot is None else {p.symbol for p in snapshot.positions}
+        untracked = sorted(held - set(trades))
+        if untracked and untracked != (runtime.supervision or {}).get("untracked"):
+            log.warning(
+                "account %s: the exchange holds %s, which its bot does not know; counted toward "
+                "the cap and liquidated by it when over",
+                account_id,
+                ", ".join(untracked),
+            )
+        asked: dict[str, float] = dict((runtime.supervision or {}).get("asked", {}))
+        now = self.clock.monotonic()
+        # A symbol the bot was asked to exit and did not is the enforcer's to sell: not asked
+        # again for a while (the enforcer sells it once the grace is over).
+        again_after = max(_ASK_AGAIN_AFTER_S, 10 * settings.exit_grace_s)
+        asked = {s: at for s, at in asked.items() if now - at < again_after}
+        if runtime.gate.trading_state() is TradingState.REDUCING:
+            for item in runtime.enforcer.plan()["would_liquidate"]:
+                trade = trades.get(item["symbol"])
+                if trade is None or item["symbol"] in asked:
+                    continue
+                bot.force_exit(trade.trade_id)
+                asked[item["symbol"]] = now
+                runtime.enforcer.delegate_exit(item["symbol"], settings.exit_grace_s)
+                self.store.record_audit(
+                    account_id,
+                    "bot_exit_requested",
+                    ENFORCER_SOURCE,
+                    "over the position cap: the bot exits its own trade first",
+                    {"symbol": item["symbol"], "trade_id": trade.trade_id, "bot": bot.base_url},
+                )
+        return {
+            "bot": bot.base_url,
+            "locked": halted,
+            "untracked": untracked,
+            "delegated": sorted(runtime.enforcer.delegated()),
+            "asked": asked,
+            "error": None,
+        }
 
     def sweep_entries(self) -> None:
         """Resolve pre-trade reservations whose bots never reported (looked up at the broker)."""
@@ -623,6 +720,7 @@ class GuardService:
                 "unresolved_orders": self._unresolved_orders(runtime.broker, store_ok),
                 "positions_suspect": _suspicion_dict(runtime.broker),
                 "dead_man_switch": runtime.dead_man_switch,
+                "supervision": runtime.supervision,
             }
         brokers = {}
         for name, breakers in self.breakers.items():

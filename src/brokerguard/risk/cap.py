@@ -38,7 +38,7 @@ from brokerguard.errors import (
     OrderUnconfirmedError,
     PositionsImplausibleError,
 )
-from brokerguard.models import Order, OrderRequest, PriceProblem, Side
+from brokerguard.models import Order, OrderRequest, PriceProblem, Side, parse_symbol
 from brokerguard.orders import OrderState, journal_state
 from brokerguard.risk.valuation import Valuation, ValuationReport, Valuator
 from brokerguard.store.state import (
@@ -119,6 +119,10 @@ class PositionCapEnforcer:
         self._new_order_id = order_id_factory or _uuid_order_id
         self._keep_lease: Callable[[], object] | None = None  # the running step's, in a fleet
         self._doubtful: set[str] = set()  # this enforcement's sells of unknown outcome
+        # symbol -> monotonic deadline: exits handed to the bot (freqtrade's forceexit); until
+        # the deadline the enforcer counts them as being sold and sells something else only
+        # if they cannot clear the excess.
+        self._delegated: dict[str, float] = {}
 
     @property
     def account_id(self) -> str:
@@ -216,6 +220,8 @@ class PositionCapEnforcer:
                 # excess by themselves: a stale doubt about another symbol changes nothing.
                 doubtful = self._doubtful | set(self._unresolved_in_journal())
                 waiting = sorted(cid for cid in pending.values() if cid in doubtful)
+                # Exits handed to the bot are sells in flight too, until their grace ends.
+                waiting += sorted(f"delegated:{s}" for s in self.delegated() if s not in pending)
                 if waiting and len(waiting) >= excess:
                     return False, self._wait_for_unresolved(result, waiting)
                 return self._fail_and_halt(result)
@@ -395,7 +401,8 @@ class PositionCapEnforcer:
         result: dict[str, Any],
     ) -> None:
         """Sell the smallest valued positions not already being sold, up to the excess."""
-        chosen, shortfall = self._select(report, excess, pending)
+        handed = {s: f"delegated:{s}" for s in self.delegated() if s not in pending}
+        chosen, shortfall = self._select(report, excess, {**pending, **handed})
         if shortfall:
             result["reason"] = shortfall
         for valuation in chosen:
@@ -405,6 +412,19 @@ class PositionCapEnforcer:
                 break  # the write circuit is open: nothing more can be sent this cycle
             if live is not None:
                 pending[valuation.symbol] = live
+
+    def delegate_exit(self, symbol: str, seconds: float) -> None:
+        """The bot was asked to exit `symbol` (it keeps its books true): wait `seconds` for it.
+
+        Until then the enforcer treats the symbol as being sold; after, it sells it itself.
+        """
+        self._delegated[parse_symbol(symbol)] = self.clock.monotonic() + seconds
+
+    def delegated(self) -> set[str]:
+        """Symbols whose exit is the bot's to make, for now."""
+        now = self.clock.monotonic()
+        self._delegated = {s: t for s, t in self._delegated.items() if t > now}
+        return set(self._delegated)
 
     def _halted_now(self) -> bool:
         try:
