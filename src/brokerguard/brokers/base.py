@@ -288,6 +288,7 @@ class BaseBroker(abc.ABC):
         self._bg_accepted_losses: set[str] = set()  # confirmed gone by an operator
         self._bg_live: dict[str, Order] = {}  # our orders last seen not final (resting ones)
         self._bg_listing: tuple[Order, ...] = ()  # the venue's last open-order listing
+        self._bg_listed_at: float | None = None  # when it started (monotonic)
         self._bg_holdings_store: HoldingsStore | None = None
         self._bg_saved_holdings: dict[str, Decimal] | None = None
         self._bg_last_positions: PositionSnapshot | None = None
@@ -994,6 +995,7 @@ class BaseBroker(abc.ABC):
         Absence is not evidence: an order this process placed and saw open (or left
         unresolved) stays listed until a lookup shows it final, even if a listing omits it.
         """
+        started = self._bg_clock.monotonic()
         with self._observed("read", "get_open_orders"):
             if not self.has_order_book:
                 return []
@@ -1001,8 +1003,13 @@ class BaseBroker(abc.ABC):
             listed = self._bg_read.call_with_circuit_breaker(self._fetch_open_orders_checked)
         seen = {o.client_order_id for o in listed}
         with self._bg_lock:
+            # Absence from one listing is no proof: ours and those an earlier listing showed
+            # are looked up before they are forgotten.
+            earlier = {o.client_order_id: o for o in self._bg_listing}
+            earlier.update(self._bg_live)
+            missing = [o for cid, o in earlier.items() if cid not in seen]
             self._bg_listing = tuple(listed)
-            missing = [o for cid, o in self._bg_live.items() if cid not in seen]
+            self._bg_listed_at = started
         for known in missing:
             try:
                 current = self.get_order(known.client_order_id)
@@ -1013,7 +1020,14 @@ class BaseBroker(abc.ABC):
             self._track_live(current)
             if not current.is_final:
                 listed.append(current)
+                with self._bg_lock:
+                    self._bg_listing = (*self._bg_listing, current)
         return listed
+
+    def open_orders_age(self, now: float) -> float | None:
+        """Seconds since the last successful open-order listing started (None: never)."""
+        with self._bg_lock:
+            return None if self._bg_listed_at is None else now - self._bg_listed_at
 
     def _look_up_own_sells(self, lost: Iterable[str], now: float) -> bool:
         """Look up our recent sells of `lost` symbols not known filled; True if one was found.

@@ -205,6 +205,9 @@ class PositionCapEnforcer:
         if report is not None and self._halted_now():
             # A halted account takes no new risk: resting buys would open positions later.
             self._cancel_risk_increasing(result)
+            if self.broker.has_order_book:
+                # A buy may have filled before its cancel, or between the reads: count again.
+                report = self._observe(result)
         while report is not None:
             counted = self._counted(report)
             excess = counted - self.max_positions

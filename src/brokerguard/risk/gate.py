@@ -378,6 +378,9 @@ class TradingGate:
         snapshot = self._fresh_snapshot()
         if isinstance(snapshot, Decision):
             return snapshot, None
+        stale_listing = self._refresh_open_orders()
+        if stale_listing is not None:
+            return stale_listing, None
         unresolved_buys = {
             o.symbol for o in self.broker.unresolved_orders() if o.request.side is Side.BUY
         }
@@ -502,9 +505,10 @@ class TradingGate:
         ):
             return snapshot
         try:
-            self.broker.get_positions()
-            # Open orders are exposure too: read afresh with the positions they complete.
+            # Open orders first: a resting buy that fills between the two reads is then seen
+            # twice (as an order and as a position), never not at all.
             self.broker.get_open_orders()
+            self.broker.get_positions()
         except PositionsImplausibleError as exc:
             return Decision.deny(
                 POSITIONS_IMPLAUSIBLE, missing=",".join(exc.missing), agreeing=exc.agreeing
@@ -520,6 +524,23 @@ class TradingGate:
         if fresh is None:  # pragma: no cover (get_positions always records one)
             return Decision.deny(POSITIONS_UNKNOWN, error="no_snapshot")
         return fresh
+
+    def _refresh_open_orders(self) -> Decision | None:
+        """List open orders again when the last listing is older than ``max_position_age``.
+
+        A snapshot kept fresh by someone else (the enforcer) does not list orders: a resting
+        buy placed elsewhere would never be counted. Refuses when the listing fails.
+        """
+        if not self.broker.has_order_book:
+            return None
+        age = self.broker.open_orders_age(self.clock.monotonic())
+        if age is not None and age <= self.max_position_age:
+            return None
+        try:
+            self.broker.get_open_orders()
+        except BrokerGuardError as exc:
+            return Decision.deny(POSITIONS_UNKNOWN, error=type(exc).__name__, of="open_orders")
+        return None
 
     def _absorb(self, snapshot: PositionSnapshot) -> None:
         """Fold a snapshot into the gate's memory of held symbols (caller holds the lock).
