@@ -552,7 +552,7 @@ def enforce(
             service.account(account).enforcer.plan() if dry_run else service.enforce_once(account)
         )
     finally:
-        service.close()
+        service.close(mark_stopped=False)
 
     def human() -> None:
         click.echo(

@@ -69,6 +69,9 @@ __all__ = [
 
 log = logging.getLogger("brokerguard.service")
 
+SERVICE_STOPPED = "service_stopped"
+"""The audit action of a clean stop; its ``audit_seen`` is the last record the run looked at."""
+
 _ASK_AGAIN_AFTER_S = 600.0
 """A supervised bot asked to exit a symbol is not asked again for this long (at least)."""
 
@@ -208,6 +211,36 @@ class GuardService:
         self.add_listener(self.alerts)
         latest = self.store.audit_log(limit=1)
         self._audit_seen = latest[0].id if latest else 0  # announce what happens from now on
+        self._apply_confirmations_made_while_down()
+
+    def _apply_confirmations_made_while_down(self) -> None:
+        """Apply the ``confirm-positions`` records the previous run never saw.
+
+        An operator may confirm while the service is stopped (the CLI writes the audit log).
+        The previous run's last look at the log is in its ``service_stopped`` record; what came
+        after it was written while no service watched. A confirmation the previous run saw was
+        applied there, and is not replayed: it may have been proven wrong since (the symbol
+        seen held again). After a crash (no such record) nothing is replayed: confirm again.
+        """
+        try:
+            records = self.store.audit_log(limit=500)
+        except BrokerGuardError:
+            return
+        stopped = next((r for r in records if r.action == SERVICE_STOPPED), None)
+        seen = stopped.details.get("audit_seen") if stopped is not None else None
+        if not isinstance(seen, int):
+            return
+        for record in reversed(records):
+            symbols = record.details.get("symbols")
+            runtime = self.accounts.get(record.account_id or "")
+            if (
+                runtime is not None
+                and record.id > seen
+                and record.action == POSITIONS_CONFIRMED
+                and isinstance(symbols, list)
+                and all(isinstance(x, str) for x in symbols)
+            ):
+                runtime.broker.accept_position_loss(symbols)
 
     # ------------------------------------------------------------------ building
 
@@ -627,8 +660,19 @@ class GuardService:
         self._stop.set()
         self.exits.stop(timeout=0)  # the pass in progress starts no further account
 
-    def close(self) -> None:
-        """Deliver pending alerts, give the fleet back this worker's accounts, release stores."""
+    def close(self, *, mark_stopped: bool = True) -> None:
+        """Deliver pending alerts, give the fleet back this worker's accounts, release stores.
+
+        `mark_stopped` records the clean stop (``service_stopped``, with the last audit record
+        looked at) so the next start applies what operators did meanwhile; a one-off command
+        (``enforce``) is not a run of the service and passes False.
+        """
+        self.watch_operator_actions()
+        if mark_stopped:
+            with contextlib.suppress(BrokerGuardError):  # a store that is down: nothing kept
+                self.store.record_audit(
+                    None, SERVICE_STOPPED, "service", "closed", {"audit_seen": self._audit_seen}
+                )
         self.alerts.close()
         for runtime in self.accounts.values():
             close = getattr(runtime.broker, "close", None)  # adapters holding connections

@@ -334,14 +334,6 @@ def test_a_confirmation_from_before_a_restart_is_not_replayed(tmp_path):
         second.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LIVENESS BREAK (fails closed): GuardService.__init__ (service.py) starts "
-    "watch_operator_actions from the newest audit record (_audit_seen), so a confirm-positions "
-    "the CLI writes while the service is stopped or restarting is never applied: the account "
-    "refuses every entry (POSITIONS_IMPLAUSIBLE) though the CLI answered 'confirmed'. Applying "
-    "confirmations recorded after the stored holdings' seen_at would be safe and live",
-)
 def test_a_cli_confirmation_written_while_the_service_was_down_is_applied(tmp_path, capsys):
     """The operator confirms during a restart: the restarted service honours it."""
     clock = FakeClock(start=1_795_000_000.0)
@@ -414,13 +406,6 @@ def test_a_store_that_cannot_read_the_holdings_at_restart_frees_no_slot(clock):
     assert not decision.allowed, decision.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BREAK: BaseBroker.keep_holdings_in (brokers/base.py) seeds the stored holdings only "
-    "if nothing is believed yet (PositionPlausibility.seed): a bot or startup probe that calls "
-    "get_positions() before the gate/enforcer attach the store has its first (thin) read "
-    "believed, and the stored holdings are then ignored: SOL's slot is free, DOGE allowed",
-)
 def test_a_read_made_before_the_store_is_attached_is_still_judged_against_it(clock):
     """The stored holdings judge the first read of the process, whenever the store is attached."""
     holdings = MemoryHoldings()

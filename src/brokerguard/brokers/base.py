@@ -584,6 +584,8 @@ class BaseBroker(abc.ABC):
                 self._bg_plausibility.widen(extra)
                 for symbol in extra:
                     self._bg_held[symbol] = (held[symbol], seen_at, seen_at)
+                if extra:
+                    self._bg_last_positions = None  # that read lacked them: read again
         log.info(
             "account %s on broker %r: starting from %d holding(s) believed at %.0f",
             self.account_id,
