@@ -958,6 +958,32 @@ class CcxtBroker(BaseBroker):
             raise
         return None
 
+    def submit_cancel_all_after(self, seconds: float) -> float | None:
+        """Arm the venue's dead man's switch; return its trigger on our clock (None: disarmed).
+
+        ccxt's ``cancel_all_orders_after`` (Kraken's CancelAllOrdersAfter, whole seconds).
+        """
+        self._ensure_markets()
+        answer = self._ccxt(
+            self.exchange.cancel_all_orders_after, int(seconds * 1000), private=True
+        )
+        result = answer.get("result") if isinstance(answer, Mapping) else None
+        trigger = result.get("triggerTime") if isinstance(result, Mapping) else None
+        if not seconds:
+            return None
+        if not isinstance(trigger, str) or trigger in {"", "0"}:
+            raise InvalidBrokerData("dead_man_switch", answer, "no_trigger_time")
+        try:
+            venue = datetime.fromisoformat(trigger).timestamp()
+        except ValueError as exc:
+            raise InvalidBrokerData("dead_man_switch", answer, "bad_trigger_time") from exc
+        return venue - self._venue_offset_s
+
+    @property
+    def has_dead_man_switch(self) -> bool:
+        """Whether the exchange has one (ccxt ``has["cancelAllOrdersAfter"]``)."""
+        return bool(self.exchange.has.get("cancelAllOrdersAfter"))
+
     def fetch_fills(self, since: float) -> Sequence[Fill]:
         """The account's trades since `since`, as executions of our positions on our clock.
 
