@@ -146,6 +146,9 @@ class AccountRuntime:
     """The bot trading the account, when ``supervise`` is configured."""
     supervision: dict[str, Any] | None = None
     """The last look at the bot: ``locked``, ``untracked``, ``delegated``, ``error``."""
+    last_plan: tuple[float, dict[str, Any]] | None = None
+    """(monotonic time, the enforcer's plan) from the last look: bots asking what to exit are
+    answered from it instead of reading the exchange on every request."""
     dead_man_switch: dict[str, Any] | None = None
     """The switch's last refresh: ``timeout_s``, ``trigger_at`` (epoch s), ``error``."""
 
@@ -429,8 +432,10 @@ class GuardService:
         # again for a while (the enforcer sells it once the grace is over).
         again_after = max(_ASK_AGAIN_AFTER_S, 10 * settings.exit_grace_s)
         asked = {s: at for s, at in asked.items() if now - at < again_after}
-        if runtime.gate.trading_state() is TradingState.REDUCING:
-            for item in runtime.enforcer.plan()["would_liquidate"]:
+        plan = runtime.enforcer.plan()  # a fresh read: an excess since the last pass counts
+        runtime.last_plan = (now, plan)
+        if plan["status"] == "over_cap":
+            for item in plan["would_liquidate"]:
                 trade = trades.get(item["symbol"])
                 if trade is None or item["symbol"] in asked:
                     continue
@@ -472,10 +477,16 @@ class GuardService:
         snapshot = runtime.broker.last_position_snapshot()
         exits: list[str] = []
         if state is TradingState.REDUCING and snapshot is not None:
-            try:
-                plan = runtime.enforcer.plan()
-            except BrokerGuardError:
-                plan = {"would_liquidate": []}
+            now = self.clock.monotonic()
+            cached = runtime.last_plan
+            if cached is not None and now - cached[0] <= self.config.enforcement.interval_s:
+                plan = cached[1]  # a bot polling every loop must not starve enforcement
+            else:
+                try:
+                    plan = runtime.enforcer.plan()
+                except BrokerGuardError:
+                    plan = {"would_liquidate": []}
+                runtime.last_plan = (now, plan)
             exits = [item["symbol"] for item in plan["would_liquidate"]]
         return {
             "account_id": account_id,

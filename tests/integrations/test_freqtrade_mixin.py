@@ -251,6 +251,7 @@ def test_an_entry_whose_previous_outcome_is_unknown_is_refused_without_asking(st
 
 def test_an_entry_in_a_pair_the_exchange_already_holds_is_refused(strategy, guard, caplog):
     """A pair held at the exchange but not in freqtrade (it asks only then) is untracked."""
+    caplog.set_level(logging.INFO)  # whatever an earlier test set the root logger to
     guard.held = ["ETH/USD"]
     strategy.bot_loop_start(current_time=NOW)
     assert confirm(strategy, "ETH/USD") is False

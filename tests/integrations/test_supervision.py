@@ -145,3 +145,21 @@ def test_supervision_without_credentials_is_a_configuration_error(tmp_path, monk
     )
     with pytest.raises(Exception, match="FREQTRADE__API_SERVER__USERNAME"):
         GuardService(config, clock=FakeClock(start=1_795_000_000.0))
+
+
+def test_an_excess_that_appears_between_passes_is_still_exited_through_the_bot(
+    tmp_path, monkeypatch
+):
+    """Compliant at one pass, over the cap at the next: the bot's trade goes by forceexit.
+
+    Not by the enforcer: the supervision reads afresh, not the last pass's positions.
+    """
+    service, bot = service_with_bot(tmp_path, monkeypatch, held=2, cap=2, trades=["C1/USD"])
+    broker = service.accounts[ACCOUNT].broker
+    service.tick()
+    assert bot.exited == []
+    broker.place_market_order("C6/USD", "buy", "1")  # a deposit, a bot outside the gate ...
+    service.tick()
+    assert bot.exited == ["1"]
+    assert not [o for o in broker.all_orders() if o.side.value == "sell"]
+    service.close()
