@@ -9,7 +9,15 @@ A run is a ``freqtrade trade`` process with ``dry_run`` false, its ccxt client p
 emulator (``exchange.ccxt_config.urls.api``), its REST API on a free loopback port (read and
 driven through :class:`~brokerguard.integrations.freqtrade.FreqtradeSupervisor`), its SQLite
 database and log in the test's directory. ``PYTHONPATH`` carries this checkout's ``src`` so a
-strategy can import ``brokerguard.integrations.freqtrade``.
+strategy can import ``brokerguard.integrations.freqtrade``. The API's credentials are not in
+the config file: freqtrade reads them from ``FREQTRADE__API_SERVER__USERNAME``,
+``FREQTRADE__API_SERVER__PASSWORD`` and ``FREQTRADE__API_SERVER__JWT_SECRET_KEY``, and a
+supervising guard service (:func:`start_guard` with ``bot=``) from the same two variables.
+
+What the proof measures on the emulator: :class:`VenueSampler` (how many positions the
+exchange holds, 10 times a second, and every stretch over the cap), :func:`venue_buys`
+(every filled buy, and whether the account already held its pair when it filled: a duplicate)
+and :func:`untracked` (what the exchange holds beyond freqtrade's open trades).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -54,7 +62,13 @@ INSTALL_TIMEOUT_S = 900
 CLIENT_TIMEOUT_MS = 2000
 """freqtrade's ccxt timeout in these runs: an AddOrder answered after 3 s times out."""
 BASE_ASSETS = {"XXBT": "BTC/USD", "XETH": "ETH/USD", "SOL": "SOL/USD"}
+ASSETS = {pair: asset for asset, pair in BASE_ASSETS.items()}
+ALTNAMES = {"XBTUSD": "BTC/USD", "ETHUSD": "ETH/USD", "SOLUSD": "SOL/USD"}
+"""The emulator's pairs (``descr.pair`` of its orders) as freqtrade names them."""
 DUST = Decimal("0.00001")
+USERNAME_ENV = "FREQTRADE__API_SERVER__USERNAME"
+PASSWORD_ENV = "FREQTRADE__API_SERVER__PASSWORD"  # noqa: S105 (a variable's name)
+JWT_ENV = "FREQTRADE__API_SERVER__JWT_SECRET_KEY"
 
 ALWAYS_IN = '''
 """Enter every pair at market, never exit: the plainest live bot there is."""
@@ -171,6 +185,151 @@ def buy_orders(kraken: KrakenEmulator) -> dict[str, int]:
     return counts
 
 
+@dataclass(frozen=True)
+class Adjustment:
+    """A change to the account made outside any order (a deposit, a withdrawal): `delta` base."""
+
+    at: float  # epoch seconds, the emulator's clock
+    pair: str
+    delta: Decimal
+    why: str
+
+
+def adjust(kraken: KrakenEmulator, pair: str, delta: Decimal, why: str) -> Adjustment:
+    """Credit (or, negative, debit) `pair`'s base asset on the emulator, and say when."""
+    kraken.credit(ASSETS[pair], delta)
+    return Adjustment(time.time(), pair, delta, why)  # wall-clock-ok: the emulator's clock
+
+
+def venue_buys(kraken: KrakenEmulator, adjustments: Sequence[Adjustment] = ()) -> dict[str, Any]:
+    """Every filled buy, in fill order, and whether the exchange already held its pair then.
+
+    freqtrade holds one trade per pair and these strategies never add to one, so a buy that
+    fills while the account already holds its pair (above :data:`DUST`) is a second order for
+    one intended entry: a duplicate. Holdings are replayed from the fills (buys add, sells
+    subtract) and `adjustments` (what a test deposited or withdrew), in time order.
+    """
+    events: list[tuple[float, int, str, Decimal, str]] = []
+    executions_per_order: dict[str, int] = {}
+    for order in kraken.orders():
+        executed = Decimal(order["vol_exec"])
+        if executed <= 0:
+            continue
+        executions_per_order[order["txid"]] = len(order.get("trades", ()))
+        side = order["descr"]["type"]
+        at = float(order.get("closetm") or order["opentm"])
+        events.append(
+            (
+                at,
+                1,
+                ALTNAMES[order["descr"]["pair"]],
+                executed if side == "buy" else -executed,
+                order["txid"] if side == "buy" else "",
+            )
+        )
+    events.extend((a.at, 0, a.pair, a.delta, "") for a in adjustments)
+    held: dict[str, Decimal] = {}
+    buys: list[dict[str, Any]] = []
+    for at, _, pair, delta, txid in sorted(events, key=lambda e: (e[0], e[1])):
+        if txid:
+            buys.append(
+                {"pair": pair, "txid": txid, "at": at, "held_before": str(held.get(pair, 0))}
+            )
+        held[pair] = held.get(pair, Decimal(0)) + delta
+    duplicates = [b for b in buys if Decimal(b["held_before"]) > DUST]
+    return {
+        "filled_buys": len(buys),
+        "filled_buys_by_pair": {
+            pair: sum(1 for b in buys if b["pair"] == pair)
+            for pair in sorted({b["pair"] for b in buys})
+        },
+        "duplicate_buys": len(duplicates),
+        "duplicates": duplicates,
+        "max_executions_per_order": max(executions_per_order.values(), default=0),
+    }
+
+
+def untracked(held: Mapping[str, Decimal], trades: Sequence[Any]) -> dict[str, str]:
+    """What the exchange holds beyond freqtrade's open trades, by pair (base units)."""
+    known: dict[str, Decimal] = {}
+    for trade in trades:
+        known[trade.pair] = known.get(trade.pair, Decimal(0)) + Decimal(str(trade.amount))
+    return {
+        pair: str(quantity - known.get(pair, Decimal(0)))
+        for pair, quantity in sorted(held.items())
+        if quantity - known.get(pair, Decimal(0)) > DUST
+    }
+
+
+class VenueSampler:
+    """How many positions the exchange holds, sampled in a thread every `every_s` seconds.
+
+    An over-cap stretch runs from the first sample above `cap` to the first one back within
+    it (so it is measured up to `every_s` long, never short); one still open when sampling
+    stops ends at the last sample and is flagged.
+    """
+
+    def __init__(self, kraken: KrakenEmulator, cap: int, every_s: float = 0.1) -> None:
+        self.kraken = kraken
+        self.cap = cap
+        self.every_s = every_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="venue-sampler", daemon=True)
+
+    def start(self) -> VenueSampler:
+        """Begin sampling."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End sampling (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), len(held_symbols(self.kraken))))
+            self._stop.wait(self.every_s)
+
+    def max_held(self) -> int:
+        """The most positions seen at once."""
+        return max((count for _, count in self.samples), default=0)
+
+    def stretches(self) -> list[dict[str, Any]]:
+        """Every stretch over the cap: its start (monotonic), seconds, peak, and if it ended."""
+        found: list[dict[str, Any]] = []
+        current: dict[str, Any] | None = None
+        for at, count in self.samples:
+            if count > self.cap:
+                if current is None:
+                    current = {"start": at, "end": at, "peak": count, "ended": False}
+                current["peak"] = max(current["peak"], count)
+                current["end"] = at
+            elif current is not None:
+                current["end"], current["ended"] = at, True
+                found.append(current)
+                current = None
+        if current is not None:
+            found.append(current)
+        return [{**s, "seconds": round(s["end"] - s["start"], 2)} for s in found]
+
+    def figures(self) -> dict[str, Any]:
+        """What the proof reports: the peak, the over-cap stretches and their total."""
+        stretches = self.stretches()
+        return {
+            "samples": len(self.samples),
+            "sample_every_s": self.every_s,
+            "max_positions_held": self.max_held(),
+            "positions_held_at_end": self.samples[-1][1] if self.samples else None,
+            "over_cap_stretches_s": [s["seconds"] for s in stretches],
+            "longest_over_cap_s": max((s["seconds"] for s in stretches), default=0.0),
+            "over_cap_total_s": round(sum(s["seconds"] for s in stretches), 2),
+            "over_cap_at_end": bool(stretches) and not stretches[-1]["ended"],
+        }
+
+
 def write_result(name: str, figures: Mapping[str, Any]) -> None:
     """Keep a run's figures under .cache/freqtrade-proof/ (docs/proof.md quotes them)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -211,6 +370,11 @@ class FreqtradeRun:
                 (i, p, bool(o)) for i, p, o in db.execute("SELECT id, pair, is_open FROM trades")
             ]
 
+    def exit_reasons(self) -> dict[str, str | None]:
+        """Each trade's exit reason in freqtrade's database, by pair (None: still open)."""
+        with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True) as db:
+            return dict(db.execute("SELECT pair, exit_reason FROM trades ORDER BY id"))
+
 
 @dataclass
 class FreqtradeBot:
@@ -229,10 +393,13 @@ class FreqtradeBot:
     port: int = 0
     username: str = "brokerguard-test"
     password: str = ""
+    jwt_secret: str = ""
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
-        self.password = self.password or secrets.token_urlsafe(24)
+        # A letter first: freqtrade reads a variable that parses as a number as that number.
+        self.password = self.password or "pw-" + secrets.token_urlsafe(24)
+        self.jwt_secret = self.jwt_secret or "jwt-" + secrets.token_hex(16)
         strategies = self.workdir / "user_data" / "strategies"
         strategies.mkdir(parents=True, exist_ok=True)
         if self.strategy_source is not None:
@@ -274,11 +441,11 @@ class FreqtradeBot:
                 "listen_port": self.port,
                 "verbosity": "error",
                 "enable_openapi": False,
-                "jwt_secret_key": secrets.token_hex(16),
+                "jwt_secret_key": "",  # these three from the environment: api_env()
                 "ws_token": secrets.token_urlsafe(16),
                 "CORS_origins": [],
-                "username": self.username,
-                "password": self.password,
+                "username": "",
+                "password": "",
             },
             "bot_name": "brokerguard-proof",
             "initial_state": "running",
@@ -291,6 +458,14 @@ class FreqtradeBot:
         config.update(self.extra_config or {})
         return config
 
+    def api_env(self) -> dict[str, str]:
+        """The API's credentials as freqtrade's own variables (never in the config file)."""
+        return {
+            USERNAME_ENV: self.username,
+            PASSWORD_ENV: self.password,
+            JWT_ENV: self.jwt_secret,
+        }
+
     def start(self) -> FreqtradeRun:
         """Start ``freqtrade trade`` and wait until its API answers."""
         config_path = self.workdir / "config.json"
@@ -300,6 +475,7 @@ class FreqtradeBot:
             **os.environ,
             "PYTHONPATH": str(REPO / "src"),
             "PYTHONDONTWRITEBYTECODE": "1",
+            **self.api_env(),
             **(self.env or {}),
         }
         for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
@@ -373,6 +549,7 @@ class GuardRun:
     bot_token: str
     control_token: str
     log_path: Path
+    store_path: Path
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it lingers."""
@@ -397,12 +574,47 @@ class GuardRun:
         with opener.open(request, timeout=10) as response:
             return json.loads(response.read())
 
+    def post(self, path: str, body: Mapping[str, Any]) -> Any:
+        """POST a JSON body with the control token (halt, resume, confirm positions)."""
+        request = urllib.request.Request(  # noqa: S310 (loopback, our own service)
+            self.url + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {self.control_token}",
+                "Content-Type": "application/json",
+            },
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=10) as response:
+            return json.loads(response.read())
 
-def start_guard(workdir: Path, emulator_url: str, *, interval_s: float = 2.0) -> GuardRun:
-    """Run ``brokerguard run`` with examples/freqtrade/brokerguard.toml on the emulator."""
+    def account(self, account_id: str = "kraken-main") -> dict[str, Any]:
+        """The account's part of ``GET /status`` (supervision included)."""
+        return self.get("/status")["accounts"][account_id]
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The service's audit log, oldest first, read from its SQLite store (read only)."""
+        with sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT at, action, actor, reason, details FROM bg_audit_log")
+            return [
+                {"at": at, "action": a, "actor": who, "reason": why, "details": json.loads(d)}
+                for at, a, who, why, d in rows
+            ]
+
+
+def start_guard(
+    workdir: Path, emulator_url: str, *, bot: FreqtradeBot, interval_s: float = 2.0
+) -> GuardRun:
+    """Run ``brokerguard run`` with examples/freqtrade/brokerguard.toml on the emulator.
+
+    Its ``[accounts.supervise]`` points at `bot`'s API (which need not be up yet: a pass that
+    cannot reach it says so in status), with the bot's credentials in freqtrade's variables.
+    """
     port = free_port()
     text = (EXAMPLES / "brokerguard.toml").read_text()
     text = text.replace("http://127.0.0.1:8765", emulator_url)
+    text = text.replace("http://127.0.0.1:8081", f"http://127.0.0.1:{bot.port}")
     text = text.replace("port = 8000", f"port = {port}")
     text = text.replace("interval_s = 2", f"interval_s = {interval_s:g}")
     text = text.replace(
@@ -417,6 +629,8 @@ def start_guard(workdir: Path, emulator_url: str, *, interval_s: float = 2.0) ->
         "BROKERGUARD_CONTROL_TOKEN": control_token,
         "BG_KRAKEN_KEY": GUARD_KEY,
         "BG_KRAKEN_SECRET": GUARD_SECRET,
+        USERNAME_ENV: bot.username,
+        PASSWORD_ENV: bot.password,
     }
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         env.pop(name, None)
@@ -429,7 +643,14 @@ def start_guard(workdir: Path, emulator_url: str, *, interval_s: float = 2.0) ->
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    run = GuardRun(process, f"http://127.0.0.1:{port}", bot_token, control_token, log_path)
+    run = GuardRun(
+        process,
+        f"http://127.0.0.1:{port}",
+        bot_token,
+        control_token,
+        log_path,
+        workdir / "guard.db",
+    )
 
     def healthy() -> bool:
         if process.poll() is not None:
