@@ -7,9 +7,12 @@ takes ``--json`` for machines. The CLI only wires and shows: decisions stay in t
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -47,6 +50,14 @@ from brokerguard.store.state import StateStore, open_store
 __all__ = ["main"]
 
 OK, PROBLEM, USAGE = 0, 1, 2
+# The optional dependencies and the extra (pyproject's [project.optional-dependencies]) of each.
+_EXTRAS = {
+    "apprise": "apprise",
+    "ccxt": "ccxt",
+    "matplotlib": "plot",
+    "psycopg": "postgres",
+    "redis": "redis",
+}
 _HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "offline": "bold red"}
 
 config_option = click.option(
@@ -83,16 +94,97 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE
     except click.exceptions.Abort:
         return PROBLEM
-    except ConfigurationError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
+    except (ConfigurationError, ModuleNotFoundError) as exc:
+        click.echo(_failure(exc), err=True)
         return USAGE
     except SystemExit as exc:
         return int(exc.code or 0)
     return OK
 
 
+def _failure(exc: ConfigurationError | ModuleNotFoundError) -> str:
+    """The message for exit code 2; a missing module that no extra provides is a bug: raised."""
+    if isinstance(exc, ConfigurationError):
+        return f"configuration error: {exc}"
+    hint = _install_hint(exc, exc.name or "")  # an optional dependency a path needed after all
+    if hint is None:
+        raise exc
+    return f"Error: this needs {hint}"
+
+
 def _config(config_path: Path | None, data_dir: Path) -> BrokerGuardConfig:
-    return load_config(config_path) if config_path else embedded_default_config(data_dir)
+    if config_path:
+        return _load_config(config_path)
+    _check_data_dir(data_dir)
+    return embedded_default_config(data_dir)
+
+
+def _load_config(path: Path) -> BrokerGuardConfig:
+    """`load_config`, with an unreadable or non-UTF-8 file a ConfigurationError too."""
+    try:
+        return load_config(path)
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path}: not UTF-8 text (byte {exc.start} is "
+            f"{exc.object[exc.start : exc.start + 1]!r}): save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """Refuse a --data-dir that cannot become a writable folder, before anything opens."""
+    existing = data_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folder that would hold the new ones
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem is not None:
+        raise ConfigurationError(
+            f"--data-dir {data_dir}: {problem}: give --data-dir a folder you can write"
+        )
+
+
+def _install_hint(exc: ImportError, module: str) -> str | None:
+    """'redis, which is not installed: pip install ...' for an optional dependency, else None."""
+    missing = (exc.name or module).partition(".")[0]
+    extra = _EXTRAS.get(missing)
+    if extra is None:
+        return None
+    return f"{missing}, which is not installed: pip install 'brokerguard[{extra}]'"
+
+
+def _require(module: str, what: str) -> None:
+    """Import `module` now, or stop with the extra to install (exit 2), before any work."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        hint = _install_hint(exc, module)
+        if hint is None:
+            raise
+        raise click.ClickException(f"{what} needs {hint}") from None
+
+
+def _require_store(config: BrokerGuardConfig) -> None:
+    if config.store.url.startswith("postgres"):
+        _require("psycopg", f"the store {redact_url(config.store.url)}")
+
+
+def _require_coordination(config: BrokerGuardConfig) -> None:
+    if config.coordination_url is not None:
+        what = f"coordination_url {redact_url(config.coordination_url)}"
+        _require("redis", what)
+        _require("brokerguard.coordination", what)
+
+
+def _service(config: BrokerGuardConfig) -> GuardService:
+    """The guard service, its optional dependencies checked first (exit 2, the extra named)."""
+    _require_store(config)
+    _require_coordination(config)
+    return GuardService(config)
 
 
 def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
@@ -116,7 +208,7 @@ def _done(code: int) -> NoReturn:
 @click.option("--port", type=int, default=None, help="Status server port (default from config).")
 @click.option(
     "--duration",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Stop after this many seconds (default: until SIGINT/SIGTERM).",
 )
@@ -140,14 +232,22 @@ def run(
     demo = embedded and not no_demo
     console = Console(stderr=True)
     interactive = console.is_terminal
+    _check_port_free(config.server.host, config.server.port)
     _configure_logging(interactive)
-    service = GuardService(config)
+    service = _service(config)
     server = StatusServer(
         create_app(service, control_token=token, bot_token=bot_token),
         host=config.server.host,
         port=config.server.port,
     )
-    server.start()
+    try:
+        server.start()
+    except RuntimeError:
+        service.close()
+        raise ConfigurationError(
+            f"the status server did not start on {config.server.host}:{config.server.port} "
+            "(see the log above): choose another port with --port (0 picks a free one)"
+        ) from None
     console.print(
         f"status page {server.url}/ · JSON {server.url}/status · metrics {server.url}/metrics · "
         + (
@@ -195,6 +295,26 @@ def run(
     for problem in problems:
         console.print(f"  - {problem}")
     _done(OK)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port something else listens on, naming it, before the service starts."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return  # the server reports what it cannot resolve
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): port {port} is in use "
+                "or not allowed; stop what holds it or choose another with --port "
+                "(0 picks a free one)"
+            ) from None
 
 
 def _expired(deadline: float | None) -> bool:
@@ -372,6 +492,7 @@ def fleet(config_path: Path | None, data_dir: Path, as_json: bool) -> None:
     config = _config(config_path, data_dir)
     if config.coordination_url is None:
         raise ConfigurationError("this configuration has no coordination_url: it is not a fleet")
+    _require_coordination(config)
     from brokerguard.coordination import RedisCoordinator  # noqa: PLC0415 (optional)
 
     settings = config.coordination
@@ -546,7 +667,7 @@ def enforce(
     """Run the position cap on ACCOUNT once (exit 1 unless it ends compliant)."""
     config = _config(config_path, data_dir)
     _known_account(config, account)
-    service = GuardService(config)
+    service = _service(config)
     try:
         result = (
             service.account(account).enforcer.plan() if dry_run else service.enforce_once(account)
@@ -598,7 +719,13 @@ def audit(
 
 @cli.command()
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--duration", type=float, default=600.0, show_default=True, help="Simulated s.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Simulated s.",
+)
 def demo(seed: int, duration: float) -> None:
     """Replay a paper-broker outage on simulated time and print what the breaker did."""
     from brokerguard.demo import run_demo  # noqa: PLC0415 (only this command needs it)
@@ -620,6 +747,8 @@ def demo(seed: int, duration: float) -> None:
 @json_option
 def simulate(scenario: str, seed: int, plot_path: Path | None, as_json: bool) -> None:
     """Replay a scenario naive and guarded on simulated time, side by side."""
+    if plot_path is not None:
+        _check_plot_path(plot_path)  # before the simulation: a bad path wastes no run
     runs = run_simulation(scenario, seed=seed)
     data = {name: stats.summary() for name, stats in runs.items()}
 
@@ -640,13 +769,33 @@ def simulate(scenario: str, seed: int, plot_path: Path | None, as_json: bool) ->
     _done(OK)
 
 
+def _check_plot_path(path: Path) -> None:
+    """Refuse a --plot that cannot be written: no matplotlib, an unknown format, no folder."""
+    _require("matplotlib", "--plot")
+    from matplotlib.backend_bases import FigureCanvasBase  # noqa: PLC0415 (optional)
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise click.BadParameter(
+            f"{path}: the suffix names the image format; use one of "
+            + ", ".join(f".{f}" for f in sorted(formats))
+            + " (e.g. incident.png)",
+            param_hint="'--plot'",
+        )
+    if not path.parent.is_dir():
+        raise click.BadParameter(
+            f"{path}: the folder {path.parent} does not exist; create it first",
+            param_hint="'--plot'",
+        )
+
+
 @cli.command("check-config")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
 def check_config(file: Path, as_json: bool) -> None:
     """Validate FILE; list every problem by field (exit 2 if any)."""
     try:
-        config = load_config(file)
+        config = _load_config(file)
     except ConfigurationError as exc:
         problems = str(exc)
         _emit(
@@ -712,6 +861,7 @@ def _bot_token(config: BrokerGuardConfig, control_token: str | None) -> str | No
 
 @contextmanager
 def _store(config: BrokerGuardConfig) -> Iterator[StateStore]:
+    _require_store(config)
     store = open_store(
         config.store.url,
         timeout=config.store.timeout_s,
