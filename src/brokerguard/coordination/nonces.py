@@ -9,7 +9,7 @@ nonces for a key are strictly increasing whatever process draws them. Requests c
 
 from __future__ import annotations
 
-from brokerguard.brokers.ccxt import NonceSource
+from brokerguard.brokers.nonces import NonceSource
 from brokerguard.coordination.redis_coordinator import RedisCoordinator
 
 __all__ = ["RedisNonceSource"]
