@@ -84,22 +84,36 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return its exit code (configuration errors are exit code 2, no traceback)."""
+    """Run the CLI; return its exit code (configuration errors are exit code 2, no traceback).
+
+    Under ``--json`` every error is also a JSON object on stdout:
+    ``{"error": "...", "exit_code": 2}``, so a machine never has to parse stderr.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     try:
-        cli.main(args=argv, prog_name="brokerguard", standalone_mode=False)
+        cli.main(args=args, prog_name="brokerguard", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        return USAGE
+        return _json_error(as_json, exc.format_message(), USAGE)
     except click.exceptions.Abort:
-        return PROBLEM
+        return _json_error(as_json, "aborted", PROBLEM)
     except (ConfigurationError, ModuleNotFoundError) as exc:
-        click.echo(_failure(exc), err=True)
-        return USAGE
+        message = _failure(exc)
+        click.echo(message, err=True)
+        return _json_error(as_json, message, USAGE)
     except SystemExit as exc:
         return int(exc.code or 0)
     return OK
+
+
+def _json_error(as_json: bool, message: str, code: int) -> int:
+    """Print `message` as ``{"error", "exit_code"}`` on stdout under --json; return `code`."""
+    if as_json:
+        click.echo(json.dumps({"error": message, "exit_code": code}, indent=2, sort_keys=True))
+    return code
 
 
 def _failure(exc: ConfigurationError | ModuleNotFoundError) -> str:
@@ -213,6 +227,7 @@ def _done(code: int) -> NoReturn:
     help="Stop after this many seconds (default: until SIGINT/SIGTERM).",
 )
 @click.option("--no-demo", is_flag=True, help="Do not run the demo strategy.")
+@json_option
 def run(
     config_path: Path | None,
     data_dir: Path,
@@ -220,8 +235,14 @@ def run(
     port: int | None,
     duration: float | None,
     no_demo: bool,
+    as_json: bool,
 ) -> None:
-    """Run the guard service (the main job)."""
+    """Run the guard service (the main job).
+
+    Exit 0 when it stops with nothing outstanding, 1 when problems are outstanding (an account
+    halted, a broker offline ...) after Ctrl-C or --duration; SIGTERM, a service manager's
+    orderly stop, exits 0 either way. --json prints a final summary on stdout.
+    """
     config = _config(config_path, data_dir)
     if host or port is not None:
         config = with_server(config, host=host or None, port=port)  # checked like the file
@@ -271,7 +292,7 @@ def run(
     runner = threading.Thread(
         target=service.run, kwargs={"demo_strategy": demo}, name="brokerguard-service"
     )
-    with _stop_on_signals(service):
+    with _stop_on_signals(service) as received:
         runner.start()
         deadline = None if duration is None else time.monotonic() + duration  # wall-clock-ok
         if interactive:
@@ -294,7 +315,23 @@ def run(
     )
     for problem in problems:
         console.print(f"  - {problem}")
-    _done(OK)
+    stopped_by = received[-1] if received else ("duration" if duration is not None else "end")
+    # A service manager's stop is no failure of the service: systemd would mark the unit failed.
+    code = PROBLEM if problems and stopped_by != signal.SIGTERM.name else OK
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "stopped_by": stopped_by,
+                    "enforcement_passes": summary["service"]["enforcement_passes"],
+                    "problems": problems,
+                    "exit_code": code,
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
+    _done(code)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -322,17 +359,21 @@ def _expired(deadline: float | None) -> bool:
 
 
 @contextmanager
-def _stop_on_signals(service: GuardService) -> Iterator[None]:
+def _stop_on_signals(service: GuardService) -> Iterator[list[str]]:
+    """Stop `service` on SIGINT/SIGTERM; yield the names of the signals received, in order."""
+    received: list[str] = []
+
     def handler(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        received.append(name)
         logging.getLogger("brokerguard.cli").warning(
-            "received %s: finishing the current enforcement step, then stopping",
-            signal.Signals(signum).name,
+            "received %s: finishing the current enforcement step, then stopping", name
         )
         service.stop()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -418,13 +459,24 @@ def _problems(status: Mapping[str, Any]) -> list[str]:
 @click.option("--url", default=None, help="The running service (default: from the config).")
 @json_option
 def status(config_path: Path | None, data_dir: Path, url: str | None, as_json: bool) -> None:
-    """Show the running service's status, or the store's if none answers (exit 1 on problems)."""
+    """Show the running service's status, or the store's if none answers (exit 1 on problems).
+
+    When no service answers, the store's view is printed and flagged as such (on stderr and
+    in the JSON's ``live``/``service_error``); with --url, asking for the live view, that is
+    exit 1 too.
+    """
     config = _config(config_path, data_dir)
-    live = _fetch_live_status(url or f"http://{config.server.host}:{config.server.port}")
+    service_url = url or f"http://{config.server.host}:{config.server.port}"
+    live, service_error = _fetch_live_status(service_url)
     if live is not None:
         problems = _problems(live)
         _emit(as_json, live, lambda: _print_live(live, problems))
         _done(PROBLEM if problems else OK)
+    click.echo(
+        f"no running service answered at {redact_url(service_url)} ({service_error}): "
+        "showing the store's view (halts and pauses only; no broker health or positions)",
+        err=True,
+    )
     with _store(config) as store:
         halts = store.halts()
         accounts: dict[str, dict[str, Any]] = {
@@ -438,6 +490,9 @@ def status(config_path: Path | None, data_dir: Path, url: str | None, as_json: b
         }
         recent = store.audit_log(limit=10)
     data = {
+        "live": False,
+        "service_url": redact_url(service_url),
+        "service_error": service_error,
         "store": redact_url(store.safe_url),
         "accounts": accounts,
         "halts": [_as_dict(h) for h in halts],
@@ -462,18 +517,22 @@ def status(config_path: Path | None, data_dir: Path, url: str | None, as_json: b
             console.print(f"[red]halt[/] {halt.account_id}: {halt.reason} (by {halt.source})")
 
     _emit(as_json, data, human)
-    _done(PROBLEM if halts else OK)
+    _done(PROBLEM if halts or url is not None else OK)
 
 
-def _fetch_live_status(base_url: str) -> dict[str, Any] | None:
+def _fetch_live_status(base_url: str) -> tuple[dict[str, Any] | None, str]:
+    """The service's ``/status`` at `base_url`, or None and why it could not be had."""
     if not base_url.startswith(("http://", "https://")):
         raise ConfigurationError(f"--url must be http(s)://..., got {base_url!r}")
     try:
         with urllib.request.urlopen(f"{base_url}/status", timeout=2) as response:  # noqa: S310
             data = json.loads(response.read())
-    except (OSError, ValueError):
-        return None  # no service there: fall back to the store
-    return data if isinstance(data, dict) and "accounts" in data else None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return None, f"{type(exc).__name__}: {reason}"  # no service there: the store's view
+    if isinstance(data, dict) and "accounts" in data:
+        return data, ""
+    return None, "the answer is not a brokerguard status"
 
 
 def _print_live(status: Mapping[str, Any], problems: list[str]) -> None:
@@ -664,9 +723,14 @@ def confirm_positions(
 def enforce(
     account: str, dry_run: bool, config_path: Path | None, data_dir: Path, as_json: bool
 ) -> None:
-    """Run the position cap on ACCOUNT once (exit 1 unless it ends compliant)."""
+    """Run the position cap on ACCOUNT once (exit 1 unless it ends compliant).
+
+    This command builds its own service and broker from the configuration: it never asks a
+    running service (whose HTTP API offers no plan), and says so in ``looked_at``.
+    """
     config = _config(config_path, data_dir)
     _known_account(config, account)
+    looked_at = _looked_at(config, account, config_path)
     service = _service(config)
     try:
         result = (
@@ -674,12 +738,11 @@ def enforce(
         )
     finally:
         service.close(mark_stopped=False)
+    result = {**result, "looked_at": looked_at, "reason": _reason(result)}
 
     def human() -> None:
-        click.echo(
-            f"{account}: {result['status']} ({result['position_count']} positions, cap "
-            f"{result['max_positions']}){' ' + result['reason'] if result['reason'] else ''}"
-        )
+        click.echo(f"looked at: {looked_at}")
+        click.echo(f"{account}: {result['status']}: {result['reason']}")
         for item in result.get("would_liquidate", []):
             click.echo(f"  would sell {item['quantity']} {item['symbol']} (value {item['value']})")
         for symbol in result.get("liquidated", []):
@@ -687,6 +750,35 @@ def enforce(
 
     _emit(as_json, result, human)
     _done(OK if result["status"] == "compliant" else PROBLEM)
+
+
+def _looked_at(config: BrokerGuardConfig, account: str, config_path: Path | None) -> str:
+    """What `enforce` reads: a broker of its own, never a running service's (said plainly)."""
+    broker = next(a.broker for a in config.accounts if a.id == account)
+    source = "the embedded default" if config_path is None else str(config_path)
+    said = (
+        f"a fresh broker built by this command (broker {broker!r} from {source}), "
+        "not the running service's"
+    )
+    if config.brokers[broker].kind in {"paper", "paper_exchange"}:
+        said += (
+            "; a paper broker lives in memory, so it holds the configuration's starting "
+            "positions, not what a running service's paper broker holds now "
+            "(brokerguard status shows that)"
+        )
+    return said
+
+
+def _reason(result: Mapping[str, Any]) -> str:
+    """The result's reason, or one said from its figures: a reason is never empty."""
+    if result.get("reason"):
+        return str(result["reason"])
+    count, cap = result.get("position_count"), result.get("max_positions")
+    if result["status"] == "compliant":
+        return f"{count} position(s), within the cap of {cap}"
+    if result["status"] == "over_cap":
+        return f"{count} position(s) over the cap of {cap} by {result.get('excess')}"
+    return f"status {result['status']}: {count} position(s), cap {cap}"
 
 
 @cli.command()
@@ -698,8 +790,10 @@ def enforce(
 def audit(
     account: str | None, limit: int, config_path: Path | None, data_dir: Path, as_json: bool
 ) -> None:
-    """Show the audit log (newest first), for one ACCOUNT or all."""
+    """Show the audit log (newest first), for one ACCOUNT or all (exit 2 on an unknown one)."""
     config = _config(config_path, data_dir)
+    if account is not None:
+        _known_account(config, account)
     with _store(config) as store:
         records = store.audit_log(account, limit=limit)
 
@@ -726,12 +820,21 @@ def audit(
     show_default=True,
     help="Simulated s.",
 )
-def demo(seed: int, duration: float) -> None:
+@json_option
+def demo(seed: int, duration: float, as_json: bool) -> None:
     """Replay a paper-broker outage on simulated time and print what the breaker did."""
     from brokerguard.demo import run_demo  # noqa: PLC0415 (only this command needs it)
 
-    for line in run_demo(seed=seed, duration=duration):
-        click.echo(line)
+    lines = run_demo(seed=seed, duration=duration)
+    last = lines[-1].removeprefix("status: ") if lines[-1].startswith("status: ") else "null"
+    summary = {
+        "seed": seed,
+        "duration_s": duration,
+        "lines": lines,
+        "broker_status": json.loads(last),
+        "exit_code": OK,
+    }
+    _emit(as_json, summary, lambda: click.echo("\n".join(lines)))
     _done(OK)
 
 
