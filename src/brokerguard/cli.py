@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from types import FrameType
@@ -29,6 +29,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from brokerguard import sdnotify
 from brokerguard.brokers.plausibility import POSITIONS_CONFIRMED
 from brokerguard.config import (
     BrokerGuardConfig,
@@ -289,20 +290,15 @@ def run(
             f"broker with a realistic fault plan, a demo strategy that keeps trying to open "
             f"positions, and SQLite at {redact_url(service.store.safe_url)}"
         )
+    sdnotify.notify("READY=1")  # systemd (Type=notify): the status server answers
     runner = threading.Thread(
         target=service.run, kwargs={"demo_strategy": demo}, name="brokerguard-service"
     )
     with _stop_on_signals(service) as received:
         runner.start()
         deadline = None if duration is None else time.monotonic() + duration  # wall-clock-ok
-        if interactive:
-            with Live(_view(service), console=console, refresh_per_second=2) as live:
-                while runner.is_alive() and not _expired(deadline):
-                    runner.join(0.5)
-                    live.update(_view(service))
-        else:
-            while runner.is_alive() and not _expired(deadline):
-                runner.join(0.5)
+        _wait(service, runner, deadline, console if interactive else None)
+        sdnotify.notify("STOPPING=1")
         service.stop()
         runner.join()
     server.stop()
@@ -332,6 +328,26 @@ def run(
             )
         )
     _done(code)
+
+
+def _wait(
+    service: GuardService, runner: threading.Thread, deadline: float | None, console: Console | None
+) -> None:
+    """Wait for the service thread or the deadline; WATCHDOG=1 to systemd after every pass.
+
+    Liveness is enforcement passes completing, not the process answering: a worker whose passes
+    stop for WatchdogSec is restarted by systemd. `console`: the live view (a terminal) or None.
+    """
+    passes = service.exits.ticks
+    live = None if console is None else Live(_view(service), console=console, refresh_per_second=2)
+    with live or nullcontext():
+        while runner.is_alive() and not _expired(deadline):
+            runner.join(0.5)
+            if service.exits.ticks != passes:
+                passes = service.exits.ticks
+                sdnotify.notify("WATCHDOG=1")
+            if live is not None:
+                live.update(_view(service))
 
 
 def _check_port_free(host: str, port: int) -> None:
