@@ -20,16 +20,19 @@ interval between passes (docs/operate.md lists each range and why).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import ipaddress
 import itertools
+import logging
 import os
 import re
 import tomllib
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -42,13 +45,14 @@ from pydantic import (
     model_validator,
 )
 
-from brokerguard._redact import redact_url, url_secrets
+from brokerguard._redact import is_secret_name, redact_url, url_secrets
 from brokerguard.errors import ConfigurationError
 from brokerguard.resilience.backoff import BackoffKind, BackoffPolicy
 
 __all__ = [
     "DEFAULT_BOT_TOKEN_ENV",
     "DEFAULT_CONTROL_TOKEN_ENV",
+    "ENV_PREFIX",
     "AccountConfig",
     "AlertConfig",
     "BackoffConfig",
@@ -61,6 +65,7 @@ __all__ = [
     "ServerConfig",
     "StoreConfig",
     "SuperviseConfig",
+    "apply_env_overrides",
     "check_control_token",
     "load_config",
     "parse_config",
@@ -72,6 +77,10 @@ __all__ = [
 
 DEFAULT_CONTROL_TOKEN_ENV = "BROKERGUARD_CONTROL_TOKEN"  # noqa: S105 (a variable's name)
 DEFAULT_BOT_TOKEN_ENV = "BROKERGUARD_BOT_TOKEN"  # noqa: S105 (a variable's name)
+ENV_PREFIX = "BROKERGUARD__"
+"""Variables starting with this override configuration keys: ``BROKERGUARD__STORE__URL``."""
+
+_log = logging.getLogger(__name__)
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _SECRET_KEYS = ("api_key", "api_secret", "secret", "password", "token", "webhook_url", "url")
@@ -632,8 +641,22 @@ class BrokerGuardConfig(_Model):
         return self.brokers[broker].breaker or self.breaker
 
 
-def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> BrokerGuardConfig:
-    """Validate a configuration mapping; raise ConfigurationError listing every problem."""
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+) -> BrokerGuardConfig:
+    """Validate a configuration mapping; raise ConfigurationError listing every problem.
+
+    With `environ`, its ``BROKERGUARD__SECTION__KEY`` variables override `data` first (see
+    :func:`apply_env_overrides`); without it (the default) the mapping is taken as it is.
+    """
+    overrides: list[tuple[str, str]] = []
+    if environ is not None:
+        data, overrides = _apply_env_overrides(data, environ)
+        if overrides:
+            source = f"{source} with {', '.join(var for var, _ in overrides)}"
     try:
         return BrokerGuardConfig.model_validate(dict(data))
     except ValidationError as exc:
@@ -641,7 +664,29 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Broker
         # Cross-references are only checked by the model once every field is valid: report
         # them now too, so one run lists every problem.
         problems += [p for p in _reference_problems(data) if p not in problems]
+        problems = [_blame(problem, overrides) for problem in problems]
         raise _configuration_error(source, problems) from None
+
+
+def apply_env_overrides(
+    data: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Return a copy of the configuration mapping `data` with environment overrides applied.
+
+    ``BROKERGUARD__`` followed by the key's path, parts joined by ``__`` and matched without
+    regard to case: ``BROKERGUARD__STORE__URL``, ``BROKERGUARD__ENFORCEMENT__INTERVAL_S``,
+    ``BROKERGUARD__BROKERS__KRAKEN__ORDER_DEADLINE_S`` (a broker by its name),
+    ``BROKERGUARD__ACCOUNTS__MAIN__MAX_POSITIONS`` (an account by its id),
+    ``BROKERGUARD__ALERTS__0__MIN_LEVEL`` (an alert by its position). In a broker's name or an
+    account's id, every character other than a letter or a digit is written ``_``.
+
+    A value is read as a TOML value (``5``, ``2.5``, ``true``, ``["BTC/USD"]``,
+    ``{failure_threshold = 3}``); what is not TOML, and anything given to a text key, is taken
+    as text. An empty variable is ignored. An unknown key, a key that would hold a secret, or a
+    URL with a secret in it is refused by variable name, the value never repeated: secrets stay
+    in their own variables, named by the ``*_env`` keys. The result is not validated yet.
+    """
+    return _apply_env_overrides(data, os.environ if environ is None else environ)[0]
 
 
 def with_server(
@@ -708,8 +753,13 @@ def require_secret(env_name: str | None, field: str) -> str | None:
     return value
 
 
-def load_config(path: str | os.PathLike[str]) -> BrokerGuardConfig:
-    """Read and validate a TOML configuration file."""
+def load_config(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> BrokerGuardConfig:
+    """Read and validate a TOML configuration file, ``BROKERGUARD__*`` variables overriding it.
+
+    `environ` defaults to the process environment (see :func:`apply_env_overrides`).
+    """
     file = Path(path)
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -717,7 +767,7 @@ def load_config(path: str | os.PathLike[str]) -> BrokerGuardConfig:
         raise ConfigurationError(f"{file}: no such configuration file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{file}: not valid TOML: {exc}") from None
-    return parse_config(data, source=str(file))
+    return parse_config(data, source=str(file), environ=os.environ if environ is None else environ)
 
 
 def resolve_secret(env_name: str | None) -> str | None:
@@ -822,3 +872,230 @@ def _location(loc: tuple[int | str, ...]) -> str:
         else:
             out += f".{part}" if out else part
     return out
+
+
+class _OverrideError(Exception):
+    """One refused environment override (its message names the variable, never the value)."""
+
+
+_Path = tuple[str | int, ...]
+
+
+def _apply_env_overrides(
+    data: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Apply the ``BROKERGUARD__*`` variables to a copy of `data`.
+
+    Returns the new mapping and ``(variable, location)`` per override applied. A whole table
+    is set before the keys inside it (fewer parts first), so ``..._KRAKEN__TIMEOUT_S`` refines
+    ``..._KRAKEN = {...}``.
+    """
+    root: dict[str, Any] = copy.deepcopy(dict(data))
+    names = sorted(
+        (name for name, raw in environ.items() if name.startswith(ENV_PREFIX) and raw != ""),
+        key=lambda name: (name.count("__"), name),
+    )
+    problems: list[str] = []
+    applied: list[tuple[str, str]] = []
+    paths: dict[_Path, str] = {}
+    for name in names:
+        try:
+            path, value = _override(name, environ[name], root)
+        except _OverrideError as exc:
+            problems.append(str(exc))
+            continue
+        paths[path] = name
+        applied.append((name, _location(path)))
+        _log.info("configuration: %s sets %s = %s", name, _location(path), _shown(value))
+    if problems:
+        raise _configuration_error("environment", problems)
+    # state_url and [store] url are one setting: the environment's wins over the file's.
+    store = root.get("store")
+    if ("state_url",) in paths and ("store", "url") not in paths and isinstance(store, dict):
+        store.pop("url", None)
+    if ("store", "url") in paths and ("state_url",) not in paths:
+        root.pop("state_url", None)
+    return root, applied
+
+
+def _override(name: str, raw: str, root: dict[str, Any]) -> tuple[_Path, Any]:
+    """Set the key `name` addresses in `root` to `raw`, parsed; return its path and value."""
+    parts = name.removeprefix(ENV_PREFIX).split("__")
+    if not all(parts):
+        raise _OverrideError(
+            f"{name}: an empty part in the name (parts are joined by exactly two underscores)"
+        )
+    annotation: Any = BrokerGuardConfig
+    container: Any = root
+    path: list[str | int] = []
+    for i, part in enumerate(parts):
+        key, annotation = _key(name, part, annotation, container, path)
+        path.append(key)
+        if i == len(parts) - 1:
+            value = _env_value(raw, annotation)
+            found = [f for text in _url_strings(str(key), value) for f in url_secrets(text)]
+            if found:
+                raise _OverrideError(
+                    f"{name}: must not contain a password or other secret (it has "
+                    f"{', '.join(dict.fromkeys(found))}): name the variable that holds it in "
+                    "a *_env key (password_env) instead"
+                )
+            container[key] = value
+            return tuple(path), value
+        container = _descend(name, container, key, annotation, path)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _key(
+    name: str, part: str, annotation: Any, container: Any, path: list[str | int]
+) -> tuple[str | int, Any]:
+    """The key (field name, broker name, account index) `part` addresses, and its type."""
+    target = _unwrap(annotation)
+    here = f"[{_location(tuple(path))}]" if path else "the top level"
+    origin = get_origin(target)
+    if isinstance(target, type) and issubclass(target, BaseModel):
+        field = part.lower()
+        if field in target.model_fields:
+            return field, target.model_fields[field].annotation
+        if field in _SECRET_KEYS or is_secret_name(field):
+            raise _OverrideError(
+                f"{name}: secrets are never set by value, in the file or the environment; "
+                f"set {name}_ENV to the NAME of the variable that holds it"
+                if f"{field}_env" in target.model_fields
+                else f"{name}: secrets are never set by value, and {here} has no key {field!r}"
+            )
+        close = difflib.get_close_matches(field, list(target.model_fields), n=1)
+        hint = (
+            f"did you mean {close[0].upper()}?"
+            if close
+            else "known: " + ", ".join(k.upper() for k in target.model_fields)
+        )
+        raise _OverrideError(f"{name}: {here} has no key {field!r} ({hint})")
+    if origin is dict and _is_model(get_args(target)[1]) and isinstance(container, Mapping):
+        matches = [k for k in container if _env_part(str(k)) == part.upper()]
+        if len(matches) == 1:
+            return str(matches[0]), get_args(target)[1]
+        what = ", ".join(sorted(map(str, container))) or "none"
+        problem = "matches several" if matches else "matches none"
+        raise _OverrideError(
+            f"{name}: {part!r} {problem} of the names in {here} (configured: {what}); the "
+            "environment changes keys, it does not add entries"
+        )
+    if origin is list and _is_model(get_args(target)[0]) and isinstance(container, list):
+        item = get_args(target)[0]
+        if "id" in _unwrap(item).model_fields:
+            ids = [a.get("id") if isinstance(a, Mapping) else None for a in container]
+            matches = [i for i, x in enumerate(ids) if _env_part(str(x)) == part.upper()]
+            if len(matches) == 1:
+                return matches[0], item
+            what = ", ".join(str(x) for x in ids) or "none"
+            problem = "matches several" if matches else "matches none"
+            raise _OverrideError(
+                f"{name}: {part!r} {problem} of the ids in {here} (configured: {what}); the "
+                "environment changes keys, it does not add entries"
+            )
+        if part.isdigit() and int(part) < len(container):
+            return int(part), item
+        raise _OverrideError(
+            f"{name}: {here} is addressed by position, 0 to {len(container) - 1}, not {part!r}"
+        )
+    raise _OverrideError(
+        f"{name}: {here} is one value, set whole: {ENV_PREFIX}"
+        + "__".join(_env_part(str(p)) for p in path)
+        + " (a TOML value: an array [..] or an inline table {..})"
+    )
+
+
+def _descend(
+    name: str, container: Any, key: str | int, annotation: Any, path: list[str | int]
+) -> Any:
+    """The container at `key`, made if the file has none there (a list from its default)."""
+    target = _unwrap(annotation)
+    where = _location(tuple(path))
+    if not _is_model(target) and get_origin(target) not in {dict, list}:
+        raise _OverrideError(
+            f"{name}: [{where}] is one value, set whole: {ENV_PREFIX}"
+            + "__".join(_env_part(str(p)) for p in path)
+        )
+    child = container[key] if isinstance(key, int) else container.get(key)
+    if child is None:
+        if get_origin(target) is list and isinstance(key, str):
+            default = BrokerGuardConfig.model_fields.get(key)
+            items = default.get_default(call_default_factory=True) if default else []
+            child = [i.model_dump() if isinstance(i, BaseModel) else i for i in items or []]
+        else:
+            child = {}
+        container[key] = child
+    if not isinstance(child, dict | list):
+        raise _OverrideError(f"{name}: [{where}] in the file is not a table or an array")
+    return child
+
+
+def _env_value(raw: str, annotation: Any) -> Any:
+    """`raw` as a TOML value; as text if it is not one, or if the key takes only text."""
+    try:
+        parsed = tomllib.loads(f"v = {raw}")
+    except tomllib.TOMLDecodeError:
+        return raw
+    if list(parsed) != ["v"]:
+        return raw  # "1\nx = 2": not one value
+    value = parsed["v"]
+    if not isinstance(value, str) and _takes_text(annotation):
+        return raw
+    return value
+
+
+def _takes_text(annotation: Any) -> bool:
+    target = _unwrap(annotation)
+    if get_origin(target) is Literal:
+        return all(isinstance(a, str) for a in get_args(target))
+    return isinstance(target, type) and issubclass(target, str)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`annotation` without Annotated[...] and Optional."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        if origin in (Union, types.UnionType):
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if len(args) == 1:
+                annotation = args[0]
+                continue
+        return annotation
+
+
+def _is_model(annotation: Any) -> bool:
+    target = _unwrap(annotation)
+    return isinstance(target, type) and issubclass(target, BaseModel)
+
+
+def _env_part(text: str) -> str:
+    """How a broker's name or an account's id is written in a variable's name."""
+    return re.sub(r"[^A-Z0-9]", "_", text.upper())
+
+
+def _url_strings(key: str, value: Any) -> list[str]:
+    """The strings in `value` that sit under a key naming a URL (``url``, ``api_url``...)."""
+    if isinstance(value, str):
+        return [value] if "url" in key.lower() else []
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() for s in _url_strings(str(k), v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _url_strings(key, v)]
+    return []
+
+
+def _shown(value: Any) -> str:
+    """A value as the log shows it: any secret a URL might carry masked all the same."""
+    return redact_url(value if isinstance(value, str) else repr(value))
+
+
+def _blame(problem: str, overrides: list[tuple[str, str]]) -> str:
+    """`problem`, naming the variable that set the key it is about (the deepest one)."""
+    for var, loc in sorted(overrides, key=lambda o: -len(o[1])):
+        if problem.startswith(loc) and problem[len(loc) : len(loc) + 1] in {":", ".", "["}:
+            return f"{problem} (set by {var})"
+    return problem

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import threading
 from collections import deque
@@ -120,6 +121,7 @@ def embedded_default_config(data_dir: str | Path = "brokerguard-data") -> Broker
             ],
         },
         source="embedded default",
+        environ=os.environ,  # BROKERGUARD__SECTION__KEY overrides apply here too
     )
 
 
