@@ -459,7 +459,7 @@ class Guard:
                 "timestamp": now_ms,
                 "datetime": self.exchange.iso8601(now_ms),
                 "side": "long",
-                "contracts": float(position.quantity),
+                "contracts": float(position.quantity),  # ccxt's shape; exact in info
                 "contractSize": 1,
                 "marginMode": None,
                 "hedged": False,

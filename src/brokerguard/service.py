@@ -20,7 +20,7 @@ import random
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +55,7 @@ from brokerguard.risk.exits import (
 )
 from brokerguard.risk.gate import EntryDenied, TradingGate, TradingState
 from brokerguard.risk.valuation import Valuator
-from brokerguard.store.state import StateStore, open_store
+from brokerguard.store.state import AuditRecord, StateStore, open_store
 
 if TYPE_CHECKING:  # a fleet needs redis, an optional dependency
     from brokerguard.coordination import RedisCoordinator, SharedSlots
@@ -148,6 +148,9 @@ class AccountRuntime:
     """The bot trading the account, when ``supervise`` is configured."""
     supervision: dict[str, Any] | None = None
     """The last look at the bot: ``locked``, ``untracked``, ``delegated``, ``error``."""
+    bot_asked: dict[str, float] = field(default_factory=dict)
+    """Symbol -> when (monotonic) the supervised bot was asked to exit it (not asked again
+    for a while: the enforcer sells it after the grace)."""
     last_plan: tuple[float, dict[str, Any]] | None = None
     """(monotonic time, the enforcer's plan) from the last look: bots asking what to exit are
     answered from it instead of reading the exchange on every request."""
@@ -236,16 +239,20 @@ class GuardService:
         if not isinstance(seen, int):
             return
         for record in reversed(records):
-            symbols = record.details.get("symbols")
-            runtime = self.accounts.get(record.account_id or "")
-            if (
-                runtime is not None
-                and record.id > seen
-                and record.action == POSITIONS_CONFIRMED
-                and isinstance(symbols, list)
-                and all(isinstance(x, str) for x in symbols)
-            ):
-                runtime.broker.accept_position_loss(symbols)
+            if record.id > seen:
+                self._apply_confirmation(record)
+
+    def _apply_confirmation(self, record: AuditRecord) -> None:
+        """Apply one ``positions_confirmed`` record to its account's broker (others: ignored)."""
+        runtime = self.accounts.get(record.account_id or "")
+        symbols = record.details.get("symbols")
+        if (
+            runtime is not None
+            and record.action == POSITIONS_CONFIRMED
+            and isinstance(symbols, list)
+            and all(isinstance(x, str) for x in symbols)
+        ):
+            runtime.broker.accept_position_loss(symbols)
 
     # ------------------------------------------------------------------ building
 
@@ -428,12 +435,13 @@ class GuardService:
                 account_id,
                 ", ".join(untracked),
             )
-        asked: dict[str, float] = dict((runtime.supervision or {}).get("asked", {}))
         now = self.clock.monotonic()
         # A symbol the bot was asked to exit and did not is the enforcer's to sell: not asked
         # again for a while (the enforcer sells it once the grace is over).
         again_after = max(_ASK_AGAIN_AFTER_S, 10 * settings.exit_grace_s)
-        asked = {s: at for s, at in asked.items() if now - at < again_after}
+        asked = runtime.bot_asked
+        for symbol in [s for s, at in asked.items() if now - at >= again_after]:
+            del asked[symbol]
         plan = runtime.enforcer.plan()  # a fresh read: an excess since the last pass counts
         runtime.last_plan = (now, plan)
         if plan["status"] == "over_cap":
@@ -456,7 +464,6 @@ class GuardService:
             "locked": halted,
             "untracked": untracked,
             "delegated": sorted(runtime.enforcer.delegated()),
-            "asked": asked,
             "error": None,
         }
 
@@ -648,10 +655,8 @@ class GuardService:
                 self._record(
                     TradingResumed(record.account_id, record.at, record.actor, record.reason)
                 )
-            elif record.action == POSITIONS_CONFIRMED and record.account_id in self.accounts:
-                symbols = record.details.get("symbols")
-                if isinstance(symbols, list) and all(isinstance(x, str) for x in symbols):
-                    self.accounts[record.account_id].broker.accept_position_loss(symbols)
+            elif record.action == POSITIONS_CONFIRMED:
+                self._apply_confirmation(record)
 
     def run(self, *, demo_strategy: bool = False, strategy_interval: float = 2.0) -> None:
         """Enforce every interval (and move the demo strategy) until :meth:`stop`."""

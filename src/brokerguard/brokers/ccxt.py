@@ -1052,8 +1052,14 @@ class CcxtBroker(BaseBroker):
         if raw is not None and str(raw.get("id")) == str(order.broker_order_id or raw.get("id")):
             return raw
         remaining = order.remaining_quantity
+        # ccxt's order structure carries floats (its contract with the bot); the exact Decimals
+        # stay in brokerguard, and ``info`` keeps them as strings.
         built: dict[str, Any] = {
-            "info": {},
+            "info": {
+                "price": None if order.price is None else str(order.price),
+                "amount": str(order.quantity),
+                "filled": str(order.filled_quantity),
+            },
             "id": order.broker_order_id,
             "clientOrderId": order.client_order_id,
             "symbol": order.symbol,
