@@ -189,12 +189,6 @@ class OrderUnresolved(ccxt.ExchangeError, OrderUnconfirmedError):  # type: ignor
             self, message, client_order_id=client_order_id, deadline=deadline, exists=exists
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_unresolved,
-            (str(self), self.client_order_id, self.deadline, self.exists),
-        )
-
 
 class PositionsImplausible(ccxt.ExchangeError, PositionsImplausibleError):  # type: ignore[misc]  # noqa: N818
     """A successful balance read lost positions that nothing explains: it is not believed."""
@@ -206,12 +200,6 @@ class PositionsImplausible(ccxt.ExchangeError, PositionsImplausibleError):  # ty
             self, message, missing=missing, agreeing=agreeing, needed=needed
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_implausible,
-            (str(self), self.missing, self.agreeing, self.needed),
-        )
-
 
 class InvalidResponse(ccxt.BadResponse, InvalidBrokerData):  # type: ignore[misc]
     """The venue answered with something that is not data (``field``, ``value``, ``reason``)."""
@@ -220,9 +208,6 @@ class InvalidResponse(ccxt.BadResponse, InvalidBrokerData):  # type: ignore[misc
         self, field: str, value: object, reason: str, *, symbol: str | None = None
     ) -> None:
         InvalidBrokerData.__init__(self, field, value, reason, symbol=symbol)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_invalid, (self.field, self.value, self.reason, self.symbol))
 
 
 def _rebuild_refused(
@@ -233,24 +218,6 @@ def _rebuild_refused(
 
 def _rebuild_entry(decision: Decision, account_id: str, symbol: str) -> EntryRefused:
     return EntryRefused(decision, account_id=account_id, symbol=symbol)
-
-
-def _rebuild_unresolved(
-    message: str, client_order_id: str, deadline: float | None, exists: bool
-) -> OrderUnresolved:
-    return OrderUnresolved(
-        message, client_order_id=client_order_id, deadline=deadline, exists=exists
-    )
-
-
-def _rebuild_implausible(
-    message: str, missing: tuple[str, ...], agreeing: int, needed: int
-) -> PositionsImplausible:
-    return PositionsImplausible(message, missing=missing, agreeing=agreeing, needed=needed)
-
-
-def _rebuild_invalid(field: str, value: object, reason: str, symbol: str | None) -> InvalidResponse:
-    return InvalidResponse(field, value, reason, symbol=symbol)
 
 
 def as_ccxt_error(exc: BaseException) -> BaseException:  # noqa: PLR0911 (one answer per kind)

@@ -172,7 +172,7 @@ class InvalidBrokerData(BrokerError):  # noqa: N818 (the name is the documented 
         self.symbol = symbol
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_invalid, (self.field, self.value, self.reason, self.symbol))
+        return (_rebuild_invalid, (type(self), self.field, self.value, self.reason, self.symbol))
 
 
 class DuplicateOrderError(BrokerError):
@@ -191,7 +191,7 @@ class DuplicateOrderError(BrokerError):
         self.client_order_id = client_order_id
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_duplicate, (str(self), self.client_order_id))
+        return (_rebuild_duplicate, (type(self), str(self), self.client_order_id))
 
 
 class OrderUnconfirmedError(BrokerError):
@@ -228,7 +228,7 @@ class OrderUnconfirmedError(BrokerError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_unconfirmed,
-            (str(self), self.client_order_id, self.deadline, self.exists),
+            (type(self), str(self), self.client_order_id, self.deadline, self.exists),
         )
 
 
@@ -255,7 +255,10 @@ class PositionsImplausibleError(BrokerError):
         self.needed = needed
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_implausible, (str(self), self.missing, self.agreeing, self.needed))
+        return (
+            _rebuild_implausible,
+            (type(self), str(self), self.missing, self.agreeing, self.needed),
+        )
 
 
 class CoordinationUnavailableError(BlockedError):
@@ -291,25 +294,37 @@ def _rebuild_transient(
     return cls(*args, retry_after=retry_after)
 
 
+# The rebuilders take the class itself (``type(self)``): a subclass (the ccxt-kind errors of
+# brokerguard.ccxt) pickles as itself with no rebuilder of its own.
+
+
 def _rebuild_invalid(
-    field: str, value: object, reason: str, symbol: str | None
+    cls: type[InvalidBrokerData], field: str, value: object, reason: str, symbol: str | None
 ) -> InvalidBrokerData:
-    return InvalidBrokerData(field, value, reason, symbol=symbol)
+    return cls(field, value, reason, symbol=symbol)
 
 
-def _rebuild_duplicate(message: str, client_order_id: str | None) -> DuplicateOrderError:
-    return DuplicateOrderError(message, client_order_id=client_order_id)
+def _rebuild_duplicate(
+    cls: type[DuplicateOrderError], message: str, client_order_id: str | None
+) -> DuplicateOrderError:
+    return cls(message, client_order_id=client_order_id)
 
 
 def _rebuild_unconfirmed(
-    message: str, client_order_id: str, deadline: float | None, exists: bool
+    cls: type[OrderUnconfirmedError],
+    message: str,
+    client_order_id: str,
+    deadline: float | None,
+    exists: bool,
 ) -> OrderUnconfirmedError:
-    return OrderUnconfirmedError(
-        message, client_order_id=client_order_id, deadline=deadline, exists=exists
-    )
+    return cls(message, client_order_id=client_order_id, deadline=deadline, exists=exists)
 
 
 def _rebuild_implausible(
-    message: str, missing: tuple[str, ...], agreeing: int, needed: int
+    cls: type[PositionsImplausibleError],
+    message: str,
+    missing: tuple[str, ...],
+    agreeing: int,
+    needed: int,
 ) -> PositionsImplausibleError:
-    return PositionsImplausibleError(message, missing=missing, agreeing=agreeing, needed=needed)
+    return cls(message, missing=missing, agreeing=agreeing, needed=needed)
