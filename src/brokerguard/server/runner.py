@@ -15,7 +15,11 @@ class StatusServer:
     """A uvicorn server in a thread; port 0 picks a free port (see :attr:`port`)."""
 
     def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        # log_config=None: uvicorn's records go to the root logger, in brokerguard's format
+        # (text or --log-format json), instead of handlers of its own on stderr.
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", log_config=None
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, name="brokerguard-http", daemon=True
