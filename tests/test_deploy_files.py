@@ -156,7 +156,7 @@ def test_promtool_checks_the_prometheus_config():
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 9 rules found" in done.stdout
+    assert "SUCCESS: 11 rules found" in done.stdout
 
 
 def test_grafana_provisioning_points_at_files_that_exist(compose):

@@ -4,19 +4,31 @@ Gauges are read from :meth:`GuardService.status` when Prometheus scrapes (so the
 drift from what the status page shows); counters are fed by the service's events and the
 gates' decisions. Refusal codes (``POSITION_CAP_REACHED`` ...) are label values, the same
 strings the CLI prints.
+
+Naming follows Prometheus's practice, so that queries stay simple and ``promtool check
+metrics`` is clean: every cumulative count is a ``_total`` counter (``rate()`` and
+``increase()`` handle its resets); every state is one series per possible state with a
+``state`` label, 1 for the current one and 0 for the others (``== 1`` selects it, and a state
+nobody is in is a 0, not a missing series); times are ``_timestamp_seconds`` of the wall
+clock; and there is no ``brokerguard_up``, since a scrape that answers is Prometheus's own
+``up``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import platform
+from collections.abc import Iterable, Iterator
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from brokerguard import __version__
+from brokerguard.resilience.state import BrokerHealthState, CircuitState
 from brokerguard.risk.exits import EnforcementEvent
-from brokerguard.risk.gate import Decision
+from brokerguard.risk.gate import Decision, TradingState
 
 if TYPE_CHECKING:
     from brokerguard.service import GuardService
@@ -24,21 +36,22 @@ if TYPE_CHECKING:
 __all__ = ["CONTENT_TYPE", "ServiceMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
-_HEALTH = {"healthy": 0, "degraded": 1, "offline": 2}
 
 
 class ServiceMetrics:
     """The metrics of one :class:`GuardService`; :meth:`render` is the ``/metrics`` body.
 
-    Contract names: ``brokerguard_circuit_state{broker,scope}``,
+    Contract names: ``brokerguard_circuit_state{broker,scope,state}``,
     ``brokerguard_broker_calls_total{broker,scope,outcome}``,
     ``brokerguard_broker_call_seconds{broker,scope}`` (histogram), ``brokerguard_positions``,
     ``brokerguard_position_cap``, ``brokerguard_trading_halted``,
-    ``brokerguard_unvalued_positions`` (all ``{account}``),
-    ``brokerguard_enforcement_cycles_total{account,status}`` and
-    ``brokerguard_liquidations_total{account}``; plus readiness, health, gate decisions by
-    reason code, events by kind, paused symbols and bad broker data.
+    ``brokerguard_unvalued_positions``, ``brokerguard_last_enforcement_timestamp_seconds``
+    (all ``{account}``), ``brokerguard_enforcement_cycles_total{account,status}``,
+    ``brokerguard_liquidations_total{account}``,
+    ``brokerguard_data_quality_issues_total{account,kind}`` and
+    ``brokerguard_build_info{version,python}``; plus readiness, broker health and trading
+    state (a label per state), gate decisions by reason code, events by kind and paused
+    symbols.
     """
 
     def __init__(self, service: GuardService) -> None:
@@ -111,7 +124,12 @@ class _StatusCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         status = self._service.status()
         service = status["service"]
-        yield _gauge("brokerguard_up", "1 while the service runs.", [], [([], 1)])
+        yield _gauge(
+            "brokerguard_build_info",
+            "Always 1; the labels say which brokerguard and Python this process runs.",
+            ["version", "python"],
+            [([__version__, platform.python_version()], 1)],
+        )
         yield _gauge(
             "brokerguard_ready",
             "1 when ready (no broker offline, store up).",
@@ -143,11 +161,13 @@ class _StatusCollector(Collector):
             for name, broker in status["brokers"].items()
             for scope, report in broker["breakers"].items()
         ]
-        yield _gauge(
+        yield _states(
             "brokerguard_circuit_state",
-            "Circuit state: 0 closed, 1 half-open, 2 open.",
+            "1 for the breaker's current circuit state (closed, half_open, open), 0 for the "
+            "others.",
             ["broker", "scope"],
-            [([n, s], _CIRCUIT[r["circuit_state"]]) for n, s, r in breaker_rows],
+            CircuitState,
+            [([n, s], r["circuit_state"]) for n, s, r in breaker_rows],
         )
         calls = CounterMetricFamily(
             "brokerguard_broker_calls",
@@ -172,11 +192,12 @@ class _StatusCollector(Collector):
             ["broker", "scope"],
             [([n, s], r["failure_count"]) for n, s, r in breaker_rows],
         )
-        yield _gauge(
+        yield _states(
             "brokerguard_broker_health",
-            "Broker health: 0 healthy, 1 degraded, 2 offline.",
+            "1 for the broker's current health (healthy, degraded, offline), 0 for the others.",
             ["broker"],
-            [([n], _HEALTH[b["health_state"]]) for n, b in status["brokers"].items()],
+            BrokerHealthState,
+            [([n], b["health_state"]) for n, b in status["brokers"].items()],
         )
         accounts = status["accounts"].items()
         yield _gauge(
@@ -212,11 +233,24 @@ class _StatusCollector(Collector):
             ["account"],
             [([a], len(s["paused_symbols"] or {})) for a, s in accounts],
         )
-        yield _gauge(
+        yield _states(
             "brokerguard_trading_state",
-            "1 for the account's current trading state.",
-            ["account", "state"],
-            [([a, s["trading_state"]], 1) for a, s in accounts],
+            "1 for the account's current trading state (active, reducing, halted), 0 for the "
+            "others.",
+            ["account"],
+            TradingState,
+            [([a], s["trading_state"]) for a, s in accounts],
+        )
+        yield _gauge(
+            "brokerguard_last_enforcement_timestamp_seconds",
+            "Wall time (unix seconds) of the account's last completed enforcement step "
+            "(compliant or failed_enforcement); absent until the first.",
+            ["account"],
+            [
+                ([a], s["last_enforcement_completed_at"])
+                for a, s in accounts
+                if s["last_enforcement_completed_at"] is not None
+            ],
         )
         yield _gauge(
             "brokerguard_orders_unresolved",
@@ -230,12 +264,36 @@ class _StatusCollector(Collector):
             ["account"],
             [([a], int(s["positions_suspect"] is not None)) for a, s in accounts],
         )
-        yield _gauge(
-            "brokerguard_data_quality",
-            "Bad data received from the broker, by kind.",
-            ["account", "kind"],
-            [([a, kind], n) for a, s in accounts for kind, n in s["data_quality"].items()],
+        quality = CounterMetricFamily(
+            "brokerguard_data_quality_issues",
+            "Invalid payloads received from the broker (nothing from them is used), by "
+            "account and kind (what.reason).",
+            labels=["account", "kind"],
         )
+        for account_id, account in accounts:
+            for kind, count in sorted(account["data_quality"].items()):
+                quality.add_metric([account_id, kind], count)
+        yield quality
+
+
+def _states(
+    name: str,
+    documentation: str,
+    labels: list[str],
+    states: type[StrEnum],
+    rows: Iterable[tuple[list[str], str]],
+) -> GaugeMetricFamily:
+    """One series per possible state, 1 for `current` and 0 for the rest.
+
+    Every state is exported so that a state nobody is in reads 0 (an alert on
+    ``{state="open"} == 1`` resolves instead of its series going stale) and a new state in the
+    enum appears without editing this module.
+    """
+    family = GaugeMetricFamily(name, documentation, labels=[*labels, "state"])
+    for values, current in rows:
+        for state in states:
+            family.add_metric([*values, state.value], int(state.value == current))
+    return family
 
 
 def _gauge(

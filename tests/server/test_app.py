@@ -60,7 +60,7 @@ def test_metrics_expose_breakers_accounts_and_gate_codes(client, service):
     service.breakers["paper"]["read"].force_open("drill")
     service.accounts["paper-main"].gate.check_entry("BTC/USD")
     body = client.get("/metrics").text
-    assert 'brokerguard_circuit_state{broker="paper",scope="read"} 2.0' in body
+    assert 'brokerguard_circuit_state{broker="paper",scope="read",state="open"} 1.0' in body
     assert 'brokerguard_position_cap{account="paper-main"} 8.0' in body
     assert 'brokerguard_broker_calls_total{broker="paper",outcome="rejected",scope="read"}' in body
     assert (
