@@ -154,7 +154,11 @@ def create_app(  # noqa: C901, PLR0915 (one nested function per route reads best
     def page() -> HTMLResponse:
         """The status page for humans."""
         return HTMLResponse(
-            render_page(service.status(), control_enabled=control_token is not None)
+            render_page(
+                service.status(),
+                control_enabled=control_token is not None,
+                now=service.clock.time(),
+            )
         )
 
     @app.post("/halt", responses=_CONTROL_RESPONSES, openapi_extra=_control_openapi(HaltRequest))

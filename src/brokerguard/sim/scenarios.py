@@ -152,12 +152,35 @@ class RunStats:
     broker_calls_during_outage: int = 0
     timeline: list[tuple[float, int, str]] = field(default_factory=list)
     """(seconds since start, positions held, circuit state) at every step, for plots."""
+    fallback_priced_timeline: list[int] = field(default_factory=list)
+    """Fallback-priced orders so far, at every step of `timeline` (the no-prices story)."""
+    calls_per_minute: list[int] = field(default_factory=list)
+    """Calls that reached the broker in each minute since start (the outage story). Binned by
+    the call's own time, not by step: the guarded run's steps stretch while it backs off."""
+    outage_s: tuple[float, float] | None = None
+    """The outage window in seconds since start, if the world has one."""
+    halted_at_s: float | None = None
+    """Seconds since start of the first halt (the unsettled story), or None."""
+    intents_by_orders: dict[int, int] = field(default_factory=dict)
+    """How many intents the broker executed n times, by n (the flaky story: n > 1 is a
+    duplicate)."""
 
     def summary(self) -> dict[str, Any]:
-        """The fields without the timeline."""
+        """The fields without the per-step data the plots draw."""
         data = asdict(self)
-        data.pop("timeline")
+        for key in _PLOT_ONLY:
+            data.pop(key)
         return data
+
+
+_PLOT_ONLY = (
+    "timeline",
+    "fallback_priced_timeline",
+    "calls_per_minute",
+    "outage_s",
+    "halted_at_s",
+    "intents_by_orders",
+)
 
 
 def simulate(name: str, *, seed: int = 0) -> dict[str, RunStats]:
@@ -216,6 +239,7 @@ def _run(scenario: Scenario, seed: int, *, guarded: bool) -> RunStats:
         stats.max_positions = max(stats.max_positions, held)
         stats.cap_violations += held > scenario.cap
         stats.timeline.append((elapsed, held, broker.read_breaker.state.value))
+        stats.fallback_priced_timeline.append(bot.fallback_priced)
         clock.advance(scenario.entry_every_s)
         elapsed = clock.monotonic() - EPOCH
     orders = broker.all_orders()
@@ -223,10 +247,23 @@ def _run(scenario: Scenario, seed: int, *, guarded: bool) -> RunStats:
     stats.fallback_priced_orders = bot.fallback_priced
     stats.duplicate_orders = sum(n - 1 for n in orders_per_intent(orders).values() if n > 1)
     stats.halts = bot.halts()
+    halted_at = bot.halted_at()
+    stats.halted_at_s = None if halted_at is None else halted_at - EPOCH
+    stats.intents_by_orders = dict(sorted(Counter(orders_per_intent(orders).values()).items()))
+    stats.calls_per_minute = _calls_per_minute(broker)
     if scenario.outage is not None:
         start, end = scenario.outage
+        stats.outage_s = scenario.outage
         stats.broker_calls_during_outage = len(broker.calls_between(EPOCH + start, EPOCH + end))
     return stats
+
+
+def _calls_per_minute(broker: PaperBroker) -> list[int]:
+    minutes = [int((call.at - EPOCH) // 60) for call in broker.calls_between(EPOCH, float("inf"))]
+    counts = [0] * (max(minutes, default=-1) + 1)
+    for minute in minutes:
+        counts[minute] += 1
+    return counts
 
 
 class NaiveBot:
@@ -322,6 +359,10 @@ class NaiveBot:
         """The naive bot never halts."""
         return 0
 
+    def halted_at(self) -> float | None:
+        """The naive bot never halts."""
+        return None
+
 
 class GuardedBot:
     """The same strategy through brokerguard, written as a correct bot.
@@ -383,3 +424,7 @@ class GuardedBot:
     def halts(self) -> int:
         """Halts recorded in the store."""
         return len(self.store.halts())
+
+    def halted_at(self) -> float | None:
+        """When the first halt recorded in the store was made (clock time), or None."""
+        return min((h.halted_at for h in self.store.halts()), default=None)
