@@ -1105,7 +1105,7 @@ class CcxtBroker(BaseBroker):
             return self.read_breaker.call_with_circuit_breaker(self._read_once, name, args, private)
 
     def _read_once(self, name: str, args: tuple[Any, ...], private: bool) -> Any:
-        self._throttle()
+        self._throttle(name)
         self._ensure_markets()
         return self._ccxt(self._raw(name), *args, private=private)
 

@@ -5,17 +5,23 @@ pass must not send ten times the calls the exchange allows. :class:`RateLimiter`
 ``rate`` calls per second with bursts of ``burst``; a caller over the budget *reserves* its
 slot and sleeps (on the injected clock) until it comes, so concurrent callers queue fairly and
 the rate holds however many threads ask.
+
+A call may weigh more than one token (``acquire(weight)``): venues price endpoints differently
+(Kraken's trade history costs 2 on its REST counter, ccxt gives each endpoint a ``cost``). A
+fleet of processes on one API key shares one bucket in Redis instead:
+:class:`brokerguard.coordination.SharedRateLimiter` (same constructor, same ``acquire``).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 
 from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import ConfigurationError
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "check_weight"]
 
 
 class RateLimiter:
@@ -37,15 +43,34 @@ class RateLimiter:
         self.waited = 0.0
         """Seconds callers spent waiting, in total (for the status)."""
 
-    def acquire(self) -> float:
-        """Take one call's slot, sleeping until it is due; return the seconds waited."""
+    def acquire(self, weight: float = 1.0) -> float:
+        """Take a call's `weight` in tokens, sleeping until it is due; return the seconds waited.
+
+        A weight above ``burst`` could never fit in the bucket: it is a configuration error.
+        """
+        check_weight(weight, self.burst)
         with self._lock:
             now = self.clock.monotonic()
             self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
             self._updated = now
-            self._tokens -= 1  # may go negative: a reservation for a later slot
+            self._tokens -= weight  # may go negative: a reservation for a later slot
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
             self.waited += wait
         if wait > 0:
             self.clock.sleep(wait)
         return wait
+
+
+def check_weight(weight: float, burst: int) -> None:
+    """Refuse a weight that is not a finite number in (0, burst]: it could never be served."""
+    number: object = weight  # typed float, but callers may pass anything
+    ok = (
+        isinstance(number, int | float)
+        and not isinstance(number, bool)
+        and math.isfinite(number)
+        and 0 < number <= burst
+    )
+    if not ok:
+        raise ConfigurationError(
+            f"a call's rate-limit weight must be a number in (0, burst={burst}], got {weight!r}"
+        )
