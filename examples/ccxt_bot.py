@@ -32,7 +32,11 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
-import ccxt
+try:
+    import ccxt
+except ModuleNotFoundError:  # a message, not a traceback: the extra is what is missing
+    print("this example needs ccxt: pip install -e '.[ccxt]'", file=sys.stderr)
+    sys.exit(2)
 
 from brokerguard.ccxt import EntryRefused, OrderUnresolved, guard
 from brokerguard.sim.kraken import DEFAULT_API_KEY, DEFAULT_API_SECRET, KrakenPair, running_kraken

@@ -449,7 +449,7 @@ def _run_seeds(args: argparse.Namespace) -> int:
         if report.ok:
             continue
         failed += 1
-        for name in report.broken:
+        for name in sorted(report.broken):  # a set: its order would vary per process
             broken[name] = broken.get(name, 0) + 1
         first = report.violations[0]
         print(  # noqa: T201 (a command-line report)
