@@ -113,6 +113,15 @@ class SharedCircuitBreaker(BrokerCircuitBreaker):
         self._after_call(partial(self._success_shared, ticket))
         return result
 
+    @property
+    def state_key(self) -> str:
+        """The Redis hash holding the fleet's circuit (for scripts that read it in their trip)."""
+        return self._key
+
+    def adopt(self, answer: SharedBreakerState) -> None:
+        """Mirror the circuit as another script read it (SharedSlots checks it with the slot)."""
+        self._adopt(answer)
+
     # ------------------------------------------------------------------ status and operators
 
     def is_trading_allowed(self) -> bool:

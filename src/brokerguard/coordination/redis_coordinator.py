@@ -65,15 +65,25 @@ local gen = tonumber(h[6]) or 0
 """
 )
 
-_BREAKER_READ: Final = (
-    _LOAD_CIRCUIT
-    + """
-local remaining = -1
-if state == 'open' then remaining = math.max(0, open_until - now) end
-if state == 'half_open' then remaining = 0 end
-return {state, state == 'closed' and 1 or 0, 0, failures, remaining, rt, gen}
+# The read of one circuit as a Lua function, so a script of another coordination piece
+# (SharedSlots' reservation) checks a circuit by the very same rules in its own round trip.
+# Needs `now` (_NOW_MS); `default_rt` is the base recovery timeout in ms.
+CIRCUIT_READ_LUA: Final = """
+local function read_circuit(key, default_rt)
+  local h = redis.call('HMGET', key, 'state', 'failures', 'open_until', 'rt', 'gen')
+  local state = h[1] or 'closed'
+  local failures = tonumber(h[2]) or 0
+  local open_until = tonumber(h[3]) or 0
+  local rt = tonumber(h[4]) or tonumber(default_rt)
+  local gen = tonumber(h[5]) or 0
+  local remaining = -1
+  if state == 'open' then remaining = math.max(0, open_until - now) end
+  if state == 'half_open' then remaining = 0 end
+  return {state, state == 'closed' and 1 or 0, 0, failures, remaining, rt, gen}
+end
 """
-)
+
+_BREAKER_READ: Final = _NOW_MS + CIRCUIT_READ_LUA + "return read_circuit(KEYS[1], ARGV[2])\n"
 
 _BREAKER_ADMIT: Final = (
     _LOAD_CIRCUIT
@@ -588,6 +598,11 @@ class RedisCoordinator:
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+def breaker_state(answer: Sequence[Any]) -> SharedBreakerState:
+    """Parse a breaker script's answer (also the circuits a SharedSlots script read)."""
+    return _breaker_state(answer)
 
 
 def _breaker_state(answer: Sequence[Any]) -> SharedBreakerState:
