@@ -12,7 +12,9 @@ ratios travel. Paths measured:
 - closed: a call that succeeds through a closed breaker;
 - open: a call rejected by an open breaker, caught by the caller;
 - retry-ok: a retrying wrapper whose first attempt succeeds;
-- async: an awaited call that succeeds through a closed breaker.
+- async: an awaited call that succeeds through a closed breaker;
+- async-retry-ok: an awaited retrying wrapper whose first attempt succeeds (ours is
+  ``acall_with_circuit_breaker``; its target is <= 1.3x ``acall``, as on the sync path).
 
 Baselines: a bare call of the same function; a bare raise-and-catch (calling a function that
 raises a fresh exception, and catching it: what any fast-fail costs at least); and the floor of
@@ -215,11 +217,27 @@ def async_probes() -> list[tuple[str, str, Callable[[], Any], bool]]:
     async def purg_target() -> int:
         return 1
 
+    @tenacity.retry(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_exponential())
+    async def tenacity_atarget() -> int:
+        return 1
+
+    @stamina.retry(on=ConnectionError, attempts=3)
+    async def stamina_atarget() -> int:
+        return 1
+
+    @backoff.on_exception(backoff.expo, ConnectionError, max_tries=3)
+    async def backoff_atarget() -> int:
+        return 1
+
     return [
         ("async", "bare await", atarget, False),
         ("async", "brokerguard", lambda: ours.acall(atarget), False),
         ("async", "aiobreaker", lambda: aio.call_async(atarget), True),
         ("async", "purgatory", purg_target, True),
+        ("async-retry-ok", "brokerguard", lambda: ours.acall_with_circuit_breaker(atarget), False),
+        ("async-retry-ok", "tenacity", tenacity_atarget, True),
+        ("async-retry-ok", "stamina", stamina_atarget, True),
+        ("async-retry-ok", "backoff", backoff_atarget, False),
     ]
 
 
@@ -257,9 +275,14 @@ def verdicts(rows: list[Row]) -> list[tuple[str, float, float, bool]]:
         ("closed success path / bare call", by["closed", "brokerguard"] / bare, 4.0),
         ("retry-ok success path / bare call", by["retry-ok", "brokerguard"] / bare, 5.0),
         ("open rejection / bare raise-and-catch", by["open", "brokerguard"] / raise_catch, 1.5),
+        (
+            "async retry-ok (acall_with_circuit_breaker) / acall",
+            by["async-retry-ok", "brokerguard"] / by["async", "brokerguard"],
+            1.3,
+        ),
     ]
     out = [(label, ratio, target, ratio <= target) for label, ratio, target in checks]
-    for path in ("closed", "open", "retry-ok", "async"):
+    for path in ("closed", "open", "retry-ok", "async", "async-retry-ok"):
         ours = by[path, "brokerguard"]
         peers = [ns for (p, name), ns in by.items() if p == path and name != "brokerguard"]
         peers = [ns for ns in peers if path != "async" or ns != by["async", "bare await"]]
@@ -296,7 +319,7 @@ def markdown(rows: list[Row]) -> str:
     ]
     for r in rows:
         base_async = by["async", "bare await"]
-        xb = r.ns / (base_async if r.path == "async" else bare)
+        xb = r.ns / (base_async if r.path.startswith("async") else bare)
         xr = f"{r.ns / raise_catch:.2f}" if r.path in {"open", "baseline"} else ""
         lines.append(f"| {r.path} | {r.name} | {r.ns:,.0f} | {xb:.2f} | {xr} |")
     lines += ["", "| target | measured | target | met |", "|---|---:|---:|---|"]

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.config import AlertConfig, resolve_secret
+from brokerguard.logs import log_context
 from brokerguard.resilience.backoff import BackoffPolicy
 from brokerguard.risk.exits import (
     CapRestored,
@@ -172,7 +173,13 @@ class LogAlertSink:
 
     def send(self, alert: Alert) -> None:
         """Log the alert at its level."""
-        log.log(int(alert.level), "ALERT %s: %s", alert.title, alert.message)
+        log.log(
+            int(alert.level),
+            "ALERT %s: %s",
+            alert.title,
+            alert.message,
+            extra=log_context(reason=alert.kind.upper()),  # the subject may be a broker's name
+        )
 
 
 class WebhookAlertSink:
@@ -268,6 +275,10 @@ class AppriseAlertSink:
 
 _STOP = object()
 
+RECENT_ALERTS = 100
+"""How many delivered alerts :attr:`AlertRouter.delivered` keeps (the newest): the sinks and
+the log have them all; this is a bounded look at the last ones."""
+
 
 class AlertRouter:
     """Turn events into alerts and deliver them to every sink whose level they reach.
@@ -287,10 +298,13 @@ class AlertRouter:
         self.sinks = list(sinks)
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         self.repeat_after = repeat_after
+        # (kind, account, message) -> when last routed; entries older than repeat_after are
+        # swept, so it holds at most the distinct alerts of about two repeat_after windows.
         self._last: dict[tuple[str, str, str], float] = {}
+        self._sweep_at = self.clock.monotonic() + repeat_after
         self._lock = threading.Lock()
         self.delivered: list[Alert] = []
-        """Alerts handed to at least one sink (the newest 1000)."""
+        """Alerts handed to at least one sink (the newest :data:`RECENT_ALERTS`)."""
         self._queue: queue.Queue[object] | None = None
         self._worker: threading.Thread | None = None
         if background:
@@ -351,12 +365,16 @@ class AlertRouter:
         if delivered:
             with self._lock:
                 self.delivered.append(alert)
-                del self.delivered[:-1000]
+                del self.delivered[:-RECENT_ALERTS]
 
     def _repeated(self, alert: Alert) -> bool:
         key = (alert.kind, alert.account_id, alert.message)
         now = self.clock.monotonic()
         with self._lock:
+            if now >= self._sweep_at:  # messages carry ids: without this, one key per order
+                self._sweep_at = now + self.repeat_after
+                for old in [k for k, at in self._last.items() if now - at >= self.repeat_after]:
+                    del self._last[old]
             last = self._last.get(key)
             if last is not None and now - last < self.repeat_after:
                 return True

@@ -16,6 +16,9 @@ def test_every_probe_runs_and_the_table_has_every_row(capsys):
         assert f"| {path} | {name} |" in out
     for name in ("brokerguard", "aiobreaker", "purgatory", "bare await"):
         assert f"| async | {name} |" in out
+    for name in ("brokerguard", "tenacity", "stamina", "backoff"):
+        assert f"| async-retry-ok | {name} |" in out
+    assert "| async retry-ok (acall_with_circuit_breaker) / acall |" in out
     assert "| closed success path / bare call |" in out
 
 

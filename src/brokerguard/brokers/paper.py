@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Final
 
 from brokerguard.brokers.base import BaseBroker
@@ -64,6 +65,7 @@ from brokerguard.resilience.ratelimit import RateLimiter
 
 __all__ = [
     "DUPLICATE_ORDER",
+    "HISTORY_BOUNDS",
     "MISSING",
     "RAW_METHODS",
     "UNKNOWN_ERROR",
@@ -86,6 +88,12 @@ RAW_METHODS: Final = (
     "submit_cancel_all_after",
 )
 """The calls a fault plan can target."""
+
+HISTORY_BOUNDS: Final = MappingProxyType(
+    {"fills": 10_000, "dropped": 1_000, "position_snapshots": 1_000}
+)
+"""The most a paper broker keeps of each history, whatever its ``history_s``: fills (the trade
+history), requests the engine dropped, and position snapshots (for stale reads)."""
 
 UNKNOWN_ERROR: Final = "EGeneral:Unexpected condition"
 """The error string of an unknown-error fault: Kraken's shape, in no table of known strings, so
@@ -257,6 +265,8 @@ class _PaperOrder:
     shown: Order | None = None
     """The last view, kept until a fill changes the order: building (and validating) an Order
     for every order on every look made the book the chaos suite's hot spot."""
+    final_seen: float | None = None
+    """When a prune first saw it final (monotonic): its age in the bounded history."""
 
     def view(self) -> Order:
         if self.shown is None:
@@ -359,6 +369,14 @@ class PaperBroker(BaseBroker):
             own, from `prices`, `seed` and `volatility`).
         recorded_calls: how many raw calls :attr:`calls` keeps (the newest), so a paper broker
             running for days does not grow without bound.
+        history_s: how long the venue remembers what is over: final orders (as a real venue
+            stops listing closed orders), fills, dropped requests, recorded calls and position
+            snapshots older than this many seconds are forgotten (open and queued orders never
+            are); None keeps them up to the count bounds (:data:`HISTORY_BOUNDS`). Default one
+            hour: far longer than any lookup brokerguard makes (an unresolved order is looked up
+            within its deadline and margin, seconds) and than the default
+            ``stale_positions_age``; a lookup of an order forgotten since answers "not found"
+            like a venue that purged it.
 
     Like Kraken's AddOrder ``deadline``, an order is never accepted after its
     ``OrderRequest.deadline`` (:attr:`enforces_order_deadline`).
@@ -386,6 +404,7 @@ class PaperBroker(BaseBroker):
         rate_limiter: RateLimiter | None = None,
         recorded_calls: int = 100_000,
         market: PaperMarket | None = None,
+        history_s: float | None = 3600.0,
     ) -> None:
         super().__init__(
             broker_name,
@@ -399,6 +418,9 @@ class PaperBroker(BaseBroker):
         )
         if not (math.isfinite(settle_delay) and settle_delay >= 0):
             raise ConfigurationError(f"settle_delay must be >= 0 seconds, got {settle_delay!r}")
+        if history_s is not None and not (math.isfinite(history_s) and history_s > 0):
+            raise ConfigurationError(f"history_s must be > 0 seconds or None, got {history_s!r}")
+        self.history_s = None if history_s is None else float(history_s)
         if market is not None and prices is not None:
             raise ConfigurationError("give a PaperBroker its prices or a market, not both")
         self.fault_plan = fault_plan or FaultPlan()
@@ -421,14 +443,17 @@ class PaperBroker(BaseBroker):
         self._newest: dict[str, _PaperOrder] = {}  # client order id -> its latest order
         self._live: list[_PaperOrder] = []  # orders not final yet, in acceptance order
         self._queue: list[_QueuedOrder] = []  # received, not accepted yet (delayed acceptance)
-        self._dropped: list[tuple[OrderRequest, str]] = []
-        self._fills: deque[Fill] = deque(maxlen=10_000)  # the trade history, oldest first
+        self._dropped: deque[tuple[float, OrderRequest, str]] = deque(
+            maxlen=HISTORY_BOUNDS["dropped"]
+        )  # (monotonic time dropped, request, why), oldest first
+        self._fills: deque[Fill] = deque(maxlen=HISTORY_BOUNDS["fills"])  # oldest first
         self._switch_at: float | None = None  # the dead man's switch's trigger (monotonic)
         self.switch_fired = 0  # how many times the dead man's switch cancelled the book
         self._next_order_number = 1
         now = self.clock.monotonic()
         self._history: list[tuple[float, dict[str, Decimal]]] = [(now, dict(self._positions))]
         self._calls: deque[RecordedCall] = deque(maxlen=recorded_calls)
+        self._prune_at = now if self.history_s is None else now + self.history_s / 8
 
     # ------------------------------------------------------------------ the four raw methods
 
@@ -626,7 +651,9 @@ class PaperBroker(BaseBroker):
             return dict(self._positions)
 
     def all_orders(self) -> list[Order]:
-        """Return every order ever accepted, in acceptance order (bypassing faults).
+        """Return every order accepted and not yet forgotten, in acceptance order (no faults).
+
+        Open orders are always here; final ones for ``history_s`` after they ended.
 
         One client order id may appear several times: an id whose order was final was accepted
         again (how a blind resend executes twice).
@@ -645,7 +672,7 @@ class PaperBroker(BaseBroker):
         """Return the queued orders the engine never accepted, with why (deadline ...)."""
         with self._lock:
             self._settle(self.clock.monotonic())
-            return list(self._dropped)
+            return [(request, reason) for _, request, reason in self._dropped]
 
     @property
     def calls(self) -> list[RecordedCall]:
@@ -772,6 +799,42 @@ class PaperBroker(BaseBroker):
             self._switch_at = None
             self.switch_fired += 1
         self._fill(now)
+        if self.history_s is not None and now >= self._prune_at:
+            self._prune(now, self.history_s)
+
+    def _prune(self, now: float, keep: float) -> None:
+        """Forget what ended more than `keep` seconds ago (caller holds the lock).
+
+        Runs at most every ``keep / 8`` seconds, so its cost (one walk of the book) is spread
+        over thousands of calls. An order's age counts from the first prune that saw it final,
+        so a final order is forgotten between `keep` and ``1.125 * keep`` seconds after it
+        ended, never sooner; open orders and queued requests are never forgotten.
+        """
+        self._prune_at = now + keep / 8
+        horizon = now - keep
+        kept: list[_PaperOrder] = []
+        for placed in self._orders:
+            if placed.status.is_final:
+                if placed.final_seen is None:
+                    placed.final_seen = now
+                elif placed.final_seen <= horizon:
+                    cid = placed.request.client_order_id
+                    if self._newest.get(cid) is placed:
+                        del self._newest[cid]
+                    continue
+            kept.append(placed)
+        self._orders = kept
+        wall_horizon = self._wall(horizon)
+        while self._fills and self._fills[0].timestamp < wall_horizon:
+            self._fills.popleft()
+        while self._dropped and self._dropped[0][0] < horizon:
+            self._dropped.popleft()
+        while self._calls and self._calls[0].at < horizon:
+            self._calls.popleft()
+        # Keep the newest snapshot from before the horizon: the state as it was at the horizon.
+        older = sum(1 for at, _ in self._history if at <= horizon)
+        if older > 1:
+            del self._history[: older - 1]
 
     def _accept_queued(self, queued: _QueuedOrder) -> None:
         """The engine reaches a queued order: accept it, or drop it as Kraken would."""
@@ -784,7 +847,7 @@ class PaperBroker(BaseBroker):
         else:
             reason = self._refusal(request)
         if reason is not None:
-            self._dropped.append((request, reason))
+            self._dropped.append((queued.due, request, reason))
             return
         self._accept(request, queued.due)
 
@@ -828,7 +891,7 @@ class PaperBroker(BaseBroker):
         if changed:
             self._live = [placed for placed in self._live if not placed.status.is_final]
             self._history.append((now, dict(self._positions)))
-            del self._history[:-1000]  # bounded: enough for any stale_positions_age
+            del self._history[: -HISTORY_BOUNDS["position_snapshots"]]
 
     def _state_at(self, when: float) -> dict[str, Decimal]:
         state = self._history[0][1]

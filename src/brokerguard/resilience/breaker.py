@@ -387,7 +387,35 @@ class BrokerCircuitBreaker:
     async def acall_with_circuit_breaker(
         self, func: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Async twin of :meth:`call_with_circuit_breaker`; sleeps with ``clock.asleep``."""
+        """Async twin of :meth:`call_with_circuit_breaker`; sleeps with ``clock.asleep``.
+
+        Like the sync twin, the first attempt through a closed circuit is made inline: the
+        retry loop's coroutine and the attempt's closure are built only after a failure
+        (building them on every call made this path 3x :meth:`acall`).
+        """
+        if self._admit_fast:
+            generation = self._generation
+            try:
+                result = await func(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 (the retry loop classifies it and re-raises)
+                self._record_failure(exc, generation, probe=False)
+                return await self._aretry(func, args, kwargs, exc)
+            # A BaseException (cancellation) of a non-probe needs no bookkeeping: it propagates.
+            self._last_success = self._mono()
+            next(self._successes)
+            if self._consecutive_failures:
+                self._record_success(generation, probe=False)
+            return result
+        return await self._aretry(func, args, kwargs, None)
+
+    async def _aretry(
+        self,
+        func: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        first_error: Exception | None,
+    ) -> T:
+        # Kept out of acall_with_circuit_breaker for the same reason as _retry.
         return await acall_with_retries(
             lambda: self.acall(func, *args, **kwargs),
             self.retry_policy,
@@ -395,6 +423,7 @@ class BrokerCircuitBreaker:
             clock=self._clock,
             rng=self._rng,
             stop=self._is_not_closed,
+            first_error=first_error,
         )
 
     # ------------------------------------------------------------------ the state machine

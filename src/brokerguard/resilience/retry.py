@@ -124,21 +124,29 @@ async def acall_with_retries(
     clock: Clock,
     rng: random.Random | None,
     stop: Callable[[], bool],
+    first_error: Exception | None = None,
 ) -> T:
-    """Async twin of :func:`call_with_retries`; sleeps with ``clock.asleep``."""
+    """Async twin of :func:`call_with_retries`; sleeps with ``clock.asleep``.
+
+    `first_error` lets the breaker make the first attempt inline (no coroutine for this loop
+    and no closure on a success) and enter here only after it failed.
+    """
     made, slept, previous = 1, 0.0, None
+    error = first_error
     while True:
-        try:
-            return await attempt()
-        except Exception as exc:
-            delay = (
-                None
-                if stop()
-                else policy.next_delay(
-                    made, classify(exc), exc, slept=slept, previous=previous, rng=rng
-                )
+        if error is None:
+            try:
+                return await attempt()
+            except Exception as exc:  # noqa: BLE001 (classified just below; re-raised on give-up)
+                error = exc
+        delay = (
+            None
+            if stop()
+            else policy.next_delay(
+                made, classify(error), error, slept=slept, previous=previous, rng=rng
             )
-            if delay is None:
-                raise
+        )
+        if delay is None:
+            raise error
         await clock.asleep(delay)
-        made, slept, previous = made + 1, slept + delay, delay
+        made, slept, previous, error = made + 1, slept + delay, delay, None

@@ -47,6 +47,15 @@ DEFAULT_ENTRY_TTL_S: Final = 60.0
 
 _IDEMPOTENCY_KEYS: Final = 10_000
 
+SETTLED_ENTRY_MEMORY_S: Final = 3600.0
+"""Seconds a settled (placed or released) reservation stays in memory for :meth:`EntryBook.get`.
+
+Open ones (reserved, unresolved) are never forgotten: they hold slots. A settled one no longer
+matters to any decision (its slot is the gate's now) and is in the store; without this bound
+the book, and every scan of it, grew by one entry per reservation for as long as the process
+ran. A restart already forgets settled reservations the same way.
+"""
+
 ENTRY_PENDING: Final = "ENTRY_PENDING"
 """Refusal code: the symbol has a buy reservation whose outcome is not reported yet."""
 
@@ -63,6 +72,9 @@ class EntryState(StrEnum):
     """Proven not placed: the slot is free."""
     UNRESOLVED = "unresolved"
     """Not reported and not provably absent yet: the slot stays; looked up again later."""
+
+
+_SETTLED = frozenset({EntryState.PLACED, EntryState.RELEASED})
 
 
 class UnknownReservationError(BrokerGuardError):
@@ -133,6 +145,8 @@ class EntryBook:
         self._entries: dict[str, Entry] = {}
         self._tokens: dict[str, int] = {}  # reservation id -> the gate's slot token
         self._idempotent: OrderedDict[str, Entry | Decision] = OrderedDict()
+        self._settled_at: dict[str, float] = {}  # reservation id -> when it settled (monotonic)
+        self._sweep_at = clock.monotonic() + SETTLED_ENTRY_MEMORY_S / 8
         self._restore()
 
     @property
@@ -200,8 +214,29 @@ class EntryBook:
             self._entries[entry.reservation_id] = entry
             if token is not None:
                 self._tokens[entry.reservation_id] = token
+            else:
+                self._settled_at[entry.reservation_id] = self.clock.monotonic()
+            self._forget_settled()
         self._save(entry)
         return self._remember(idempotency_key, entry)
+
+    def _forget_settled(self) -> None:
+        """Drop settled reservations older than SETTLED_ENTRY_MEMORY_S (caller holds the lock).
+
+        Runs at most every eighth of that horizon, so its walk is spread over many reservations.
+        """
+        now = self.clock.monotonic()
+        if now < self._sweep_at:
+            return
+        self._sweep_at = now + SETTLED_ENTRY_MEMORY_S / 8
+        horizon = now - SETTLED_ENTRY_MEMORY_S
+        for rid, settled in list(self._settled_at.items()):
+            entry = self._entries.get(rid)
+            if entry is None or entry.state not in _SETTLED:
+                del self._settled_at[rid]
+            elif settled <= horizon:
+                del self._entries[rid]
+                del self._settled_at[rid]
 
     def placed(self, reservation_id: str, order_id: str | None) -> Entry:
         """The bot placed its order: the slot stays until a snapshot shows the position."""
@@ -321,6 +356,8 @@ class EntryBook:
         updated = replace(entry, state=state, order_id=order_id or entry.order_id)
         with self._lock:
             self._entries[entry.reservation_id] = updated
+            if state in _SETTLED:
+                self._settled_at[entry.reservation_id] = self.clock.monotonic()
         self._save(updated)
         log.info(
             "entry %s of %s (%s %s, %s): %s",
