@@ -20,6 +20,7 @@ from brokerguard.orders import (
     journal_state,
     may_send,
     next_state,
+    weigh_lookup,
 )
 
 S, E = OrderState, Evidence
@@ -62,7 +63,8 @@ def test_absence_before_the_deadline_proves_nothing():
         E.ABSENT_BEFORE_DEADLINE
     )
     assert next_state(S.UNRESOLVED, E.ABSENT_BEFORE_DEADLINE) is S.UNRESOLVED
-    assert next_state(S.UNRESOLVED, E.ABSENT_AFTER_DEADLINE) is S.NOT_PLACED
+    assert next_state(S.UNRESOLVED, E.ABSENT_AFTER_DEADLINE) is S.UNRESOLVED  # not confirmed
+    assert next_state(S.UNRESOLVED, E.ABSENCE_CONFIRMED) is S.NOT_PLACED
 
 
 def test_a_duplicate_id_answer_is_resolved_only_by_finding_the_order():
@@ -111,6 +113,14 @@ attempt = st.fixed_dictionaries(
 )
 
 
+def _weigh(found, now, horizon, absences, believe_absence_at_once):
+    """One lookup's evidence; the old rule (believe_absence_at_once) took one answer as proof."""
+    verdict = weigh_lookup(found, looked_at=now, absent_after=horizon, absences=absences)
+    if believe_absence_at_once and verdict.evidence is E.ABSENT_AFTER_DEADLINE:
+        return E.ABSENCE_CONFIRMED, verdict.absences
+    return verdict.evidence, verdict.absences
+
+
 def run_world(
     attempts: list[dict], deadline_s: float, margin_s: float, *, believe_absence_at_once: bool
 ) -> tuple[Venue, OrderState]:
@@ -122,6 +132,7 @@ def run_world(
         if not may_send(state):
             break
         state = next_state(state, E.SENT)
+        absences = weigh_lookup(None, looked_at=0.0, absent_after=None).absences  # none yet
         deadline = now + deadline_s
         fate = step["fate"]
         if fate == "accepted" or (fate == "late" and now + step["delay"] <= deadline):
@@ -147,9 +158,8 @@ def run_world(
                 else None
             )
             horizon = now if believe_absence_at_once else deadline + margin_s
-            state = next_state(
-                state, evidence_from_lookup(found, looked_at=now, absent_after=horizon)
-            )
+            evidence, absences = _weigh(found, now, horizon, absences, believe_absence_at_once)
+            state = next_state(state, evidence)
             if state is not S.UNRESOLVED:
                 break
         now += 1.0

@@ -200,14 +200,15 @@ class OrderUnconfirmedError(BrokerError):
     A timeout, a transient error, an unknown error string or a garbled answer after a submit
     leave the order possibly accepted (Kraken may execute it seconds later), and a lookup made
     at once proves nothing. The order stays unresolved until it is found (its state is adopted)
-    or a lookup made after :attr:`deadline` finds it neither open nor closed (it was not
-    placed). Until then its slot stays taken and its symbol is not traded again.
+    or two lookups made after :attr:`deadline`, 2 s apart, find it neither open nor closed (it
+    was not placed; :data:`brokerguard.orders.ABSENT_LOOKUPS_REQUIRED`). Until then its slot
+    stays taken and its symbol is not traded again.
 
     Attributes:
         client_order_id: the order's client order id: reconcile with it, never with a new one.
-        deadline: epoch seconds after which a lookup that finds nothing proves the order was
-            not placed (the venue's own deadline plus a margin); None when only finding it can
-            resolve it.
+        deadline: epoch seconds from which a lookup can decide (the venue's own deadline plus a
+            margin, or 2 s after an unconfirmed absent answer); lookups from then on that find
+            nothing prove the order was not placed. None when only finding it can resolve it.
         exists: True when the venue said the order exists (a duplicate-id answer): only
             finding it resolves it.
     """

@@ -53,14 +53,6 @@ def test_empty_lookup_answers_after_the_deadline_do_not_get_a_filled_order_resen
     assert executed("rt-lie-empty") == 1, "the filled order was sent a second time"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BREAK: BaseBroker.resolve_order (brokers/base.py) takes ONE well-formed lookup made "
-    "after absent_after that does not list the order as proof of absence (CcxtBroker."
-    "fetch_order scans OpenOrders then ClosedOrders once; orders.evidence_from_lookup needs no "
-    "second, agreeing answer): a ClosedOrders answer omitting the filled order's txid -> "
-    "NOT_PLACED -> the retry sends the id again -> 2 executions",
-)
 def test_a_closed_orders_answer_that_omits_the_order_does_not_get_it_resent(
     broker, kraken, clock, executed
 ):

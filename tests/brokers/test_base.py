@@ -292,7 +292,10 @@ def test_an_order_not_found_right_after_a_failed_send_is_unresolved_not_resent(b
 
 
 def test_an_order_proven_absent_after_its_deadline_is_resent_with_the_same_id(broker, clock):
-    """A lookup made after the deadline (plus margin) that finds nothing allows one resend."""
+    """Two lookups after the deadline (plus margin), 2 s apart, finding nothing allow a resend.
+
+    The retry makes both: it waits ABSENT_LOOKUP_SPAN_S on the clock between them.
+    """
     broker.faults["submit_order"] = [ConnectionError("reset")]
     with pytest.raises(OrderUnconfirmedError) as info:
         broker.place_market_order("BTC/USD", "buy", 1, client_order_id="c1")
@@ -301,7 +304,13 @@ def test_an_order_proven_absent_after_its_deadline_is_resent_with_the_same_id(br
     order = broker.place_market_order("BTC/USD", "buy", 1, client_order_id="c1")
     assert order.status is OrderStatus.FILLED
     assert broker.submissions == {"c1": 1}
-    assert broker.calls == ["submit_order", "fetch_order", "fetch_order", "submit_order"]
+    assert broker.calls == [
+        "submit_order",
+        "fetch_order",
+        "fetch_order",
+        "fetch_order",  # the confirming lookup, 2 s later
+        "submit_order",
+    ]
     assert broker.unresolved_orders() == []
 
 
