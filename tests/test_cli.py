@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from brokerguard.cli import main
+from tests.processes import wait_until_serving
 
 EXAMPLE = pathlib.Path(__file__).parents[1] / "examples" / "paper.toml"
 
@@ -158,9 +158,10 @@ def test_sigterm_stops_run_cleanly(tmp_path):
         text=True,
         env=env,
     ) as proc:
-        time.sleep(2.5)  # wall-clock-ok: let it start for real
+        started = wait_until_serving(proc)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
+        err = started + err
     assert proc.returncode == 0, err
     assert "received SIGTERM" in err
     assert "stopped after" in err

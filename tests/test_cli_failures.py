@@ -201,3 +201,21 @@ def test_a_missing_optional_module_met_late_still_names_its_extra(capsys, monkey
     code, output = run_cli(capsys, "simulate", "--scenario", "incident")
     assert code == 2
     assert "pip install 'brokerguard[apprise]'" in output
+
+
+@pytest.mark.parametrize("command", [["status"], ["halt", "a", "--reason", "r"], ["audit"]])
+def test_an_unreachable_database_is_a_message_not_a_traceback(capsys, tmp_path, command):
+    """PostgreSQL down (a closed port): exit 2, the store and the fix named, nothing changed."""
+    config = tmp_path / "pg.toml"
+    config.write_text(
+        'state_url = "postgresql://brokerguard@127.0.0.1:9/brokerguard"\n'
+        "[store]\ntimeout_s = 0.5\n"
+        '[brokers.paper]\nkind = "paper"\n'
+        '[[accounts]]\nid = "a"\nbroker = "paper"\n',
+        encoding="utf-8",
+    )
+    code, err = run_cli(capsys, *command, "--config", str(config))
+    assert code == 2
+    assert "Traceback" not in err
+    assert "Is the database running" in err
+    assert "Nothing was changed" in err

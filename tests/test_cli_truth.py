@@ -8,11 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from brokerguard.cli import main
+from tests.processes import wait_until_serving
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -173,9 +173,10 @@ def _run_then_signal(tmp_path, sig: signal.Signals) -> tuple[int, str, str]:
         text=True,
         env=env,
     ) as proc:
-        time.sleep(2.5)  # wall-clock-ok: let it start for real
+        started = wait_until_serving(proc)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
+        err = started + err
     return proc.returncode, out, err
 
 

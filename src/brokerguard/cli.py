@@ -8,6 +8,7 @@ takes ``--json`` for machines. The CLI only wires and shows: decisions stay in t
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import click
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -40,7 +42,13 @@ from brokerguard.config import (
     resolve_secret,
     with_server,
 )
-from brokerguard.errors import BrokerGuardError, ConfigurationError
+from brokerguard.errors import (
+    BrokerGuardError,
+    ConfigurationError,
+    CoordinationUnavailableError,
+    StoreUnavailableError,
+)
+from brokerguard.logs import LogFormat, configure_logging, unconfigure_logging
 from brokerguard.models import parse_symbol
 from brokerguard.server import StatusServer, create_app
 from brokerguard.service import GuardService, embedded_default_config
@@ -80,8 +88,18 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="brokerguard")
-def cli() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice([f.value for f in LogFormat]),
+    default=LogFormat.TEXT.value,
+    envvar="BROKERGUARD_LOG_FORMAT",
+    show_default=True,
+    help="Log lines on stderr: text, or json (one object per line, for log shippers). "
+    "Accepted after the command too (brokerguard run --log-format json).",
+)
+def cli(log_format: str) -> None:
     """Brokerguard: make a trading bot fail closed."""
+    _configure_logging(sys.stderr.isatty(), log_format, level=logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     Under ``--json`` every error is also a JSON object on stdout:
     ``{"error": "...", "exit_code": 2}``, so a machine never has to parse stderr.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _hoist_log_format(list(sys.argv[1:] if argv is None else argv))
     as_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+    try:
+        return _main(args, as_json)
+    finally:
+        unconfigure_logging()  # the last repeat summaries out; the root logger as it was
+
+
+def _main(args: list[str], as_json: bool) -> int:
     try:
         cli.main(args=args, prog_name="brokerguard", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -101,13 +126,38 @@ def main(argv: list[str] | None = None) -> int:
         return _json_error(as_json, exc.format_message(), USAGE)
     except click.exceptions.Abort:
         return _json_error(as_json, "aborted", PROBLEM)
-    except (ConfigurationError, ModuleNotFoundError) as exc:
+    except (
+        ConfigurationError,
+        ModuleNotFoundError,
+        StoreUnavailableError,
+        CoordinationUnavailableError,
+    ) as exc:
         message = _failure(exc)
         click.echo(message, err=True)
         return _json_error(as_json, message, USAGE)
     except SystemExit as exc:
         return int(exc.code or 0)
     return OK
+
+
+def _hoist_log_format(args: list[str]) -> list[str]:
+    """Move ``--log-format X`` given after the command to the front, where the group reads it.
+
+    Every command logs, so the option is the group's; an operator types it after the command
+    as often as before. Nothing after ``--`` is touched.
+    """
+    end = args.index("--") if "--" in args else len(args)
+    head, tail, hoisted = args[:end], args[end:], []
+    index = 1  # before the first argument the group reads it anyway
+    while index < len(head):
+        if head[index] == "--log-format" and index + 1 < len(head):
+            hoisted += head[index : index + 2]
+            del head[index : index + 2]
+        elif head[index].startswith("--log-format="):
+            hoisted.append(head.pop(index))
+        else:
+            index += 1
+    return hoisted + head + tail
 
 
 def _json_error(as_json: bool, message: str, code: int) -> int:
@@ -117,10 +167,22 @@ def _json_error(as_json: bool, message: str, code: int) -> int:
     return code
 
 
-def _failure(exc: ConfigurationError | ModuleNotFoundError) -> str:
+def _failure(
+    exc: ConfigurationError
+    | ModuleNotFoundError
+    | StoreUnavailableError
+    | CoordinationUnavailableError,
+) -> str:
     """The message for exit code 2; a missing module that no extra provides is a bug: raised."""
     if isinstance(exc, ConfigurationError):
         return f"configuration error: {exc}"
+    if isinstance(exc, StoreUnavailableError):
+        return (
+            f"Error: {exc}. Is the database running, and [store] url (or state_url) right? "
+            "Nothing was changed."
+        )
+    if isinstance(exc, CoordinationUnavailableError):
+        return f"Error: {exc}. Is Redis running, and coordination_url right? Nothing was changed."
     hint = _install_hint(exc, exc.name or "")  # an optional dependency a path needed after all
     if hint is None:
         raise exc
@@ -252,10 +314,11 @@ def run(
     bot_token = _bot_token(config, token)
     embedded = config_path is None
     demo = embedded and not no_demo
-    console = Console(stderr=True)
+    log_format = _log_format()
+    console = _stderr_console(log_format)
     interactive = console.is_terminal
     _check_port_free(config.server.host, config.server.port)
-    _configure_logging(interactive)
+    _configure_logging(interactive, log_format)
     service = _service(config)
     server = StatusServer(
         create_app(service, control_token=token, bot_token=bot_token),
@@ -270,31 +333,33 @@ def run(
             f"the status server did not start on {config.server.host}:{config.server.port} "
             "(see the log above): choose another port with --port (0 picks a free one)"
         ) from None
-    console.print(
-        f"status page {server.url}/ · JSON {server.url}/status · metrics {server.url}/metrics · "
-        + (
-            f"control endpoints ON (bearer token from {config.server.control_token_env})"
-            if token
-            else f"control endpoints OFF (set {config.server.control_token_env} to enable)"
-        )
-        + " · "
-        + (
-            f"pre-trade API /v1 ON (bot token from {config.server.bot_token_env})"
-            if bot_token
-            else f"pre-trade API /v1 OFF (set {config.server.bot_token_env} to enable)"
-        )
-    )
-    if embedded:
-        console.print(
-            f"[bold]brokerguard[/bold]: no --config given, running the embedded default: a paper "
-            f"broker with a realistic fault plan, a demo strategy that keeps trying to open "
-            f"positions, and SQLite at {redact_url(service.store.safe_url)}"
-        )
-    sdnotify.notify("READY=1")  # systemd (Type=notify): the status server answers
-    runner = threading.Thread(
-        target=service.run, kwargs={"demo_strategy": demo}, name="brokerguard-service"
-    )
+    # Signals are ours before anyone is told we run: a stop asked at once is a clean stop.
     with _stop_on_signals(service) as received:
+        console.print(
+            f"status page {server.url}/ · JSON {server.url}/status · "
+            f"metrics {server.url}/metrics · "
+            + (
+                f"control endpoints ON (bearer token from {config.server.control_token_env})"
+                if token
+                else f"control endpoints OFF (set {config.server.control_token_env} to enable)"
+            )
+            + " · "
+            + (
+                f"pre-trade API /v1 ON (bot token from {config.server.bot_token_env})"
+                if bot_token
+                else f"pre-trade API /v1 OFF (set {config.server.bot_token_env} to enable)"
+            )
+        )
+        if embedded:
+            console.print(
+                f"[bold]brokerguard[/bold]: no --config given, running the embedded default: a "
+                f"paper broker with a realistic fault plan, a demo strategy that keeps trying to "
+                f"open positions, and SQLite at {redact_url(service.store.safe_url)}"
+            )
+        sdnotify.notify("READY=1")  # systemd (Type=notify): the status server answers
+        runner = threading.Thread(
+            target=service.run, kwargs={"demo_strategy": demo}, name="brokerguard-service"
+        )
         runner.start()
         deadline = None if duration is None else time.monotonic() + duration  # wall-clock-ok
         _wait(service, runner, deadline, console if interactive else None)
@@ -339,7 +404,11 @@ def _wait(
     stop for WatchdogSec is restarted by systemd. `console`: the live view (a terminal) or None.
     """
     passes = service.exits.ticks
-    live = None if console is None else Live(_view(service), console=console, refresh_per_second=2)
+    live = (
+        None
+        if console is None
+        else Live(_view(service, console), console=console, refresh_per_second=2)
+    )
     with live or nullcontext():
         while runner.is_alive() and not _expired(deadline):
             runner.join(0.5)
@@ -347,7 +416,7 @@ def _wait(
                 passes = service.exits.ticks
                 sdnotify.notify("WATCHDOG=1")
             if live is not None:
-                live.update(_view(service))
+                live.update(_view(service, console))
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -395,55 +464,184 @@ def _stop_on_signals(service: GuardService) -> Iterator[list[str]]:
             signal.signal(sig, old)
 
 
-def _configure_logging(interactive: bool) -> None:
-    if interactive:
-        logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+def _configure_logging(
+    interactive: bool, log_format: str = LogFormat.TEXT.value, level: int | None = None
+) -> None:
+    """Logs on stderr, repeats collapsed: errors only beside the live view, else from INFO.
+
+    JSON (``--log-format json``) is for log shippers: every record from INFO, one object per
+    line, whatever stderr is.
+    """
+    if level is None:
+        level = logging.ERROR if interactive and log_format == "text" else logging.INFO
+    configure_logging(log_format, level=level, structured=not interactive)
+
+
+def _log_format() -> str:
+    """The ``--log-format`` the group was given (text when called outside the group)."""
+    context = click.get_current_context(silent=True)
+    root = None if context is None else context.find_root()
+    return str(root.params.get("log_format") or "text") if root is not None else "text"
+
+
+def _stderr_console(log_format: str) -> Console:
+    """Where `run` talks to the operator: the terminal, or log records when not one.
+
+    Under ``--log-format json`` every stderr line must be JSON, so what `run` says becomes an
+    INFO record of ``brokerguard.cli``; piped text is never wrapped at 80 columns.
+    """
+    if log_format == LogFormat.JSON.value:
+        return Console(file=_LogLines(), width=_PIPED_WIDTH, no_color=True)
+    console = Console(stderr=True)
+    return console if console.is_terminal else Console(stderr=True, width=_PIPED_WIDTH)
+
+
+def _console() -> Console:
+    """The console for stdout: a terminal's width, or wide enough that piped tables are not cut."""
+    console = Console()
+    return console if console.is_terminal else Console(width=_PIPED_WIDTH)
+
+
+_PIPED_WIDTH = 1000  # columns when not a terminal: a table is cut by its content, not at 80
+
+
+class _LogLines(io.StringIO):
+    """A file whose every complete line becomes an INFO record of ``brokerguard.cli``."""
+
+    def write(self, text: str) -> int:
+        """Buffer `text`; log each finished line (blank lines are dropped)."""
+        written = super().write(text)
+        buffered = self.getvalue()
+        if "\n" in buffered:
+            done, _, rest = buffered.rpartition("\n")
+            self.seek(0)
+            self.truncate()
+            super().write(rest)
+            for line in done.splitlines():
+                if line.strip():
+                    logging.getLogger("brokerguard.cli").info(line.rstrip())
+        return written
+
+
+def _view(service: GuardService, console: Console | None = None) -> Group:
+    size = None if console is None else console.size
+    return _view_from(
+        service.status(),
+        width=None if size is None else size.width,
+        height=None if size is None else size.height,
+    )
+
+
+def _view_from(
+    status: Mapping[str, Any], *, width: int | None = None, height: int | None = None
+) -> Group:
+    """The live view: brokers, accounts (problems first) and recent events, one line per row.
+
+    With a `height` (a terminal's) the rows are budgeted to fit it, what does not fit said as
+    "+N more accounts"; cells never wrap, they are cut with an ellipsis to the `width`.
+    """
+    brokers_in = list(status["brokers"].items())
+    accounts_in = sorted(
+        status["accounts"].items(), key=lambda item: item[1]["trading_state"] == "active"
+    )
+    events_in = list(status["events"][:8])
+    if height is not None:
+        # Each table: title, header and rule lines; one line spare for the cursor.
+        rows = max(height - 1 - 3 * _VIEW_TABLES, 2)
+        shown_brokers = min(len(brokers_in), max(1, rows // 4))
+        shown_accounts = min(len(accounts_in), max(1, rows - shown_brokers))
+        events_in = events_in[: max(0, rows - shown_brokers - shown_accounts)]
     else:
-        logging.basicConfig(
-            level=logging.INFO,
-            stream=sys.stderr,
-            format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
-        )
-
-
-def _view(service: GuardService) -> Group:
-    return _view_from(service.status())
-
-
-def _view_from(status: Mapping[str, Any]) -> Group:
-    brokers = Table(title="brokers", expand=True)
-    for column in ("broker", "health", "read circuit", "write circuit", "trading"):
-        brokers.add_column(column)
-    for name, broker in status["brokers"].items():
+        shown_brokers, shown_accounts = len(brokers_in), len(accounts_in)
+    brokers = _view_table(
+        "brokers",
+        width,
+        ("broker", None),
+        ("health", 8),
+        ("read", None),
+        ("write", None),
+        ("trading", 7),
+    )
+    for name, broker in _fitting(brokers_in, shown_brokers):
         health = broker["health_state"]
         brokers.add_row(
             name,
-            f"[{_HEALTH_STYLE[health]}]{health}[/]",
+            f"[{_HEALTH_STYLE.get(health, 'red')}]{health}[/]",
             _circuit(broker["breakers"]["read"]),
             _circuit(broker["breakers"]["write"]),
             "allowed" if broker["trading_allowed"] else "[red]blocked[/]",
         )
-    accounts = Table(title="accounts", expand=True)
-    for column in ("account", "positions / cap", "state", "last enforcement", "paused"):
-        accounts.add_column(column)
-    for account_id, account in status["accounts"].items():
+    _more(brokers, len(brokers_in), shown_brokers, "broker")
+    accounts = _view_table(
+        "accounts",
+        width,
+        ("account", None),
+        ("pos/cap", 7),
+        ("state", 8),
+        ("last enforcement", None),
+        ("paused", 12),
+    )
+    for account_id, account in _fitting(accounts_in, shown_accounts):
         last = account["last_enforcement"] or {}
         held = "?" if account["positions"] is None else str(account["positions"])
         accounts.add_row(
             account_id,
-            f"{held} / {account['max_positions']}",
+            f"{held}/{account['max_positions']}",
             account["trading_state"],
-            f"{last.get('status', '-')} {last.get('reason', '')[:60]}",
+            f"{last.get('status', '-')} {last.get('reason', '')}".strip(),
             ", ".join(account["paused_symbols"] or {}) or "-",
         )
-    events = Table(title="recent events", expand=True)
-    events.add_column("event")
-    events.add_column("details")
-    for event in status["events"][:8]:
-        kind = event.pop("kind")
-        event.pop("at", None)
-        events.add_row(kind, ", ".join(f"{k}={v}" for k, v in event.items())[:100])
-    return Group(brokers, accounts, events)
+    _more(accounts, len(accounts_in), shown_accounts, "account")
+    parts: list[Table] = [brokers, accounts]
+    if events_in:
+        events = _view_table("recent events", width, ("event", 20), ("details", None))
+        for event in events_in:
+            details = {k: v for k, v in event.items() if k not in {"kind", "at"}}
+            events.add_row(str(event["kind"]), ", ".join(f"{k}={v}" for k, v in details.items()))
+        parts.append(events)
+    return Group(*parts)
+
+
+_VIEW_TABLES = 3
+
+
+def _view_table(title: str, width: int | None, *columns: tuple[str, int | None]) -> Table:
+    """A compact table: no outer box, one line per row (cut to `width`, never wrapped).
+
+    Within a `width`, a column with a number keeps at most that many characters and the
+    others share the rest; without one (piped), every cell is shown whole.
+    """
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        width=width,
+    )
+    for name, size in columns:
+        if width is None:
+            table.add_column(name)
+        else:
+            table.add_column(
+                name,
+                no_wrap=True,
+                overflow="ellipsis",
+                max_width=size,
+                ratio=None if size is not None else 1,
+            )
+    return table
+
+
+def _fitting(items: list[tuple[str, Any]], shown: int) -> list[tuple[str, Any]]:
+    """The first `shown` items, one fewer when a "+N more" caption must take the last line."""
+    return items if shown >= len(items) else items[: max(shown - 1, 0)]
+
+
+def _more(table: Table, total: int, shown: int, what: str) -> None:
+    if shown < total:
+        table.caption = f"+{total - max(shown - 1, 0)} more {what}s"
 
 
 def _circuit(report: Mapping[str, Any]) -> str:
@@ -516,7 +714,7 @@ def status(config_path: Path | None, data_dir: Path, url: str | None, as_json: b
     }
 
     def human() -> None:
-        console = Console()
+        console = _console()
         table = Table(title=f"accounts ({redact_url(store.safe_url)})")
         for column in ("account", "broker", "cap", "halted", "paused"):
             table.add_column(column)
@@ -552,7 +750,7 @@ def _fetch_live_status(base_url: str) -> tuple[dict[str, Any] | None, str]:
 
 
 def _print_live(status: Mapping[str, Any], problems: list[str]) -> None:
-    console = Console()
+    console = _console()
     console.print(_view_from(status))
     for problem in problems:
         console.print(f"[red]problem[/] {problem}")
@@ -614,7 +812,7 @@ def fleet(config_path: Path | None, data_dir: Path, as_json: bool) -> None:
                 "" if info["live"] else " (gone)"
             )
             table.add_row(worker, state, str(len(info["accounts"])))
-        Console().print(table)
+        _console().print(table)
         if unheld:
             click.echo(f"{len(unheld)} account(s) without a worker: {', '.join(unheld[:10])}")
 
@@ -821,7 +1019,7 @@ def audit(
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.at))
             details = ", ".join(f"{k}={v}" for k, v in r.details.items())
             table.add_row(when, r.account_id or "-", r.action, r.actor, r.reason, details)
-        Console().print(table)
+        _console().print(table)
 
     _emit(as_json, [_as_dict(r) for r in records], human)
     _done(OK)
@@ -878,13 +1076,15 @@ def simulate(scenario: str, seed: int, plot_path: Path | None, as_json: bool) ->
             table.add_column(name, justify="right")
         for key in data["naive"]:
             table.add_row(key.replace("_", " "), *(str(data[name][key]) for name in runs))
-        Console().print(table)
+        _console().print(table)
 
     if plot_path is not None:
         from brokerguard.sim.plot import plot_runs  # noqa: PLC0415 (needs matplotlib)
 
-        plot_runs(runs, plot_path, title=f"{scenario} (seed {seed})")
+        plot_runs(runs, plot_path, title=f"{scenario} (seed {seed})", scenario=scenario)
     _emit(as_json, data, human)
+    if plot_path is not None:  # on stderr under --json: stdout stays one JSON document
+        click.echo(f"plot written to {plot_path}", err=as_json)
     _done(OK)
 
 
@@ -981,6 +1181,15 @@ def _bot_token(config: BrokerGuardConfig, control_token: str | None) -> str | No
 @contextmanager
 def _store(config: BrokerGuardConfig) -> Iterator[StateStore]:
     _require_store(config)
+    url = config.store.url
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        # Before the first `run` there is no folder yet: an empty store (no halts) is the truth,
+        # as the service would make it, not a traceback.
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(f"store.url {url}: cannot create {folder} ({exc})") from None
     store = open_store(
         config.store.url,
         timeout=config.store.timeout_s,
