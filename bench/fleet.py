@@ -1,16 +1,25 @@
 """Fleet: one enforcement pass over 10,000 accounts x 20 positions, against the rate-limit bound.
 
-The accounts are spread over ``--brokers`` paper brokers; every raw call takes ``--latency``
-seconds (really slept: 20 ms, like a nearby exchange) and each broker admits at most
-``--rate`` raw calls per second (brokerguard's per-broker limiter, shared by its accounts).
-A compliant account costs two raw calls per pass (positions, then one batched price call), so
-no scheduler can finish a pass sooner than ``max over brokers of (2 x accounts) / rate``: the
-bound. We build the accounts through :class:`GuardService` (the production wiring: a SQLite
-store, shared breakers, the bounded thread pool), run passes, and report the pass time against
-the bound and the resident memory the accounts added, per account.
+The accounts trade on ``--brokers`` paper exchanges (venues); every raw call takes
+``--latency`` seconds (really slept: 20 ms, like a nearby exchange). Two layouts:
+
+- ``shared``: one broker entry (one API key) per venue, its accounts sharing its limiter of
+  ``--rate`` raw calls per second (bench/fleet.py's original layout);
+- ``per-key``: one broker entry (one API key, one limiter of ``--rate`` calls/s) per account,
+  the entries of a venue sharing its outage detection and price answers (``venue = ...``).
+
+A compliant account costs one positions call per pass; its venue's prices are fetched once
+per pass (:mod:`brokerguard.brokers.prices`, once more each ``share_prices_s``). No scheduler
+can finish a pass sooner than the rate-limit bound (shared: ``accounts per venue / rate``; per
+key: one call per key at ``rate``, i.e. ``1 / rate``) nor sooner than one round trip: the
+bound is the larger of the two. Accounts are built through :class:`GuardService` (the
+production wiring: the store, shared breakers, the bounded thread pool); we report the pass
+time against the bound, the process CPU per account, and the accounts the pass left
+unenforced (must be 0).
 
 Run: ``.venv/bin/python bench/fleet.py [--accounts 10000] [--positions 20] [--brokers 10]
-[--rate 100] [--latency 0.02] [--concurrency 64] [--passes 2]``
+[--rate 100] [--latency 0.02] [--concurrency 64] [--passes 2] [--layout shared|per-key]
+[--store sqlite|postgresql]``
 """
 
 from __future__ import annotations
@@ -34,26 +43,38 @@ def rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+PG_URL = os.environ.get("BROKERGUARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
 def fleet_config(args: argparse.Namespace, store_url: str) -> dict[str, object]:
     symbols = [f"C{i:03d}/USD" for i in range(args.positions)]
     prices = {s: str(10 + i) for i, s in enumerate(symbols)}
     latency = dict.fromkeys(("fetch_positions", "fetch_prices", "fetch_order"), args.latency)
-    brokers = {
-        f"paper-{b}": {
+    layout = getattr(args, "layout", "shared")
+
+    def venue(b: int, **extra: object) -> dict[str, object]:
+        return {
             "kind": "paper",
             "seed": b,
             "prices": prices,
             "max_calls_per_s": args.rate,
             "burst": 1,
             "faults": {"latency_s": latency},
+            **extra,
         }
-        for b in range(args.brokers)
-    }
+
+    if layout == "per-key":
+        brokers = {
+            f"key-{n:05d}": venue(n % args.brokers, venue=f"paper-{n % args.brokers}")
+            for n in range(args.accounts)
+        }
+    else:
+        brokers = {f"paper-{b}": venue(b) for b in range(args.brokers)}
     positions = dict.fromkeys(symbols, "1")
     accounts = [
         {
             "id": f"acct-{n:05d}",
-            "broker": f"paper-{n % args.brokers}",
+            "broker": f"key-{n:05d}" if layout == "per-key" else f"paper-{n % args.brokers}",
             "max_positions": args.positions + 5,
             "positions": positions,
         }
@@ -68,50 +89,95 @@ def fleet_config(args: argparse.Namespace, store_url: str) -> dict[str, object]:
     }
 
 
+def bound_seconds(args: argparse.Namespace) -> float:
+    """The fastest any scheduler could finish a pass: the rate limit, or one round trip."""
+    per_venue = -(-args.accounts // args.brokers)
+    if args.layout == "per-key":
+        return 2 * args.latency  # each key's one call, then the venue's prices: one round trip
+    # One positions call per account through the venue's one key: the last is admitted after
+    # per_venue / rate seconds and answers one latency later.
+    return per_venue / args.rate + args.latency
+
+
+def _store_url(args: argparse.Namespace, tmp: str) -> str:
+    if args.store == "sqlite":
+        return f"sqlite:///{Path(tmp) / 'state.db'}"
+    import psycopg  # noqa: PLC0415 (only this layout needs it)
+
+    schema = f"bg_bench_{os.getpid()}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
+def _drop_store(args: argparse.Namespace) -> None:
+    if args.store == "postgresql":
+        import psycopg  # noqa: PLC0415
+
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "bg_bench_{os.getpid()}" CASCADE')
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--positions", type=int, default=20)
-    parser.add_argument("--brokers", type=int, default=10)
-    parser.add_argument("--rate", type=float, default=100.0, help="raw calls/s per broker")
+    parser.add_argument("--brokers", type=int, default=10, help="venues (paper exchanges)")
+    parser.add_argument("--rate", type=float, default=100.0, help="raw calls/s per API key")
     parser.add_argument("--latency", type=float, default=0.02, help="seconds per raw call")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--layout", choices=("shared", "per-key"), default="shared")
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
-    per_broker = -(-args.accounts // args.brokers)
-    bound = 2 * per_broker / args.rate
+    bound = bound_seconds(args)
     with tempfile.TemporaryDirectory() as tmp:
         gc.collect()
         before = rss_bytes()
-        config = parse_config(fleet_config(args, f"sqlite:///{Path(tmp) / 'state.db'}"))
+        config = parse_config(fleet_config(args, _store_url(args, tmp)))
         service = GuardService(config)
-        built = time.perf_counter()  # wall-clock-ok: a benchmark
         print(
-            f"{args.accounts:,} accounts x {args.positions} positions on {args.brokers} brokers "
-            f"({per_broker:,} each), {args.rate:g} calls/s per broker, "
+            f"{args.accounts:,} accounts x {args.positions} positions on {args.brokers} venues, "
+            f"layout {args.layout}, store {args.store}, {args.rate:g} calls/s per API key, "
             f"{args.latency * 1000:g} ms per call, {args.concurrency} threads\n"
-            f"rate-limit bound for one pass: 2 calls x {per_broker:,} / {args.rate:g} per s "
-            f"= {bound:.1f} s\n"
+            f"bound for one pass (rate limit or one round trip of two calls): {bound:.2f} s\n"
         )
-        print("| pass | seconds | vs bound | accounts compliant |")
-        print("|---:|---:|---:|---:|")
-        for n in range(1, args.passes + 1):
-            started = time.perf_counter()  # wall-clock-ok
-            results = service.tick()
-            seconds = time.perf_counter() - started  # wall-clock-ok
-            compliant = sum(1 for r in results.values() if r.get("status") == "compliant")
-            print(f"| {n} | {seconds:.1f} | {seconds / bound:.2f}x | {compliant:,} |")
-        gc.collect()
-        after = rss_bytes()
-        del built
-        per_account = (after - before) / args.accounts
         print(
-            f"\nresident memory added by the fleet: {(after - before) / 2**20:,.0f} MiB, "
-            f"{per_account / 1024:.1f} KiB per account (config, broker state, enforcer, gate, "
-            "valuator, last results)"
+            "| pass | seconds | vs bound | CPU µs per account | accounts compliant "
+            "| unenforced | price calls |"
         )
-        service.close()
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        try:
+            for n in range(1, args.passes + 1):
+                fetches = sum(p.fetches for p in service.prices.values())
+                cpu = time.process_time()  # wall-clock-ok: a benchmark
+                started = time.perf_counter()  # wall-clock-ok
+                results = service.tick()
+                seconds = time.perf_counter() - started  # wall-clock-ok
+                cpu_us = (time.process_time() - cpu) / args.accounts * 1e6  # wall-clock-ok
+                compliant = sum(1 for r in results.values() if r.get("status") == "compliant")
+                unenforced = args.accounts - sum(
+                    1 for r in results.values() if r.get("status") in {"compliant", "enforced"}
+                )
+                price_calls = sum(p.fetches for p in service.prices.values()) - fetches
+                ratio = seconds / bound if bound else float("inf")
+                print(
+                    f"| {n} | {seconds:.2f} | {ratio:.2f}x | {cpu_us:.0f} "
+                    f"| {compliant:,} | {unenforced:,} | {price_calls:,} |"
+                )
+            gc.collect()
+            after = rss_bytes()
+            per_account = (after - before) / args.accounts
+            print(
+                f"\nresident memory added by the fleet: {(after - before) / 2**20:,.0f} MiB, "
+                f"{per_account / 1024:.1f} KiB per account (config, broker state, enforcer, "
+                "gate, valuator, last results)"
+            )
+        finally:
+            service.close()
+            _drop_store(args)
     return 0
 
 

@@ -43,7 +43,14 @@ def test_the_demo_strategy_is_held_at_the_cap_by_gate_and_enforcer(service):
         if step % 4 == 3:
             service.tick()
         service.clock.advance(2.0)
-    service.tick()
+    # The demo's fault plan has outages: a pass inside one sends nothing (unverified, closed);
+    # the first pass that can see the positions brings every account back to its cap.
+    for _ in range(20):
+        results = service.tick()
+        if all(r["status"] != "unverified" for r in results.values()):
+            break
+        service.clock.advance(10.0)
+    assert all(r["status"] != "unverified" for r in results.values()), results
     assert any("POSITION_CAP_REACHED" in o for o in outcomes)
     for account_id, runtime in service.accounts.items():
         held = runtime.broker.true_positions()

@@ -32,7 +32,7 @@ import tomllib
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, Self, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -204,6 +204,21 @@ class BrokerConfig(_Model):
         "fleet of workers can share)"
     )
     exchange: str | None = Field(None, description="ccxt exchange id, e.g. 'kraken' (ccxt only)")
+    venue: str | None = Field(
+        None,
+        min_length=1,
+        description="the exchange this entry trades on, when several entries (one API key each) "
+        "trade on one: they share its outage detection (circuit breakers and health), its "
+        "price answers and, for paper, its market; rate limits stay per entry (per key). "
+        "Default: the entry's own name",
+    )
+    share_prices_s: Seconds = Field(
+        5.0,
+        le=60,
+        description="seconds one batched price answer is shared by the accounts of a venue "
+        "within an enforcement pass (0: every account fetches its own); each account still "
+        "judges every price, stamped when it arrived",
+    )
     api_key_env: str | None = None
     api_secret_env: str | None = None
     api_url: str | None = Field(
@@ -277,8 +292,28 @@ class BrokerConfig(_Model):
         "enforcement starves)",
     )
     burst: int = Field(5, ge=1, le=1000, description="calls allowed at once above that rate")
+    call_weights: dict[
+        Annotated[str, Field(min_length=1)], Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    ] = Field(
+        default_factory=dict,
+        description="tokens a raw call takes from the rate limit, by method (fetch_positions, "
+        "fetch_prices, fetch_fills, fetch_order, fetch_open_orders, submit_order, "
+        "submit_cancel, ping, or a ccxt method read through the guard); 1 if absent, at most "
+        "burst. Kraken: fetch_fills 2 (trade history)",
+    )
 
     _check_env = field_validator("api_key_env", "api_secret_env")(_env_name)
+
+    @field_validator("call_weights")
+    @classmethod
+    def _weights_fit_the_burst(
+        cls, value: dict[str, float], info: ValidationInfo
+    ) -> dict[str, float]:
+        burst = info.data.get("burst")
+        heavy = sorted(name for name, weight in value.items() if burst and weight > burst)
+        if heavy:
+            raise ValueError(f"{', '.join(heavy)}: a call cannot weigh more than burst ({burst})")
+        return value
 
     @field_validator("api_url")
     @classmethod
@@ -386,7 +421,14 @@ class EnforcementConfig(_Model):
         allow_inf_nan=False,
         description="seconds between passes: at least hourly, at most ten a second",
     )
-    max_concurrency: int = Field(8, ge=1, description="accounts enforced at once")
+    max_concurrency: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="accounts enforced at once: a pass waits on the network, so it needs about "
+        "accounts x calls per account x call latency / interval of them (1,000 accounts at "
+        "100 ms in a 10 s interval: 10; 32 leaves room); each may hold a store connection",
+    )
 
 
 class StoreConfig(_Model):
@@ -403,6 +445,16 @@ class StoreConfig(_Model):
         allow_inf_nan=False,
         description="seconds one store call may take in all (connect, statement, lock wait; "
         "PostgreSQL connects wait at least 2 s): then it fails closed as STORE_UNAVAILABLE",
+    )
+    cache_s: float = Field(
+        1.0,
+        ge=0,
+        le=30,
+        allow_inf_nan=False,
+        description="seconds halts, pauses and live orders may be served from memory (0: read "
+        "every time): how late a halt written by another process on PostgreSQL can stop "
+        "entries at most; this process's own writes, and any process's on SQLite, are seen "
+        "at once",
     )
     password_env: str | None = Field(
         None,
@@ -512,6 +564,13 @@ class CoordinationConfig(_Model):
         description="the variable holding the Redis password, read when the worker connects "
         "and handed to redis-py, never put in a URL",
     )
+    rate_limit_max_wait_s: Seconds = Field(
+        10.0,
+        le=300,
+        description="a broker's calls share one token bucket per API key in Redis "
+        "(max_calls_per_s, burst); a call whose tokens are due later than this is refused "
+        "(rate limited) instead of waiting",
+    )
 
     _check_env = field_validator("password_env")(_env_name)
 
@@ -590,7 +649,7 @@ class BrokerGuardConfig(_Model):
             problems.append("brokers: at least one broker is needed")
         if not self.accounts:
             problems.append("accounts: at least one account is needed")
-        problems += self._fleet_problems() + self._shared_key_problems()
+        problems += self._fleet_problems() + self._shared_key_problems() + self._venue_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -636,9 +695,45 @@ class BrokerGuardConfig(_Model):
             )
         return problems
 
+    def _venue_problems(self) -> list[str]:
+        """Entries sharing a venue must be one exchange: same kind, exchange id and URL."""
+        first: dict[str, tuple[str, BrokerConfig]] = {}
+        problems = []
+        for name, broker in self.brokers.items():
+            venue = self.venue_of(name)
+            other_name, other = first.setdefault(venue, (name, broker))
+            if other is broker:
+                continue
+            for field_name in _VENUE_FIELDS:
+                mine, theirs = getattr(broker, field_name), getattr(other, field_name)
+                if mine != theirs:
+                    problems.append(
+                        f"brokers.{name}.venue: {venue!r} is shared with {other_name!r}, but "
+                        f"their {field_name} differ ({theirs!r} and {mine!r}): one venue is "
+                        "one exchange"
+                    )
+        return problems
+
+    def venue_of(self, broker: str) -> str:
+        """The exchange a broker entry trades on: its ``venue``, or its own name."""
+        return self.brokers[broker].venue or broker
+
     def breaker_for(self, broker: str) -> BreakerConfig:
         """The breaker settings of a broker (its override, or the global ones)."""
         return self.brokers[broker].breaker or self.breaker
+
+
+_VENUE_FIELDS: Final = (
+    "kind",
+    "exchange",
+    "api_url",
+    "share_prices_s",
+    "breaker",
+    "prices",
+    "seed",
+    "faults",
+)
+"""What makes a venue: entries sharing one must agree on all of it (the first one's would win)."""
 
 
 def parse_config(

@@ -118,12 +118,14 @@ def parse_decimal(
     The reason codes are those of :class:`PriceProblem` (``missing``, ``zero``, ``negative``,
     ``nan``, ``infinite``, ``non_numeric``, ``absurd``).
     """
+    if type(value) is Decimal and value.is_finite() and 0 < value <= MAX_MAGNITUDE:
+        return value  # the common case, every check passed in one line
     number = _to_decimal(value, field=field, symbol=symbol)
     if number.is_nan():
         raise InvalidBrokerData(field, value, PriceProblem.NAN, symbol=symbol)
     if number.is_infinite():
         raise InvalidBrokerData(field, value, PriceProblem.INFINITE, symbol=symbol)
-    if abs(number) > MAX_MAGNITUDE:
+    if number.copy_abs() > MAX_MAGNITUDE:  # exact: abs() rounds, and overflows on 1E+1000000
         raise InvalidBrokerData(field, value, PriceProblem.ABSURD, symbol=symbol)
     if number < 0 and not allow_negative:
         raise InvalidBrokerData(field, value, PriceProblem.NEGATIVE, symbol=symbol)
@@ -168,13 +170,25 @@ def parse_symbol(value: object, *, field: str = "symbol") -> str:
     return _canonical_symbol(text, value)
 
 
+_CANONICAL: dict[str, str] = {}
+_CANONICAL_MAX: Final = 4096
+"""Symbols already put in canonical form (a pure function of the text, called for every quote
+and position of every pass): at most this many, then the rest are computed each time."""
+
+
 def _canonical_symbol(text: str, value: object) -> str:
+    known = _CANONICAL.get(text)
+    if known is not None:
+        return known
     parts = re.split(r"([/:])", text.upper())
     codes = parts[::2]
     if any(not code.strip() or any(c.isspace() for c in code.strip()) for code in codes):
         raise InvalidBrokerData("symbol", value, "malformed")
     parts[::2] = [CURRENCY_ALIASES.get(code.strip(), code.strip()) for code in codes]
-    return "".join(parts)
+    canonical = "".join(parts)
+    if type(text) is str and len(_CANONICAL) < _CANONICAL_MAX:  # never a str subclass's word
+        _CANONICAL[text] = canonical
+    return canonical
 
 
 def _to_decimal(value: object, *, field: str, symbol: str | None) -> Decimal:

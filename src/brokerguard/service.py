@@ -29,6 +29,7 @@ from brokerguard.alerts import AlertRouter, sinks_from_config
 from brokerguard.brokers.base import BaseBroker
 from brokerguard.brokers.paper import MISSING, FaultPlan, OutageWindow, PaperBroker, PaperMarket
 from brokerguard.brokers.plausibility import POSITIONS_CONFIRMED, PlausibilityPolicy
+from brokerguard.brokers.prices import SharedPrices
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.config import (
     AccountConfig,
@@ -43,6 +44,7 @@ from brokerguard.integrations.freqtrade import FreqtradeSupervisor
 from brokerguard.models import Side, parse_symbol
 from brokerguard.orders import OrderState
 from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_enabled
+from brokerguard.resilience.classify import venue_classifier
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.state import CircuitState
 from brokerguard.risk.cap import ENFORCER_SOURCE, PositionCapEnforcer
@@ -75,6 +77,9 @@ SERVICE_STOPPED = "service_stopped"
 
 _ASK_AGAIN_AFTER_S = 600.0
 """A supervised bot asked to exit a symbol is not asked again for this long (at least)."""
+
+_COMPLETED_STATUSES = frozenset({"compliant", "failed_enforcement"})
+"""Enforcement steps that reached a verdict on fresh positions (the rest enforced nothing)."""
 
 _DEMO_SYMBOLS = [
     "BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOGE/USD",
@@ -193,11 +198,35 @@ class GuardService:
         if config.coordination_url is not None:
             self.coordinator, self.leases = _fleet(config, self.store)
             self._slots = _shared_slots(self.coordinator)
+        # Outage detection is the exchange's: the entries of one venue (one API key each)
+        # share its breakers, as they share its prices (rate limits stay per entry).
+        venues: dict[str, dict[str, BrokerCircuitBreaker]] = {}
+        for name in config.brokers:
+            venue = config.venue_of(name)
+            if venue not in venues:
+                venues[venue] = self._breakers_for(name, venue)
         self.breakers: dict[str, dict[str, BrokerCircuitBreaker]] = {
-            name: self._breakers_for(name) for name in config.brokers
+            name: venues[config.venue_of(name)] for name in config.brokers
         }
+        self.prices: dict[str, SharedPrices] = {}
+        """Each venue's shared price answer (venues whose share_prices_s is 0 have none)."""
+        for name, broker_config in config.brokers.items():
+            venue = config.venue_of(name)
+            if broker_config.share_prices_s > 0 and venue not in self.prices:
+                self.prices[venue] = SharedPrices(self.clock, max_age=broker_config.share_prices_s)
+        # A fleet shares one bucket per API key in Redis; one process keeps its own.
         self.rate_limiters: dict[str, RateLimiter] = {
-            name: RateLimiter(broker.max_calls_per_s, broker.burst, clock=self.clock)
+            name: (
+                RateLimiter(broker.max_calls_per_s, broker.burst, clock=self.clock)
+                if self.coordinator is None
+                else _shared_rate_limiter(
+                    self.coordinator,
+                    name,
+                    broker,
+                    clock=self.clock,
+                    max_wait_s=config.coordination.rate_limit_max_wait_s,
+                )
+            )
             for name, broker in config.brokers.items()
             if broker.max_calls_per_s is not None
         }
@@ -215,6 +244,10 @@ class GuardService:
             leases=self.leases,
         )
         self.exits.add_listener(self._record)
+        # Wall time of each account's last completed step: /metrics exports it so an alert
+        # can see enforcement stall (results alone cannot show a loop that stopped producing).
+        self._completed_at: dict[str, float] = {}
+        self.exits.add_result_listener(self._on_result)
         self.alerts = AlertRouter(sinks_from_config(config.alerts), clock=self.clock)
         self.add_listener(self.alerts)
         latest = self.store.audit_log(limit=1)
@@ -256,7 +289,8 @@ class GuardService:
 
     # ------------------------------------------------------------------ building
 
-    def _breakers_for(self, name: str) -> dict[str, BrokerCircuitBreaker]:
+    def _breakers_for(self, name: str, venue: str) -> dict[str, BrokerCircuitBreaker]:
+        """The read and write breakers of `venue`, with the settings of its entry `name`."""
         settings = self.config.breaker_for(name)
         breakers = {}
         for scope in ("read", "write"):
@@ -267,14 +301,17 @@ class GuardService:
                 "backoff": self.config.backoff.policy(),
                 "scope": scope,
                 "clock": self.clock,
-                "rng": random.Random(f"{name}:{scope}"),  # noqa: S311 (jitter)
+                "rng": random.Random(f"{venue}:{scope}"),  # noqa: S311 (jitter)
             }
+            keys = sum(1 for n in self.config.brokers if self.config.venue_of(n) == venue)
+            if keys > 1:  # one key's own fatal error is not the exchange's outage
+                options["classifier"] = venue_classifier
             kind = BrokerCircuitBreaker
             if self.coordinator is not None:  # the fleet's circuit, in Redis
                 kind = _shared_breaker_class()
                 options["coordinator"] = self.coordinator
             breaker = kind(
-                name,
+                venue,
                 settings.failure_threshold,
                 settings.recovery_timeout_s,
                 settings.success_threshold,
@@ -288,11 +325,12 @@ class GuardService:
         broker_config = self.config.brokers[account.broker]
         breakers = self.breakers[account.broker]
         paper = None
+        venue = self.config.venue_of(account.broker)
         if broker_config.kind == "paper":
-            paper = self._paper_exchanges.get(account.broker)
+            paper = self._paper_exchanges.get(venue)
             if paper is None:
                 paper = _paper_exchange(broker_config, self.clock)
-                self._paper_exchanges[account.broker] = paper
+                self._paper_exchanges[venue] = paper
         broker = _make_broker(
             account,
             broker_config,
@@ -305,6 +343,8 @@ class GuardService:
             coordinator=self.coordinator,
         )
         _with_order_truth(broker, broker_config)
+        if broker_config.share_prices_s > 0:
+            broker.share_prices(self.prices.get(venue))
         valuator = Valuator(
             broker, store=self.store, clock=self.clock, max_quote_age=account.max_quote_age_s
         )
@@ -348,6 +388,11 @@ class GuardService:
         with self._events_lock:
             return list(self._events)[-limit:][::-1]
 
+    def _on_result(self, account_id: str, result: dict[str, Any]) -> None:
+        """Stamp a completed step with the clock's wall time; other outcomes let it age."""
+        if result.get("status") in _COMPLETED_STATUSES:
+            self._completed_at[account_id] = self.clock.time()
+
     def _on_transition(
         self, breaker: BrokerCircuitBreaker, old: CircuitState, new: CircuitState
     ) -> None:
@@ -378,6 +423,8 @@ class GuardService:
 
     def tick(self) -> dict[str, dict[str, Any]]:
         """One enforcement pass over every account (and a look for operators' actions)."""
+        for prices in self.prices.values():
+            prices.new_pass()  # each pass values positions at prices of its own
         self.watch_operator_actions()
         self.supervise_bots()  # exits handed to the bots before the enforcer sells
         results = self.exits.tick()
@@ -645,6 +692,8 @@ class GuardService:
             self._audit_seen = record.id
             if record.actor == ENFORCER_SOURCE or record.account_id is None:
                 continue
+            if record.action in {"halt", "resume"}:
+                self.store.invalidate_cache()  # perhaps another process's: read it now
             if record.action == "halt":
                 self._record(
                     TradingHalted(
@@ -778,6 +827,7 @@ class GuardService:
                     self.store.paused_symbol_reasons(account_id) if store_ok else None
                 ),
                 "last_enforcement": results.get(account_id),
+                "last_enforcement_completed_at": self._completed_at.get(account_id),
                 "data_quality": runtime.broker.data_quality(),
                 "unresolved_orders": self._unresolved_orders(runtime.broker, store_ok),
                 "positions_suspect": _suspicion_dict(runtime.broker),
@@ -798,6 +848,10 @@ class GuardService:
                     "per_second": limiter.rate,
                     "burst": limiter.burst,
                     "waited_s": limiter.waited,
+                    # A fleet's bucket is per API key in Redis (SharedRateLimiter); it counts
+                    # the calls it refused for a wait over rate_limit_max_wait_s.
+                    "fleet_wide": type(limiter) is not RateLimiter,
+                    "refused": getattr(limiter, "refused", 0),
                 },
                 "health_state": worst,
                 "trading_allowed": all(b.is_trading_allowed() for b in breakers.values()),
@@ -860,6 +914,10 @@ def _open_store(config: BrokerGuardConfig, clock: Clock) -> StateStore:
         clock=clock,
         timeout=config.store.timeout_s,
         password=require_secret(config.store.password_env, "store.password_env"),
+        cache_s=config.store.cache_s,
+        # Every enforcement thread may hold a connection at once, with room for the HTTP
+        # server, the entry sweeps and the operator watch beside them.
+        pool_size=config.enforcement.max_concurrency + 4,
     )
 
 
@@ -910,6 +968,30 @@ def _shared_slots(coordinator: RedisCoordinator) -> SharedSlots:
     return SharedSlots(coordinator)
 
 
+def _shared_rate_limiter(
+    coordinator: RedisCoordinator,
+    name: str,
+    config: BrokerConfig,
+    *,
+    clock: Clock,
+    max_wait_s: float,
+) -> RateLimiter:
+    """The fleet's bucket for the broker's API key (named by a salted hash, never the key)."""
+    from brokerguard.coordination.ratelimit import (  # noqa: PLC0415 (optional)
+        SharedRateLimiter,
+        bucket_fingerprint,
+    )
+
+    # The venue counts per API key: a ccxt exchange's bucket is (exchange, key value), shared
+    # by every broker entry and worker using that key; a broker without a key is its own.
+    venue = str(config.exchange) if config.kind == "ccxt" else f"{config.kind}:{name}"
+    fingerprint = bucket_fingerprint(venue, resolve_secret(config.api_key_env))
+    rate = float(config.max_calls_per_s or 0)
+    return SharedRateLimiter(
+        coordinator, fingerprint, rate, config.burst, clock=clock, max_wait_s=max_wait_s
+    )
+
+
 def _shared_breaker_class() -> type[BrokerCircuitBreaker]:
     from brokerguard.coordination import SharedCircuitBreaker  # noqa: PLC0415 (optional)
 
@@ -926,6 +1008,8 @@ def _with_order_truth(broker: BaseBroker, config: BrokerConfig) -> BaseBroker:
         confirm_after_s=config.positions_confirm_after_s,
         quiet_after_glitch_s=config.positions_quiet_after_glitch_s,
     )
+    if config.call_weights:
+        broker.call_weights = {**broker.call_weights, **config.call_weights}
     return broker
 
 

@@ -23,8 +23,20 @@ def test_fleet_runs_a_small_fleet_and_every_account_is_compliant(capsys):
     assert fleet.main([*args, "--latency", "0.001", "--concurrency", "8", "--passes", "1"]) == 0
     out = capsys.readouterr().out
     assert "| 1 |" in out
-    assert "| 60 |" in out  # all 60 accounts compliant
+    assert "| 60 | 0 |" in out  # all 60 accounts compliant, none unenforced
     assert "KiB per account" in out
+
+
+def test_fleet_per_key_layout_shares_prices_per_venue(capsys):
+    """One key per account: every account enforced, prices fetched per venue, not per account."""
+    fleet = load_bench("fleet")
+    args = ["--accounts", "30", "--positions", "3", "--brokers", "3", "--rate", "1000"]
+    more = ["--latency", "0", "--concurrency", "4", "--passes", "1", "--layout", "per-key"]
+    assert fleet.main([*args, *more]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4:6] == ["30", "0"]  # compliant, unenforced
+    assert int(cells[6]) <= 6  # price calls: a few per venue, not one per account
 
 
 def test_outage_runs_every_strategy_against_the_emulator(capsys):

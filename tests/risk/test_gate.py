@@ -175,6 +175,7 @@ def test_an_unreachable_store_refuses(clock, store):
         raise StoreUnavailableError("database down")
 
     store.get_halt = broken  # type: ignore[method-assign]
+    store.account_state = broken  # type: ignore[method-assign]
     gate = TradingGate(broker, 8, store=store)
     assert gate.check_entry("C10/USD").code == STORE_UNAVAILABLE
     assert gate.trading_state() is TradingState.HALTED

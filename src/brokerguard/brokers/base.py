@@ -26,10 +26,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from brokerguard._validation import seconds_problem
 from brokerguard.brokers.plausibility import PlausibilityPolicy, PositionPlausibility, Suspicion
+from brokerguard.brokers.prices import Received, SharedPrices
 from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import (
     BlockedError,
@@ -44,6 +46,7 @@ from brokerguard.errors import (
     PositionsImplausibleError,
     RateLimitedError,
 )
+from brokerguard.logs import log_context
 from brokerguard.models import (
     Fill,
     Order,
@@ -60,7 +63,16 @@ from brokerguard.models import (
     parse_side,
     parse_symbol,
 )
-from brokerguard.orders import Evidence, OrderState, evidence_from_lookup, next_state
+from brokerguard.orders import (
+    ABSENT_LOOKUP_SPAN_S,
+    ABSENT_LOOKUPS_REQUIRED,
+    NO_ABSENCES,
+    Absences,
+    Evidence,
+    OrderState,
+    next_state,
+    weigh_lookup,
+)
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.registry import get_circuit_breaker
@@ -91,7 +103,31 @@ outcome is ``success``, ``error``, ``refused`` (a business rejection) or ``rejec
 circuit: nothing was sent)."""
 
 _REMEMBERED_ORDER_IDS = 100_000
-"""Client order ids this process has sent, remembered so a caller's retry is looked up first."""
+"""Final orders' client order ids remembered at most, so a caller's retry is looked up first.
+
+Only ids of final orders (filled, canceled, rejected, not placed, vanished) are ever forgotten:
+an id whose outcome is unknown, or whose order is (or may be) open, is kept whatever the count.
+"""
+
+FINAL_ORDER_MEMORY_S = 3600.0
+"""Seconds a final order's client order id is remembered after it was first seen final.
+
+A caller's retry of that id within this time is answered from memory (never resent); after it,
+the id counts as new. An hour is far beyond any retry loop (seconds) and than the venue's own
+duplicate protection (Kraken refuses an id only while its order is open). Memory is bounded
+by the orders that end in an hour, and at most :data:`_REMEMBERED_ORDER_IDS`.
+"""
+
+_FORGETTABLE = frozenset(
+    {
+        OrderState.FILLED,
+        OrderState.CANCELED,
+        OrderState.REJECTED,
+        OrderState.NOT_PLACED,
+        OrderState.VANISHED,
+    }
+)
+"""The states whose ids may be forgotten: the order's outcome is known and final."""
 
 LOCAL_DEADLINE_FLOOR_S = 60.0
 """Where a venue does not enforce an order deadline, absence proves nothing before this many
@@ -99,6 +135,10 @@ seconds after the send: a queued request is not known to be dead any sooner."""
 
 _RECENT_SENDS = 8
 """Sends remembered per symbol and side, for the gate's question "did this entry send?"."""
+
+_ABSENCE_MEMORY = 10_000
+"""Orders whose unconfirmed absences (one lookup after the deadline found nothing) are kept at
+most, oldest dropped first: a dropped one only needs its lookups again, never concludes sooner."""
 
 _SELL_EXPLAINS_S = 600.0
 _SALE_SKEW_S = 2.0
@@ -225,6 +265,10 @@ class BaseBroker(abc.ABC):
         plausibility: when a successful position read that lost positions is believed.
     """
 
+    call_weights: Mapping[str, float] = MappingProxyType({})
+    """Tokens each raw call takes from the rate limiter, by SPI method name (1 if absent):
+    venues price endpoints differently (Kraken's trade history costs 2 on its REST counter)."""
+
     enforces_order_deadline: bool = False
     """Whether the venue rejects an order it would accept after ``OrderRequest.deadline``.
     Adapters that pass the deadline to such a venue (Kraken's AddOrder ``deadline``) say so."""
@@ -270,7 +314,12 @@ class BaseBroker(abc.ABC):
         self._bg_data_quality: Counter[str] = Counter()
         # Every client order id this process sent, with the state its order is known to be in.
         self._bg_sent: OrderedDict[str, OrderState] = OrderedDict()
+        self._bg_final_seen: dict[str, float] = {}  # cid -> when a sweep first saw it final
+        self._bg_sweep_at = self._bg_clock.monotonic() + FINAL_ORDER_MEMORY_S / 8
         self._bg_unresolved: dict[str, UnresolvedOrder] = {}
+        # cid -> the lookups after its deadline that found nothing since it was last sent or
+        # found (orders.Absences): one omission is not proof; bounded by _ABSENCE_MEMORY.
+        self._bg_absences: OrderedDict[str, Absences] = OrderedDict()
         # symbol -> (monotonic time of our last sell of it whole, its client order id or None
         # for a journaled one): it explains the symbol's disappearance once it is filled.
         self._bg_sells: dict[str, tuple[float, str | None]] = {}
@@ -286,6 +335,9 @@ class BaseBroker(abc.ABC):
         self._bg_save_lock = threading.Lock()
         self._bg_saved_at = float("-inf")
         self._bg_accepted_losses: set[str] = set()  # confirmed gone by an operator
+        # Symbols whose last price was unusable: logged once on entering, once on leaving.
+        self._bg_unusable_prices: set[str] = set()
+        self._bg_prices: SharedPrices | None = None  # the venue's shared answer (service)
         self._bg_live: dict[str, Order] = {}  # our orders last seen not final (resting ones)
         self._bg_listing: tuple[Order, ...] = ()  # the venue's last open-order listing
         self._bg_listed_at: float | None = None  # when it started (monotonic)
@@ -413,7 +465,7 @@ class BaseBroker(abc.ABC):
             return self._bg_write.call(self._arm_checked, float(seconds))
 
     def _arm_checked(self, seconds: float) -> float | None:
-        self._throttle()
+        self._throttle("submit_cancel_all_after")
         trigger: object = self.submit_cancel_all_after(seconds)
         if trigger is None:
             return None
@@ -534,6 +586,14 @@ class BaseBroker(abc.ABC):
             agreeing=suspicion.agreeing,
             needed=needed,
         )
+
+    def share_prices(self, prices: SharedPrices | None) -> None:
+        """Read prices through `prices`, the venue's shared batched answer (None: alone).
+
+        Every account of a venue then costs the exchange one price call per pass between
+        them, not one each (:mod:`brokerguard.brokers.prices`); each still judges every value.
+        """
+        self._bg_prices = prices
 
     def keep_holdings_in(self, store: HoldingsStore) -> None:
         """Persist every believed read's holdings in `store`; start from the stored ones.
@@ -696,7 +756,7 @@ class BaseBroker(abc.ABC):
             return self._bg_read.call_with_circuit_breaker(self._fetch_fills_checked, since)
 
     def _fetch_fills_checked(self, since: float) -> list[Fill]:
-        self._throttle()
+        self._throttle("fetch_fills")
         raw: object = self.fetch_fills(since)
         if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
             raise self._bad_payload("fills", raw, "not_a_list")
@@ -745,22 +805,29 @@ class BaseBroker(abc.ABC):
             return PriceCheck({}, {})
         with self._observed("read", "check_prices"):
             self._probe_if_due(self._bg_read, real_call_is_probe=False)
-            raw = self._bg_read.call_with_circuit_breaker(self._fetch_prices_checked, wanted)
+            raw, shared = self._fetch_prices_shared(wanted)
         now = self._bg_clock.time()
         quotes: dict[str, Quote] = {}
         problems: dict[str, PriceProblem] = {}
         for symbol in wanted:
             value = raw.get(symbol)
+            received = shared.get(symbol)
+            if received is not None and received.quote is not None:
+                quotes[symbol] = received.quote  # another account of the venue parsed it
+                continue
             try:
-                quotes[symbol] = (
-                    value
-                    if isinstance(value, Quote)
-                    else Quote(symbol, parse_price(value), now, stamped_on_receipt=True)
-                )
+                # stamped when the exchange's answer arrived (a shared one may be older)
+                quote = _quote_of(symbol, value, now if received is None else received.received_at)
+                quotes[symbol] = quote
+                if received is not None:
+                    received.quote = quote
             except InvalidBrokerData as exc:
                 problems[symbol] = PriceProblem(exc.reason)
                 self._count_bad_data("price", exc.reason)
-                log.critical(
+                entered = symbol not in self._bg_unusable_prices
+                self._bg_unusable_prices.add(symbol)
+                log.log(
+                    logging.CRITICAL if entered else logging.DEBUG,
                     "price for %s from broker %r (account %s) is unusable: %s (got %r); no "
                     "fallback price is used, the symbol cannot be valued until a valid price "
                     "arrives",
@@ -769,7 +836,25 @@ class BaseBroker(abc.ABC):
                     self.account_id,
                     exc.reason,
                     value,
+                    extra=log_context(
+                        account=self.account_id,
+                        broker=self.broker_name,
+                        symbol=symbol,
+                        reason=str(exc.reason),
+                        state="entered" if entered else None,
+                    ),
                 )
+        for symbol in sorted(self._bg_unusable_prices & set(quotes)):
+            self._bg_unusable_prices.discard(symbol)
+            log.warning(
+                "price for %s from broker %r (account %s) is usable again",
+                symbol,
+                self.broker_name,
+                self.account_id,
+                extra=log_context(
+                    account=self.account_id, broker=self.broker_name, symbol=symbol, state="left"
+                ),
+            )
         return PriceCheck(quotes, problems)
 
     def get_prices(self, symbols: Iterable[str]) -> dict[str, Decimal | None]:
@@ -817,10 +902,10 @@ class BaseBroker(abc.ABC):
         once: found, it is adopted; not found, the order is UNRESOLVED and
         :class:`OrderUnconfirmedError` is raised — it is *not* resent, because the venue may
         still accept it. Call again with the same id (or :meth:`resolve_order`) after the
-        error's ``deadline``: a lookup then that finds nothing proves it was not placed, and
-        only then is it sent again. A duplicate-id answer means the order exists: it is looked
-        up and adopted. Refusals that prove nothing was processed (rate limit, bad nonce) are
-        retried with backoff within the deadline.
+        error's ``deadline``: lookups then that find nothing (two, 2 s apart, both made by that
+        call) prove it was not placed, and only then is it sent again. A duplicate-id answer
+        means the order exists: it is looked up and adopted. Refusals that prove nothing was
+        processed (rate limit, bad nonce) are retried with backoff within the deadline.
         """
         with self._observed("write", "place_market_order"):
             return self._place(
@@ -845,8 +930,8 @@ class BaseBroker(abc.ABC):
         """Send any order (market or limit) at most once per client order id.
 
         The same rules as :meth:`place_market_order`: a limit order that may have reached the
-        venue is looked up, and unresolved (never resent) until a lookup after its deadline
-        finds nothing. A resting limit order is tracked until it is final: it is exposure
+        venue is looked up, and unresolved (never resent) until two lookups after its deadline,
+        2 s apart, find nothing. A resting limit order is tracked until it is final: it is exposure
         (:meth:`get_open_orders` lists it even if a venue's listing omits it).
         """
         with self._observed("write", "place_order"):
@@ -1111,7 +1196,7 @@ class BaseBroker(abc.ABC):
             self._settle_unresolved(cid, state, order)
 
     def _cancel_checked(self, order: Order) -> Order | None:
-        self._throttle()
+        self._throttle("submit_cancel")
         answer: object = self.submit_cancel(order)
         if answer is None:
             return None
@@ -1120,7 +1205,7 @@ class BaseBroker(abc.ABC):
         return answer
 
     def _fetch_open_orders_checked(self) -> list[Order]:
-        self._throttle()
+        self._throttle("fetch_open_orders")
         raw: object = self.fetch_open_orders()
         if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
             raise self._bad_payload("open_orders", raw, "not_a_list")
@@ -1194,6 +1279,8 @@ class BaseBroker(abc.ABC):
     def _record_send(self, request: OrderRequest) -> None:
         key = (request.symbol, request.side)
         with self._bg_lock:
+            # A new send may be accepted: absences seen before it prove nothing about it.
+            self._bg_absences.pop(request.client_order_id, None)
             recent = self._bg_recent_sends.setdefault(key, [])
             recent.append((self._bg_clock.monotonic(), request.client_order_id))
             del recent[:-_RECENT_SENDS]
@@ -1282,13 +1369,20 @@ class BaseBroker(abc.ABC):
     ) -> Order | None:
         """Look an order of unknown outcome up and apply the evidence rule.
 
-        Returns the order when it is found (its state is adopted), or None when a lookup that
-        started after its deadline (plus margin) proves it was never placed. Raises
-        :class:`OrderUnconfirmedError` while it stays unresolved (not found yet, or the lookup
-        failed). `absent_after` (epoch seconds) is for orders this process did not send (a
-        journal entry after a restart); the later of it and the process's own is used. An order
-        this process does not know and that has no `absent_after` can only be resolved by
-        finding it.
+        Returns the order when it is found (its state is adopted), or None when its absence is
+        confirmed: :data:`~brokerguard.orders.ABSENT_LOOKUPS_REQUIRED` lookups, each started
+        after its deadline (plus margin), found nothing, one of them starting
+        :data:`~brokerguard.orders.ABSENT_LOOKUP_SPAN_S` after another's answer (one venue
+        answer can omit an order that exists). When a lookup here is the first to find nothing
+        after the deadline, the call waits on the injected clock until the confirming lookup
+        may start (at most the span) and makes it: one call after the deadline decides, with
+        at most two lookups and one wait, and never loops. Raises
+        :class:`OrderUnconfirmedError` while the order stays unresolved (not found before the
+        deadline, a lookup failed, or the order was settled or resent meanwhile by another
+        caller); the error's ``deadline`` is when a lookup can next decide. `absent_after`
+        (epoch seconds) is for orders this process did not send (a journal entry after a
+        restart); the later of it and the process's own is used. An order this process does
+        not know and that has no `absent_after` can only be resolved by finding it.
         """
         cid = parse_symbol(client_order_id, field="client_order_id")
         with self._bg_lock:
@@ -1299,20 +1393,75 @@ class BaseBroker(abc.ABC):
             own = None if entry is None else entry.absent_after
             known = [h for h in (absent_after, own) if h is not None]
             horizon = max(known) if known else None
+        outcome = self._look_once(cid, entry, state, horizon)
+        if isinstance(outcome, _StillUnresolved) and outcome.confirm:
+            # One answer that omits the order proves nothing yet: look once more, late enough
+            # that the two answers cannot share one moment's view of the venue.
+            due = outcome.deadline
+            wait = 0.0 if due is None else due - self._bg_clock.time()
+            self._bg_clock.sleep(min(max(wait, 0.0), ABSENT_LOOKUP_SPAN_S))
+            outcome = self._look_once(cid, entry, state, horizon)
+        if isinstance(outcome, _StillUnresolved):
+            raise self._unresolved_error(cid, entry, outcome.deadline, cause=None)
+        return outcome
+
+    def _look_once(
+        self,
+        cid: str,
+        entry: UnresolvedOrder | None,
+        state: OrderState,
+        horizon: float | None,
+    ) -> Order | _StillUnresolved | None:
+        """Make one lookup for :meth:`resolve_order` and weigh it with the absences seen so far.
+
+        Returns the order found (adopted), None when absence is now confirmed (NOT_PLACED), or
+        what is still awaited; raises OrderUnconfirmedError when the lookup itself failed.
+        """
         started = self._bg_clock.time()
         try:
             found = self.get_order(cid)
         except Exception as exc:
-            raise self._unresolved_error(cid, entry, horizon, cause=exc) from exc
-        evidence = evidence_from_lookup(found, looked_at=started, absent_after=horizon)
-        resolved = next_state(state, evidence)
+            # A failed lookup has no answer: the absences seen so far stand, nothing is added.
+            with self._bg_lock:
+                seen = self._bg_absences.get(cid, NO_ABSENCES)
+            raise self._unresolved_error(
+                cid, entry, seen.confirmable_after(horizon), cause=exc
+            ) from exc
+        answered = self._bg_clock.time()
         if found is not None:
             self._settle_unresolved(cid, OrderState(found.status.value), found)
             return found
-        if resolved is OrderState.NOT_PLACED:
+        with self._bg_lock:
+            # Weigh the answer against the absences as they are now (concurrent lookups of the
+            # same order all count), and only while the order is still the one looked up: an
+            # answer that arrives after another caller found, settled or resent it is stale.
+            current = self._bg_unresolved.get(cid) is entry and (
+                entry is not None
+                or self._bg_sent.get(cid) in {None, OrderState.UNRESOLVED, OrderState.NOT_PLACED}
+            )
+            before = self._bg_absences.get(cid, NO_ABSENCES) if current else NO_ABSENCES
+            verdict = weigh_lookup(
+                None,
+                looked_at=started,
+                absent_after=horizon,
+                absences=before,
+                answered_at=answered,
+            )
+            if current and verdict.absences != before:
+                self._bg_absences[cid] = verdict.absences
+                self._bg_absences.move_to_end(cid)
+                while len(self._bg_absences) > _ABSENCE_MEMORY:
+                    # Forgetting an absence only delays a conclusion: never a wrong one.
+                    self._bg_absences.popitem(last=False)
+        if not current:
+            return _StillUnresolved(horizon, confirm=False)
+        if next_state(state, verdict.evidence) is OrderState.NOT_PLACED:
             self._settle_unresolved(cid, OrderState.NOT_PLACED, None)
             return None
-        raise self._unresolved_error(cid, entry, horizon, cause=None)
+        return _StillUnresolved(
+            verdict.absences.confirmable_after(horizon),
+            confirm=verdict.evidence is Evidence.ABSENT_AFTER_DEADLINE,
+        )
 
     def resolve_unresolved(self) -> dict[str, str]:
         """Try to resolve every unresolved order; return client order id -> state now.
@@ -1424,7 +1573,11 @@ class BaseBroker(abc.ABC):
         elif horizon is None:
             wait = "its deadline is not known here: it is resolved by finding it or by reconciling"
         else:
-            wait = f"a lookup after {horizon:.0f} (epoch s) that finds nothing proves it absent"
+            wait = (
+                f"look again after {horizon:.0f} (epoch s): {ABSENT_LOOKUPS_REQUIRED} lookups "
+                f"after its deadline that find nothing, {ABSENT_LOOKUP_SPAN_S:g} s apart, "
+                "prove it absent"
+            )
         log.log(
             logging.CRITICAL if announce else logging.INFO,
             "order %s (%s) on broker %r (account %s) is %s (%s): not resent; %s",
@@ -1447,6 +1600,7 @@ class BaseBroker(abc.ABC):
     def _settle_unresolved(self, cid: str, state: OrderState, found: Order | None) -> None:
         with self._bg_lock:
             entry = self._bg_unresolved.pop(cid, None)
+            self._bg_absences.pop(cid, None)  # found or proven absent: start again from nothing
             self._bg_sent[cid] = state
             if found is not None and not found.is_final:
                 self._bg_live[cid] = found  # adopted and live: exposure until seen final
@@ -1469,17 +1623,51 @@ class BaseBroker(abc.ABC):
             self._bg_sent.move_to_end(cid)
             self._forget_oldest()
 
+    def _forgettable(self, cid: str, state: OrderState) -> bool:
+        """Whether `cid` may leave memory: final, not unresolved, not tracked live."""
+        return state in _FORGETTABLE and cid not in self._bg_unresolved and cid not in self._bg_live
+
     def _forget_oldest(self) -> None:
-        """Keep the memory bounded, but never forget an order whose outcome is unknown."""
+        """Keep the memory bounded (caller holds the lock), by age and by count.
+
+        Never forgets an order whose outcome is unknown or that is (or may be) open: only
+        final ones, first those older than :data:`FINAL_ORDER_MEMORY_S`, then the oldest
+        beyond :data:`_REMEMBERED_ORDER_IDS`.
+        """
+        now = self._bg_clock.monotonic()
+        if now >= self._bg_sweep_at:
+            self._sweep_final(now)
         overflow = len(self._bg_sent) - _REMEMBERED_ORDER_IDS
         if overflow <= 0:
             return
-        for cid in list(self._bg_sent)[: overflow + len(self._bg_unresolved)]:
+        for cid, state in list(self._bg_sent.items()):
             if overflow <= 0:
                 break
-            if cid not in self._bg_unresolved:
+            if self._forgettable(cid, state):
                 del self._bg_sent[cid]
+                self._bg_final_seen.pop(cid, None)
                 overflow -= 1
+
+    def _sweep_final(self, now: float) -> None:
+        """Forget final orders seen final more than FINAL_ORDER_MEMORY_S ago (lock held).
+
+        Runs at most every eighth of that horizon, so its one walk over the ids is spread over
+        many sends; an id is forgotten between 1 and 1.125 horizons after it was first seen
+        final, never sooner. Fill times of sells no longer explaining anything go too.
+        """
+        self._bg_sweep_at = now + FINAL_ORDER_MEMORY_S / 8
+        horizon = now - FINAL_ORDER_MEMORY_S
+        seen = self._bg_final_seen
+        for cid, state in list(self._bg_sent.items()):
+            if not self._forgettable(cid, state):
+                seen.pop(cid, None)
+            elif seen.setdefault(cid, now) <= horizon:
+                del self._bg_sent[cid]
+                del seen[cid]
+        explaining = {cid for _, cid in self._bg_sells.values()}
+        for cid, at in list(self._bg_filled_at.items()):
+            if at <= horizon and cid not in explaining:
+                del self._bg_filled_at[cid]
 
     def close_position(self, symbol: str) -> Order:
         """Sell the whole position in `symbol` at market (a risk-reducing order)."""
@@ -1596,16 +1784,16 @@ class BaseBroker(abc.ABC):
                 return
             breaker.call(probe)
 
-    def _throttle(self) -> None:
+    def _throttle(self, call: str) -> None:
         if self._bg_limiter is not None:
-            self._bg_limiter.acquire()
+            self._bg_limiter.acquire(self.call_weights.get(call, 1.0))
 
     def _ping_throttled(self) -> object:
-        self._throttle()
+        self._throttle("ping")
         return self.ping()
 
     def _fetch_positions_checked(self) -> list[Position]:
-        self._throttle()
+        self._throttle("fetch_positions")
         raw: object = self.fetch_positions()  # typed object: adapters may send anything
         if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
             raise self._bad_payload("positions", raw, "not_a_list")
@@ -1621,15 +1809,30 @@ class BaseBroker(abc.ABC):
                 positions.append(item)
         return positions
 
+    def _fetch_prices_shared(
+        self, wanted: list[str]
+    ) -> tuple[Mapping[str, object], Mapping[str, Received]]:
+        """The raw prices of `wanted` and, when shared, the venue's answer for each."""
+        board = self._bg_prices
+        if board is None:
+            return self._bg_read.call_with_circuit_breaker(self._fetch_prices_checked, wanted), {}
+        shared = board.get(
+            wanted,
+            lambda asked: self._bg_read.call_with_circuit_breaker(
+                self._fetch_prices_checked, asked
+            ),
+        )
+        return {s: r.value for s, r in shared.items()}, shared
+
     def _fetch_prices_checked(self, symbols: list[str]) -> Mapping[str, object]:
-        self._throttle()
+        self._throttle("fetch_prices")
         raw: object = self.fetch_prices(symbols)
         if not isinstance(raw, Mapping):
             raise self._bad_payload("prices", raw, "not_a_mapping")
         return raw
 
     def _fetch_order_checked(self, client_order_id: str) -> Order | None:
-        self._throttle()
+        self._throttle("fetch_order")
         order: object = self.fetch_order(client_order_id)
         if order is None:
             return None
@@ -1640,7 +1843,7 @@ class BaseBroker(abc.ABC):
         return order
 
     def _submit_checked(self, request: OrderRequest) -> Order:
-        self._throttle()
+        self._throttle("submit_order")
         order: object = self.submit_order(request)
         if not isinstance(order, Order):
             raise self._bad_payload("order", order, "not_an_order")
@@ -1673,6 +1876,18 @@ class BaseBroker(abc.ABC):
         return f"{type(self).__name__}({self.broker_name!r}, account_id={self.account_id!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class _StillUnresolved:
+    """A lookup that settled nothing: when one can next decide, and whether to look again now.
+
+    ``confirm`` is set when the lookup found nothing after the deadline without confirming it:
+    :meth:`BaseBroker.resolve_order` then waits until ``deadline`` and looks once more.
+    """
+
+    deadline: float | None
+    confirm: bool
+
+
 def _uuid_client_order_id() -> str:
     return str(uuid.uuid4())
 
@@ -1690,3 +1905,13 @@ def _not_processed(exc: BaseException) -> bool:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def _quote_of(symbol: str, value: object, received_at: float) -> Quote:
+    """The usable quote `value` gives for `symbol`, or InvalidBrokerData with the reason."""
+    if isinstance(value, Quote):
+        if value.symbol != symbol:
+            # A quote of another symbol under this one's key is garbage, not a price.
+            raise InvalidBrokerData("price", value, PriceProblem.ABSURD, symbol=symbol)
+        return value
+    return Quote(symbol, parse_price(value), received_at, stamped_on_receipt=True)

@@ -17,7 +17,7 @@ from brokerguard.errors import (
     TransientBrokerError,
 )
 
-__all__ = ["Classifier", "Outcome", "default_classifier"]
+__all__ = ["Classifier", "Outcome", "default_classifier", "venue_classifier"]
 
 
 class Outcome(StrEnum):
@@ -62,3 +62,17 @@ def default_classifier(exc: BaseException) -> Outcome:
     if isinstance(exc, TransientBrokerError | OSError):
         return Outcome.TRANSIENT
     return Outcome.FAILURE
+
+
+def venue_classifier(exc: BaseException) -> Outcome:
+    """Classify like :func:`default_classifier` for a breaker several API keys share.
+
+    The breaker of a venue (``[brokers.X] venue``) detects the *exchange's* outages for every
+    key on it. A fatal error (a revoked key, a missing permission) is one key's, and says
+    nothing about the exchange: counted, it would open the circuit for every key, so one bad
+    key would leave every account of the venue unenforced. It is ignored here; the account
+    whose key it is fails closed on its own (its reads fail: positions unknown, entries
+    refused, the step unverified).
+    """
+    outcome = default_classifier(exc)
+    return Outcome.IGNORED if outcome is Outcome.FATAL else outcome

@@ -38,6 +38,7 @@ from brokerguard.errors import (
     OrderUnconfirmedError,
     PositionsImplausibleError,
 )
+from brokerguard.logs import log_context
 from brokerguard.models import Order, OrderRequest, PriceProblem, Side, parse_symbol
 from brokerguard.orders import OrderState, journal_state
 from brokerguard.risk.valuation import Valuation, ValuationReport, Valuator
@@ -119,6 +120,8 @@ class PositionCapEnforcer:
         self._new_order_id = order_id_factory or _uuid_order_id
         self._keep_lease: Callable[[], object] | None = None  # the running step's, in a fleet
         self._doubtful: set[str] = set()  # this enforcement's sells of unknown outcome
+        # Why positions are unknown now (a reason code), logged on entering and leaving.
+        self._blind: str | None = None
         # symbol -> monotonic deadline: exits handed to the bot (freqtrade's forceexit); until
         # the deadline the enforcer counts them as being sold and sells something else only
         # if they cannot clear the excess.
@@ -158,6 +161,17 @@ class PositionCapEnforcer:
         ``cancel_unverified`` those whose cancel could not be verified (``"*"``: the open
         orders could not be listed).
         """
+        # One look at other processes' halts, pauses and orders for the whole step.
+        with self.store.pinned():
+            return self._enforce_fenced(fence_token, fence_holder, fence_namespace, keep_lease)
+
+    def _enforce_fenced(
+        self,
+        fence_token: int | None,
+        fence_holder: str,
+        fence_namespace: str,
+        keep_lease: Callable[[], object] | None,
+    ) -> tuple[bool, dict[str, Any]]:
         if fence_token is None:
             return self._enforce()
         plain = self.store
@@ -365,13 +379,37 @@ class PositionCapEnforcer:
                 if isinstance(exc, PositionsImplausibleError)
                 else f"positions could not be fetched: {type(exc).__name__}: {exc}"
             )
-            log.error(
+            # Said on entering the state (or turning implausible from unknown), not each pass.
+            code = (
+                "POSITIONS_IMPLAUSIBLE"
+                if isinstance(exc, PositionsImplausibleError)
+                else "POSITIONS_UNKNOWN"
+            )
+            entered, self._blind = self._blind != code, code
+            log.log(
+                logging.ERROR if entered else logging.DEBUG,
                 "cap enforcement for account %s UNVERIFIED: %s; no order sent, new entries "
                 "stay blocked until positions are known",
                 self.account_id,
                 result["reason"],
+                extra=log_context(
+                    account=self.account_id,
+                    broker=self.broker.broker_name,
+                    reason=code,
+                    state="entered" if entered else None,
+                ),
             )
             return None
+        if self._blind is not None:
+            log.warning(
+                "positions of account %s are known again (%d held): cap enforcement verified",
+                self.account_id,
+                len(positions),
+                extra=log_context(
+                    account=self.account_id, broker=self.broker.broker_name, state="left"
+                ),
+            )
+            self._blind = None
         result["position_count"] = len(positions)
         if result["initial_position_count"] is None:
             result["initial_position_count"] = len(positions)
@@ -699,12 +737,31 @@ class PositionCapEnforcer:
             reason = f"{reason}; {result['reason']}"
         result["status"] = "failed_enforcement"
         result["reason"] = reason
+        already = self._halted_before()
         self.store.halt(self.account_id, reason, ENFORCER_SOURCE)
         result["trading_halted"] = True
-        log.critical(
-            "TRADING HALTED until manual intervention for account %s: %s", self.account_id, reason
+        # Announced once, on entering the halt: every later pass that fails again is audited
+        # (halt_repeated) and logged at DEBUG; the service logs the operator's resume.
+        log.log(
+            logging.DEBUG if already else logging.CRITICAL,
+            "TRADING HALTED until manual intervention for account %s: %s",
+            self.account_id,
+            reason,
+            extra=log_context(
+                account=self.account_id,
+                broker=self.broker.broker_name,
+                reason="FAILED_ENFORCEMENT",
+                state=None if already else "entered",
+            ),
         )
         return False, result
+
+    def _halted_before(self) -> bool:
+        """Whether the account is halted already (unknown: not, so the halt is announced)."""
+        try:
+            return self.store.is_halted(self.account_id)
+        except BrokerGuardError:
+            return False
 
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -49,7 +49,7 @@ from brokerguard.errors import (
 from brokerguard.models import Side, parse_symbol
 from brokerguard.orders import LIVE_STATES, OrderState
 from brokerguard.resilience.state import BrokerHealthState
-from brokerguard.store.state import StateStore
+from brokerguard.store.state import AccountState, StateStore
 
 if TYPE_CHECKING:  # the fleet's slots are optional (they need redis)
     from brokerguard.coordination.slots import SharedSlots
@@ -171,6 +171,10 @@ class Reservation:
         self.cancelled = True
 
 
+class _AskTheCircuits(Exception):  # noqa: N818 (control flow inside the gate, never escapes)
+    """A one-trip fleet decision met something only the usual order of checks may decide."""
+
+
 class TradingGate:
     """Refuse new positions when anything is unknown, stale, halted, paused or at the cap.
 
@@ -191,7 +195,9 @@ class TradingGate:
             snapshot is not enough; the gate fetches afresh (refusing if that fails).
         slots: in a fleet, :class:`~brokerguard.coordination.SharedSlots`: every reservation
             is also taken fleet-wide, so processes sharing an account share its cap (Redis
-            unreachable: COORDINATION_UNAVAILABLE).
+            unreachable: COORDINATION_UNAVAILABLE). With the fleet's shared circuits on the
+            same coordinator, one script checks them and takes the slot: a reservation is one
+            round trip, its end a second.
         count_dust: as for the cap enforcer: False (default) leaves holdings below the venue's
             minimum order quantity out of the slot count.
     """
@@ -329,7 +335,7 @@ class TradingGate:
             symbol = parse_symbol(symbol)
         except InvalidBrokerData as exc:
             return Decision.deny(INVALID_SYMBOL, symbol=repr(symbol), reason=exc.reason)
-        paused = self._paused(symbol)
+        paused = self._paused(self._account_state(), symbol)
         if paused is not None:
             return paused
         return Decision.allow(RISK_REDUCING, symbol=symbol)
@@ -360,25 +366,50 @@ class TradingGate:
                 log.exception("gate listener %r failed", listener)
 
     def _decide(self, raw_symbol: str, *, reserve: bool) -> tuple[Decision, int | None]:
+        slots = self.slots
+        if slots is not None and slots.checks_circuits(
+            self.broker.read_breaker, self.broker.write_breaker
+        ):
+            # In a fleet the slots' own script reads the shared circuits (one round trip, not
+            # four); whatever it cannot settle is decided again the usual way.
+            try:
+                return self._decide_once(raw_symbol, reserve=reserve, one_trip=True)
+            except _AskTheCircuits:
+                pass
+        return self._decide_once(raw_symbol, reserve=reserve, one_trip=False)
+
+    def _decide_once(
+        self, raw_symbol: str, *, reserve: bool, one_trip: bool
+    ) -> tuple[Decision, int | None]:
+        """Decide; with `one_trip`, leave the circuits to the fleet slots' script.
+
+        A one-trip decision raises :class:`_AskTheCircuits` wherever the circuits would have
+        been asked first: a refusal that ranks after them, a fetch that goes through them.
+        """
         try:
             # The form the broker will trade: case, whitespace and aliases (XBT) folded.
             symbol = parse_symbol(raw_symbol)
         except InvalidBrokerData as exc:
             return Decision.deny(INVALID_SYMBOL, symbol=repr(raw_symbol), reason=exc.reason), None
-        for check in (
-            self._halted,
-            self._broker_offline,
-            lambda: self._paused(symbol),
+        # One read of the account's halt and pauses (from the store's bounded cache).
+        account = self._account_state()
+        checks: tuple[Callable[[], Decision | None], ...] = (
+            lambda: self._halted(account),
+            (lambda: None) if one_trip else self._broker_offline,  # one trip: in the script
+            lambda: self._paused(account, symbol),
             lambda: self._unresolved(symbol),
             self._implausible,
-        ):
+        )
+        for index, check in enumerate(checks):
             denied = check()
             if denied is not None:
+                if one_trip and index > 1:
+                    raise _AskTheCircuits  # an open circuit would have been the answer
                 return denied, None
-        snapshot = self._fresh_snapshot()
+        snapshot = self._fresh_snapshot(one_trip=one_trip)
         if isinstance(snapshot, Decision):
             return snapshot, None
-        stale_listing = self._refresh_open_orders()
+        stale_listing = self._refresh_open_orders(one_trip=one_trip)
         if stale_listing is not None:
             return stale_listing, None
         unresolved_buys = {
@@ -392,24 +423,29 @@ class TradingGate:
                 symbol,
                 set(self._seen) | set(self._filled) | unresolved_buys | resting_buys,
                 reserve=reserve,
+                one_trip=one_trip,
             )
 
     def _take_slot(
-        self, symbol: str, held: set[str], *, reserve: bool
+        self, symbol: str, held: set[str], *, reserve: bool, one_trip: bool = False
     ) -> tuple[Decision, int | None]:
         """Count the slots and, for a reservation, take one (caller holds the lock)."""
         if len(held) > self.max_positions:
+            if one_trip:
+                raise _AskTheCircuits  # an open circuit would have been the answer
             # REDUCING: over the cap, only risk-reducing orders (adding to a held symbol adds
             # risk too).
             return Decision.deny(ACCOUNT_REDUCING, open=len(held), cap=self.max_positions), None
         reserved = set(self._reserved.values())
         if not reserve:
-            fleet_held = self._fleet_occupied()
+            fleet_held = self._fleet_occupied(one_trip=one_trip)
             if isinstance(fleet_held, Decision):
                 return fleet_held, None
             reserved |= fleet_held
         occupied = held | reserved
         if symbol not in occupied and len(occupied) >= self.max_positions:
+            if one_trip and reserve:  # (a check has read the circuits with the fleet's slots)
+                raise _AskTheCircuits  # an open circuit would have been the answer
             return (
                 Decision.deny(
                     POSITION_CAP_REACHED,
@@ -421,7 +457,7 @@ class TradingGate:
             )
         token = None
         if reserve:
-            fleet = self._reserve_in_fleet(symbol, occupied)
+            fleet = self._reserve_in_fleet(symbol, occupied, one_trip=one_trip)
             if isinstance(fleet, Decision):
                 return fleet, None
             token = next(self._tokens)
@@ -438,13 +474,20 @@ class TradingGate:
             token,
         )
 
-    def _halted(self) -> Decision | None:
+    def _account_state(self) -> AccountState | Decision | None:
+        """The account's halt and paused symbols in one store read (None without a store)."""
         if self.store is None:
             return None
         try:
-            halt = self.store.get_halt(self.account_id)
+            return self.store.account_state(self.account_id)
         except BrokerGuardError as exc:
             return Decision.deny(STORE_UNAVAILABLE, error=type(exc).__name__)
+
+    @staticmethod
+    def _halted(account: AccountState | Decision | None) -> Decision | None:
+        if account is None or isinstance(account, Decision):
+            return account  # no store, or the store could not answer (refused)
+        halt = account.halt
         if halt is None:
             return None
         return Decision.deny(ACCOUNT_HALTED, source=halt.source, since=f"{halt.halted_at:.0f}")
@@ -462,14 +505,11 @@ class TradingGate:
             health=self.broker.get_broker_health_state(),
         )
 
-    def _paused(self, symbol: str) -> Decision | None:
-        if self.store is None:
-            return None
-        try:
-            paused = self.store.paused_symbol_reasons(self.account_id)
-        except BrokerGuardError as exc:
-            return Decision.deny(STORE_UNAVAILABLE, error=type(exc).__name__)
-        if symbol in paused:
+    @staticmethod
+    def _paused(account: AccountState | Decision | None, symbol: str) -> Decision | None:
+        if account is None or isinstance(account, Decision):
+            return account
+        if symbol in account.paused:
             return Decision.deny(SYMBOL_PAUSED, symbol=symbol)
         return None
 
@@ -492,18 +532,22 @@ class TradingGate:
             POSITIONS_IMPLAUSIBLE, missing=",".join(suspicion.missing), agreeing=suspicion.agreeing
         )
 
-    def _fresh_snapshot(self) -> PositionSnapshot | Decision:
+    def _fresh_snapshot(self, *, one_trip: bool = False) -> PositionSnapshot | Decision:
         snapshot = self.broker.last_position_snapshot()
         now = self.clock.monotonic()
         if (
             snapshot is not None
             and snapshot.age(now) <= self.max_position_age
             and not (
-                self.refetch_when_degraded
+                # one trip: the reservation's script refuses a degraded read circuit
+                not one_trip
+                and self.refetch_when_degraded
                 and self.broker.read_breaker.get_broker_health_state() is BrokerHealthState.DEGRADED
             )
         ):
             return snapshot
+        if one_trip:
+            raise _AskTheCircuits  # a fetch goes through the circuits: they are asked first
         try:
             # Open orders first: a resting buy that fills between the two reads is then seen
             # twice (as an order and as a position), never not at all.
@@ -525,7 +569,7 @@ class TradingGate:
             return Decision.deny(POSITIONS_UNKNOWN, error="no_snapshot")
         return fresh
 
-    def _refresh_open_orders(self) -> Decision | None:
+    def _refresh_open_orders(self, *, one_trip: bool = False) -> Decision | None:
         """List open orders again when the last listing is older than ``max_position_age``.
 
         A snapshot kept fresh by someone else (the enforcer) does not list orders: a resting
@@ -536,6 +580,8 @@ class TradingGate:
         age = self.broker.open_orders_age(self.clock.monotonic())
         if age is not None and age <= self.max_position_age:
             return None
+        if one_trip:
+            raise _AskTheCircuits  # a fetch goes through the circuits: they are asked first
         try:
             self.broker.get_open_orders()
         except BrokerGuardError as exc:
@@ -592,21 +638,55 @@ class TradingGate:
                     self.pending_entry_ttl,
                 )
 
-    def _fleet_occupied(self) -> set[str] | Decision:
-        """The symbols the fleet's live reservations hold (caller holds the lock)."""
+    def _fleet_occupied(self, *, one_trip: bool = False) -> set[str] | Decision:
+        """The symbols the fleet's live reservations hold (caller holds the lock).
+
+        With `one_trip`, the same script first checks the fleet's circuits (raising
+        :class:`_AskTheCircuits` when they do not admit new risk).
+        """
         if self.slots is None:
             return set()
         try:
-            return set(self.slots.occupied(self.account_id))
+            if not one_trip:
+                return set(self.slots.occupied(self.account_id))
+            symbols = self.slots.occupied_if_trading(
+                self.account_id,
+                read=self.broker.read_breaker,
+                write=self.broker.write_breaker,
+                refuse_degraded_reads=self.refetch_when_degraded,
+            )
         except CoordinationUnavailableError:
             return Decision.deny(COORDINATION_UNAVAILABLE, store=self.slots.coordinator.safe_url)
+        if symbols is None:
+            raise _AskTheCircuits
+        return set(symbols)
 
-    def _reserve_in_fleet(self, symbol: str, occupied: set[str]) -> str | Decision | None:
-        """Take the slot fleet-wide too (caller holds the lock); a Decision when refused."""
+    def _reserve_in_fleet(
+        self, symbol: str, occupied: set[str], *, one_trip: bool = False
+    ) -> str | Decision | None:
+        """Take the slot fleet-wide too (caller holds the lock); a Decision when refused.
+
+        With `one_trip`, the same script first checks the fleet's circuits (raising
+        :class:`_AskTheCircuits` when they do not admit new risk: nothing was taken).
+        """
         if self.slots is None:
             return None
         try:
-            fleet = self.slots.reserve(self.account_id, symbol, self.max_positions, occupied)
+            if one_trip:
+                answer = self.slots.reserve_if_trading(
+                    self.account_id,
+                    symbol,
+                    self.max_positions,
+                    occupied,
+                    read=self.broker.read_breaker,
+                    write=self.broker.write_breaker,
+                    refuse_degraded_reads=self.refetch_when_degraded,
+                )
+                if not answer.trading:
+                    raise _AskTheCircuits
+                fleet = answer.token
+            else:
+                fleet = self.slots.reserve(self.account_id, symbol, self.max_positions, occupied)
         except CoordinationUnavailableError:
             return Decision.deny(COORDINATION_UNAVAILABLE, store=self.slots.coordinator.safe_url)
         if fleet is None:

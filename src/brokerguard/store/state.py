@@ -19,8 +19,10 @@ import copy
 import json
 import logging
 import math
+import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, TypeVar
@@ -51,6 +53,7 @@ from brokerguard.clock import SYSTEM_CLOCK, Clock
 from brokerguard.errors import ConfigurationError, LeaseLostError, StoreUnavailableError
 from brokerguard.models import OrderRequest
 from brokerguard.store._deadline import call_deadline, remaining
+from brokerguard.store.hot import HotSnapshot, HotState
 from brokerguard.store.schema import (
     APPEND_ONLY_DDL,
     AUDIT_LOG,
@@ -66,8 +69,10 @@ from brokerguard.store.schema import (
 )
 
 __all__ = [
+    "DEFAULT_CACHE_S",
     "DEFAULT_TIMEOUT_S",
     "LIVE_ORDER_STATUSES",
+    "AccountState",
     "AuditNote",
     "AuditRecord",
     "Halt",
@@ -84,6 +89,12 @@ DEFAULT_TIMEOUT_S: Final = 5.0
 """Seconds one store call may wait in all, by default: long enough for a loaded database's
 slowest statement here (a few ms each), short enough that an entry check or an enforcement
 step fails closed well within one enforcement interval when the database hangs."""
+
+DEFAULT_CACHE_S: Final = 1.0
+"""Seconds the halts, paused symbols and live orders read by entry checks and enforcement may
+be served from memory, by default (see :mod:`brokerguard.store.hot`): the bound on how late a
+halt written by *another process* on PostgreSQL can stop entries. Writes through the store
+itself, and on SQLite any process's writes, are seen at once."""
 
 _SCHEMA_BUDGET_S: Final = 30.0
 """Creating or migrating the schema, once a worker has reached the database, may take this
@@ -170,12 +181,23 @@ class JournalEntry:
     deadlines were recorded)."""
 
 
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """What an entry check reads of one account, in one look: its halt and paused symbols."""
+
+    halt: Halt | None
+    paused: Mapping[str, str]
+    """Paused symbol -> the reason of its pause."""
+
+
 def open_store(
     url: str,
     *,
     clock: Clock | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     password: str | None = None,
+    cache_s: float = DEFAULT_CACHE_S,
+    pool_size: int | None = None,
 ) -> StateStore:
     """Open (and create or migrate on first use) the store at `url`.
 
@@ -185,9 +207,14 @@ def open_store(
     creating or migrating the schema, once the database has answered, may take up to 30 s:
     fleet workers starting together wait for the first one's DDL. `password` (PostgreSQL,
     from the environment variable the configuration names) is handed to the driver, never
-    written into the URL, so it cannot be printed.
+    written into the URL, so it cannot be printed. `cache_s` bounds how long halts, pauses and
+    live orders are served from memory (:data:`DEFAULT_CACHE_S`; 0 reads the database every
+    time); `pool_size` sizes PostgreSQL's connection pool (the threads that use the store at
+    once; default 5, plus as many again on demand).
     """
-    return StateStore(url, clock=clock, timeout=timeout, password=password)
+    return StateStore(
+        url, clock=clock, timeout=timeout, password=password, cache_s=cache_s, pool_size=pool_size
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +235,9 @@ class StateStore:
         clock: the time source of every timestamp written.
         timeout: seconds any one call may take in all before it raises
             :class:`StoreUnavailableError`.
+        cache_s: seconds the state entry checks and enforcement read (halts, pauses, live
+            orders) may be served from memory (:mod:`brokerguard.store.hot`); 0: never.
+        pool_size: PostgreSQL's pool: connections kept open (as many again on demand).
     """
 
     def __init__(
@@ -217,14 +247,26 @@ class StateStore:
         clock: Clock | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         password: str | None = None,
+        cache_s: float = DEFAULT_CACHE_S,
+        pool_size: int | None = None,
     ) -> None:
-        problems = seconds_problem("timeout", timeout, allow_zero=False)
-        if problems or not math.isfinite(timeout):
-            raise ConfigurationError("invalid store timeout: " + "; ".join(problems or ["inf"]))
+        problems = [
+            *seconds_problem("timeout", timeout, allow_zero=False),
+            *seconds_problem("cache_s", cache_s),
+            *([] if pool_size is None else int_problem("pool_size", pool_size, minimum=1)),
+        ]
+        if problems or not math.isfinite(timeout) or not math.isfinite(cache_s):
+            raise ConfigurationError("invalid store settings: " + "; ".join(problems or ["inf"]))
         self._clock = clock if clock is not None else SYSTEM_CLOCK
         self.url = url
         self.timeout = float(timeout)
-        self._engine = _make_engine(url, self.timeout, password)
+        self._engine = _make_engine(url, self.timeout, password, pool_size)
+        self._probe = _SqliteVersion.of(self._engine, self.timeout)
+        self._hot: HotState[Halt, JournalEntry] = HotState(
+            float(cache_s),
+            self._clock.monotonic,
+            None if self._probe is None else self._version,
+        )
         # The in-memory store has ONE connection shared by every thread: every statement must
         # take turns on it. A file-based SQLite has one connection per thread and one writer
         # at a time (queueing here beats SQLite's busy-wait). PostgreSQL needs neither.
@@ -238,7 +280,7 @@ class StateStore:
             self._read(lambda conn: conn.execute(text("SELECT 1")))
             self._call(self._create_or_migrate, write=False, budget=self._schema_budget)
         except BaseException:
-            self._engine.dispose()
+            self.close()
             raise
 
     def fenced(
@@ -349,6 +391,8 @@ class StateStore:
 
     def close(self) -> None:
         """Release the connection pool."""
+        if self._probe is not None:
+            self._probe.close()
         self._engine.dispose()
 
     def ping(self) -> bool:
@@ -395,7 +439,9 @@ class StateStore:
         return self.get_halt(account_id) is not None
 
     def get_halt(self, account_id: str) -> Halt | None:
-        """Return the account's halt, or None."""
+        """Return the account's halt, or None (served within the cache bound, see `cache_s`)."""
+        if self._hot.enabled:
+            return self._hot_state().halts.get(account_id)
 
         def work(conn: Connection) -> Halt | None:
             row = conn.execute(select(HALTS).where(HALTS.c.account_id == account_id)).first()
@@ -405,8 +451,34 @@ class StateStore:
 
         return self._read(work)
 
+    def account_state(self, account_id: str) -> AccountState:
+        """Return the account's halt and paused symbols together (one cache check or read)."""
+        if self._hot.enabled:
+            hot = self._hot_state()
+            return AccountState(hot.halts.get(account_id), dict(hot.pauses.get(account_id, {})))
+
+        def work(conn: Connection) -> AccountState:
+            row = conn.execute(select(HALTS).where(HALTS.c.account_id == account_id)).first()
+            rows = conn.execute(
+                select(PAUSED_SYMBOLS.c.symbol, PAUSED_SYMBOLS.c.reason)
+                .where(PAUSED_SYMBOLS.c.account_id == account_id)
+                .order_by(PAUSED_SYMBOLS.c.symbol)
+            )
+            return AccountState(
+                None
+                if row is None
+                else Halt(row.account_id, row.reason, row.source, row.halted_at),
+                {r.symbol: r.reason for r in rows},
+            )
+
+        return self._read(work)
+
     def halts(self) -> list[Halt]:
         """Return every current halt, oldest first."""
+        if self._hot.enabled:
+            return sorted(
+                self._hot_state().halts.values(), key=lambda h: (h.halted_at, h.account_id)
+            )
 
         def work(conn: Connection) -> list[Halt]:
             rows = conn.execute(select(HALTS).order_by(HALTS.c.halted_at, HALTS.c.account_id))
@@ -468,7 +540,7 @@ class StateStore:
                     )
                 )
 
-        self._write(work)
+        self._write(work, hot=False)
 
     def holdings(self, account_id: str) -> tuple[dict[str, Decimal], float] | None:
         """The account's last believed holdings and when they were read, or None if never."""
@@ -498,7 +570,7 @@ class StateStore:
             if not updated.rowcount:
                 conn.execute(insert(ENTRIES).values(**row))
 
-        self._write(work)
+        self._write(work, hot=False)
 
     def open_entries(self, account_id: str | None = None) -> list[dict[str, Any]]:
         """Reservations not settled yet (``reserved`` or ``unresolved``), oldest first."""
@@ -578,6 +650,8 @@ class StateStore:
 
     def paused_symbol_reasons(self, account_id: str) -> dict[str, str]:
         """Return the paused symbols of `account_id` with the reason of each pause."""
+        if self._hot.enabled:
+            return dict(self._hot_state().pauses.get(account_id, {}))
 
         def work(conn: Connection) -> dict[str, str]:
             rows = conn.execute(
@@ -604,7 +678,8 @@ class StateStore:
         _require("actor", actor)
         now = self._clock.time()
         self._write(
-            lambda conn: self._audit(conn, account_id, action, actor, reason, details or {}, now)
+            lambda conn: self._audit(conn, account_id, action, actor, reason, details or {}, now),
+            hot=False,
         )
 
     def audit_log(self, account_id: str | None = None, limit: int = 100) -> list[AuditRecord]:
@@ -692,31 +767,65 @@ class StateStore:
         self._write(work)
 
     def journal(self, account_id: str, *, statuses: set[str] | None = None) -> list[JournalEntry]:
-        """Return the journaled orders of `account_id`, oldest first (optionally by status)."""
+        """Return the journaled orders of `account_id`, oldest first (optionally by status).
+
+        The live ones (`statuses` within :data:`LIVE_ORDER_STATUSES`, what every enforcement
+        pass asks) are served within the cache bound; any other question reads the database.
+        """
+        if self._hot.enabled and statuses is not None and statuses <= LIVE_ORDER_STATUSES:
+            live = self._hot_state().live_orders.get(account_id, ())
+            return [e for e in live if e.status in statuses]
 
         def work(conn: Connection) -> list[JournalEntry]:
             query = select(ORDERS).where(ORDERS.c.account_id == account_id)
             if statuses is not None:
                 query = query.where(ORDERS.c.status.in_(sorted(statuses)))
-            rows = conn.execute(query.order_by(ORDERS.c.seq))
-            return [
-                JournalEntry(
-                    r.client_order_id,
-                    r.account_id,
-                    r.symbol,
-                    r.side,
-                    Decimal(r.quantity),
-                    r.status,
-                    r.broker_order_id,
-                    r.purpose,
-                    r.created_at,
-                    r.updated_at,
-                    r.deadline,
-                )
-                for r in rows
-            ]
+            return [_journal_entry(r) for r in conn.execute(query.order_by(ORDERS.c.seq))]
 
         return self._read(work)
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Read other processes' changes once for the block (one enforcement step)."""
+        with self._hot.pinned():
+            yield
+
+    def invalidate_cache(self) -> None:
+        """Drop the cached halts, pauses and live orders (another process announced a change)."""
+        self._hot.invalidate()
+
+    def _hot_state(self) -> HotSnapshot[Halt, JournalEntry]:
+        return self._hot.get(self._load_hot)
+
+    def _load_hot(self) -> HotSnapshot[Halt, JournalEntry]:
+        """Read every halt, pause and live order in one connection (three SELECTs)."""
+
+        def work(conn: Connection) -> HotSnapshot[Halt, JournalEntry]:
+            halts = {
+                r.account_id: Halt(r.account_id, r.reason, r.source, r.halted_at)
+                for r in conn.execute(select(HALTS))
+            }
+            pauses: dict[str, dict[str, str]] = {}
+            rows = conn.execute(
+                select(
+                    PAUSED_SYMBOLS.c.account_id, PAUSED_SYMBOLS.c.symbol, PAUSED_SYMBOLS.c.reason
+                ).order_by(PAUSED_SYMBOLS.c.account_id, PAUSED_SYMBOLS.c.symbol)
+            )
+            for r in rows:
+                pauses.setdefault(r.account_id, {})[r.symbol] = r.reason
+            live: dict[str, list[JournalEntry]] = {}
+            query = select(ORDERS).where(ORDERS.c.status.in_(sorted(LIVE_ORDER_STATUSES)))
+            for r in conn.execute(query.order_by(ORDERS.c.seq)):
+                live.setdefault(r.account_id, []).append(_journal_entry(r))
+            return HotSnapshot(halts, pauses, {a: tuple(es) for a, es in live.items()})
+
+        return self._read(work)
+
+    def _version(self) -> int:
+        """The SQLite file's change counter, within the store's time bound and error seam."""
+        probe = self._probe
+        assert probe is not None  # noqa: S101 (only installed with a probe)
+        return self._call(probe.read, write=False)
 
     # ------------------------------------------------------------------ internals
 
@@ -849,7 +958,8 @@ class StateStore:
         _require("actor", note.actor)
         self._audit(conn, account_id, note.action, note.actor, note.reason, note.details, now)
 
-    def _write(self, work: Callable[[Connection], T]) -> T:
+    def _write(self, work: Callable[[Connection], T], *, hot: bool = True) -> T:
+        """Run `work` in one transaction (fenced); `hot`: it may change a cached table."""
         fence = self._fence
 
         def run(conn: Connection) -> T:
@@ -857,7 +967,13 @@ class StateStore:
                 self._check_fence(conn, fence)
             return work(conn)
 
-        return self._call(lambda: self._transaction(run), write=True)
+        try:
+            return self._call(lambda: self._transaction(run), write=True)
+        finally:
+            if hot:
+                # Committed or not (a lost answer may still have committed): never read the
+                # state from before this write again.
+                self._hot.wrote()
 
     def _transaction(self, work: Callable[[Connection], T]) -> T:
         with self._engine.begin() as conn:
@@ -906,7 +1022,74 @@ class StateStore:
 _SCHEMA_LOCK: Final = 0x6267_7363_6865_6D61  # "bgschema": the advisory lock of the DDL
 
 
-def _make_engine(url: str, timeout: float, password: str | None = None) -> Engine:
+def _journal_entry(r: Any) -> JournalEntry:
+    return JournalEntry(
+        r.client_order_id,
+        r.account_id,
+        r.symbol,
+        r.side,
+        Decimal(r.quantity),
+        r.status,
+        r.broker_order_id,
+        r.purpose,
+        r.created_at,
+        r.updated_at,
+        r.deadline,
+    )
+
+
+class _SqliteVersion:
+    """SQLite's ``PRAGMA data_version`` on a connection of its own.
+
+    The value changes whenever *another* connection (another process, or another connection
+    of this process's pool) commits, so a cache checked against it is never stale; reading it
+    costs a few microseconds. Opened on first use, so an unreachable file fails the read that
+    needed it (closed) rather than the constructor.
+    """
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self._path = path
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def of(cls, engine: Engine, timeout: float) -> _SqliteVersion | None:
+        """The counter of `engine`'s file: the path SQLAlchemy itself opens (decoded, no query)."""
+        path = engine.url.database
+        if engine.dialect.name != "sqlite" or path in {None, "", ":memory:"}:
+            return None  # in memory: one connection, only this process writes (generations)
+        assert path is not None  # noqa: S101 (for the type checker; excluded above)
+        return cls(path, timeout)
+
+    def read(self) -> int:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = sqlite3.connect(
+                        self._path, timeout=self._timeout, check_same_thread=False
+                    )
+                row = self._conn.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error as exc:
+                self._drop()
+                raise StoreUnavailableError(
+                    f"state store sqlite:///{self._path} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            return int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _make_engine(
+    url: str, timeout: float, password: str | None = None, pool_size: int | None = None
+) -> Engine:
     if url in {"memory://", "sqlite://", "sqlite:///:memory:"}:
         # One shared connection, or each thread would see its own empty in-memory database.
         engine = create_engine(
@@ -922,18 +1105,25 @@ def _make_engine(url: str, timeout: float, password: str | None = None) -> Engin
         return engine
     if url.startswith(("postgresql://", "postgres://")):
         return _postgresql_engine(
-            "postgresql+psycopg://" + url.split("://", 1)[1], timeout, password
+            "postgresql+psycopg://" + url.split("://", 1)[1], timeout, password, pool_size
         )
     if url.startswith("postgresql+"):
-        return _postgresql_engine(url, timeout, password)
+        return _postgresql_engine(url, timeout, password, pool_size)
     raise ConfigurationError(
         f"unsupported store URL {url.split('://', 1)[0]}://...: use sqlite:///path, "
         "sqlite:// (in memory) or postgresql://"
     )
 
 
-def _postgresql_engine(url: str, timeout: float, password: str | None = None) -> Engine:
-    """A pooled PostgreSQL engine whose every connect, statement, lock and wait is bounded."""
+def _postgresql_engine(
+    url: str, timeout: float, password: str | None = None, pool_size: int | None = None
+) -> Engine:
+    """A pooled PostgreSQL engine whose every connect, statement, lock and wait is bounded.
+
+    No pre-ping: it cost a round trip before every call. A connection the server dropped
+    (a restart) fails its next call as STORE_UNAVAILABLE, which is closed, and SQLAlchemy
+    then discards it and every older pooled connection, so the call after succeeds.
+    """
     if make_url(url).get_driver_name() != "psycopg":
         raise ConfigurationError("a postgresql store needs the psycopg (3) driver")
     from brokerguard.store._postgres import bound_engine  # noqa: PLC0415 (optional dependency)
@@ -941,9 +1131,8 @@ def _postgresql_engine(url: str, timeout: float, password: str | None = None) ->
     engine = create_engine(
         url,
         connect_args={} if password is None else {"password": password},
-        pool_pre_ping=True,
-        pool_size=5,
-        max_overflow=10,
+        pool_size=5 if pool_size is None else pool_size,
+        max_overflow=10 if pool_size is None else pool_size,
         pool_timeout=timeout,
     )
     bound_engine(engine, timeout)

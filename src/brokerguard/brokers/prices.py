@@ -1,0 +1,179 @@
+"""One exchange's prices, fetched in one batched call and read by every account trading on it.
+
+Ten thousand accounts on one exchange hold mostly the same coins; fetching the same tickers
+once per account spent the exchange's rate limit and our CPU on copies of one answer. A
+:class:`SharedPrices` is kept per venue by the service: the first account that needs prices
+fetches every symbol any account has asked for on the venue (one call), and the accounts after
+it read that answer until it is ``max_age`` seconds old (or the next enforcement pass starts).
+
+What is shared is the exchange's *raw answer and the time it was received*; every account
+still judges each value itself (a missing, zero, NaN or stale price is unvaluable for it, and
+a value stamped on receipt carries the time it was received, not the time it was read from
+here), so sharing can make no price look fresher or better than it was. A failed fetch is
+not remembered: each account asking after it tries (through its breaker) and fails closed
+on its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from brokerguard._validation import seconds_problem
+from brokerguard.clock import Clock
+from brokerguard.errors import ConfigurationError
+from brokerguard.models import Quote
+
+__all__ = ["MAX_SHARED_SYMBOLS", "Received", "SharedPrices"]
+
+MAX_SHARED_SYMBOLS: Final = 2_000
+"""Symbols a venue's shared fetch asks for at most (the rest are fetched by their accounts)."""
+
+
+@dataclass(slots=True)
+class Received:
+    """One symbol's value as the exchange gave it, and when it was received (wall seconds)."""
+
+    value: object
+    received_at: float
+    quote: Quote | None = None
+    """The usable quote the first account to judge `value` made of it (the same for every
+    account: same value, same stamp); None until then, and for an unusable value."""
+
+
+class SharedPrices:
+    """The latest batched price answer of one venue, shared by its accounts.
+
+    Args:
+        clock: the time source (monotonic for the age, wall for the receipt stamp).
+        max_age: seconds an answer is served to other accounts (0: never shared).
+    """
+
+    def __init__(self, clock: Clock, *, max_age: float = 5.0) -> None:
+        problems = seconds_problem("max_age", max_age)
+        if problems:
+            raise ConfigurationError("invalid SharedPrices: " + "; ".join(problems))
+        self.clock = clock
+        self.max_age = float(max_age)
+        self.fetches = 0
+        """Batched calls made (for benchmarks and status)."""
+        self._lock = threading.Lock()  # one fetch at a time: the others then read its answer
+        # Symbols the venue answered with a value, asked again with every fetch; pruned each
+        # pass to those someone asked for in the pass before. A symbol never answered is
+        # asked only by its own account's fetch: a pair the venue refuses (a whole batch
+        # refused) blinds no other account.
+        self._symbols: dict[str, None] = {}
+        self._asked_in_pass: set[str] = set()
+        self._answer: dict[str, Received] = {}
+        self._asked: frozenset[str] = frozenset()  # what the latest fetch asked for
+        self._fetched_at: float | None = None  # monotonic start of the fetch it holds
+        self._flight: _Flight | None = None
+        self._pass = 0  # a fetch begun in an earlier pass never answers a later one
+
+    def new_pass(self) -> None:
+        """Forget the answer: an enforcement pass starts with prices of its own."""
+        with self._lock:
+            self._pass += 1
+            self._symbols = {s: None for s in self._symbols if s in self._asked_in_pass}
+            self._asked_in_pass = set()
+            self._fetched_at = None
+            self._answer = {}
+            self._asked = frozenset()
+            self._flight = None  # its waiters still get its answer; nobody else does
+
+    def get(
+        self, wanted: Iterable[str], fetch: Callable[[list[str]], Mapping[str, object]]
+    ) -> dict[str, Received]:
+        """Return the venue's answer for `wanted` (absent: the exchange gave no value).
+
+        Fetches (one call, through `fetch`, the asking account's breaker) when the answer is
+        older than ``max_age`` or did not ask for one of `wanted`; raises what `fetch` raises.
+        Accounts asking while a fetch is under way wait for it rather than call too, and share
+        its failure: an exchange that is down costs one failed call, not one per account.
+        """
+        wanted = list(dict.fromkeys(wanted))
+        while True:
+            with self._lock:
+                answer = self._fresh(wanted)
+                if answer is not None:
+                    return answer
+                flight, leading = self._flight_for(wanted)
+            if leading:
+                return self._fly(flight, fetch, wanted)
+            flight.done.wait()
+            if flight.asked.issuperset(wanted):
+                if flight.error is None:
+                    return flight.subset(wanted)
+                if not flight.untested:
+                    raise flight.error  # only proven symbols asked: the venue itself failed
+            # That fetch did not ask for all of ours, or may have failed on another account's
+            # untested symbol: look again (and lead the next one).
+
+    def _fresh(self, wanted: list[str]) -> dict[str, Received] | None:
+        """The held answer for `wanted`, if it is young enough and asked for all of it."""
+        if (
+            self.max_age > 0
+            and self._fetched_at is not None
+            and self.clock.monotonic() - self._fetched_at <= self.max_age
+            and self._asked.issuperset(wanted)
+        ):
+            return {s: self._answer[s] for s in wanted if s in self._answer}
+        return None
+
+    def _flight_for(self, wanted: list[str]) -> tuple[_Flight, bool]:
+        """The fetch under way, or a new one asking for `wanted` and every known symbol."""
+        self._asked_in_pass.update(wanted)
+        if self._flight is not None:
+            return self._flight, False
+        asked = frozenset([*wanted, *self._symbols])
+        untested = frozenset(s for s in wanted if s not in self._symbols)
+        self._flight = _Flight(asked, self.clock.monotonic(), self._pass, untested)
+        return self._flight, True
+
+    def _fly(
+        self,
+        flight: _Flight,
+        fetch: Callable[[list[str]], Mapping[str, object]],
+        wanted: list[str],
+    ) -> dict[str, Received]:
+        try:
+            raw = fetch(sorted(flight.asked))
+            received_at = self.clock.time()
+            flight.answer = {s: Received(raw[s], received_at) for s in flight.asked if s in raw}
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                if self._flight is flight:
+                    self._flight = None
+                if flight.error is None:
+                    for symbol in flight.answer:
+                        if len(self._symbols) < MAX_SHARED_SYMBOLS:
+                            self._symbols[symbol] = None
+                if flight.error is None and flight.pass_number == self._pass:
+                    self.fetches += 1
+                    self._answer = flight.answer
+                    self._asked = flight.asked
+                    self._fetched_at = flight.started
+            flight.done.set()
+        return flight.subset(wanted)
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One fetch under way: what it asks for, and what waits for it."""
+
+    asked: frozenset[str]
+    started: float
+    pass_number: int
+    untested: frozenset[str] = frozenset()
+    """Symbols in it that the venue never answered before (its failure may be theirs)."""
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: dict[str, Received] = field(default_factory=dict)
+    error: BaseException | None = None
+
+    def subset(self, wanted: list[str]) -> dict[str, Received]:
+        return {s: self.answer[s] for s in wanted if s in self.answer}
