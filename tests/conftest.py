@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,14 @@ def _fresh_resilience_state() -> Iterator[None]:
     yield
     clear_registry()
     set_breaking_enabled(True)
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A benchmark's main() silences logging process-wide; later tests read their logs."""
+    disabled = logging.root.manager.disable
+    yield
+    logging.disable(disabled)
 
 
 @pytest.fixture
