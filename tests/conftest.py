@@ -31,10 +31,14 @@ def _fresh_resilience_state() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _logging_left_as_found() -> Iterator[None]:
-    """A benchmark's main() silences logging process-wide; later tests read their logs."""
+    """A benchmark's main() quiets logging process-wide; later tests read their logs."""
     disabled = logging.root.manager.disable
+    ours = logging.getLogger("brokerguard")
+    kept = (ours.level, ours.disabled, ours.propagate)
     yield
     logging.disable(disabled)
+    ours.disabled, ours.propagate = kept[1], kept[2]
+    ours.setLevel(kept[0])  # (setLevel also clears the loggers' cached levels)
 
 
 @pytest.fixture
