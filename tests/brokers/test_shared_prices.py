@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pytest
 
-from brokerguard import ConfigurationError, PriceProblem
+from brokerguard import ConfigurationError, FatalBrokerError, PriceProblem
 from brokerguard.brokers.prices import MAX_SHARED_SYMBOLS, SharedPrices
 from brokerguard.config import parse_config
 from brokerguard.risk.valuation import Valuator
@@ -129,6 +129,41 @@ def test_accounts_asking_during_a_fetch_wait_for_it_and_share_its_failure():
         t.join(5)
     assert len(calls) == 1
     assert len(errors) == 11
+
+
+def test_a_failure_of_the_leading_accounts_key_is_not_shared_with_the_others():
+    """A revoked key leads the fetch: its waiters, with keys of their own, fetch for themselves."""
+    clock = FakeClock()
+    board = SharedPrices(clock, max_age=5)
+    board.get(["BTC/USD"], Venue({"BTC/USD": Decimal(100)}))  # the venue has answered BTC
+    board.new_pass()
+    started, release = threading.Event(), threading.Event()
+
+    def revoked(symbols: list[str]) -> dict[str, object]:
+        started.set()
+        release.wait(5)
+        raise FatalBrokerError("EAPI:Invalid key")
+
+    healthy = Venue({"BTC/USD": Decimal(100)})
+    answers: list[object] = []
+
+    def lead() -> None:
+        try:
+            board.get(["BTC/USD"], revoked)
+        except FatalBrokerError as exc:
+            answers.append(exc)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert started.wait(5)
+    follower = threading.Thread(target=lambda: answers.append(board.get(["BTC/USD"], healthy)))
+    follower.start()
+    release.set()
+    leader.join(5)
+    follower.join(5)
+    assert any(isinstance(a, FatalBrokerError) for a in answers)  # the revoked key's own
+    assert {"BTC/USD"} in [set(a) for a in answers if isinstance(a, dict)]
+    assert len(healthy.asked) == 1
 
 
 def test_a_pair_the_venue_refuses_blinds_only_the_account_that_holds_it():

@@ -23,7 +23,12 @@ from typing import Final
 
 from brokerguard._validation import seconds_problem
 from brokerguard.clock import Clock
-from brokerguard.errors import ConfigurationError
+from brokerguard.errors import (
+    BrokerRejection,
+    ConfigurationError,
+    FatalBrokerError,
+    RateLimitedError,
+)
 from brokerguard.models import Quote
 
 __all__ = ["MAX_SHARED_SYMBOLS", "Received", "SharedPrices"]
@@ -106,10 +111,10 @@ class SharedPrices:
             if flight.asked.issuperset(wanted):
                 if flight.error is None:
                     return flight.subset(wanted)
-                if not flight.untested:
+                if not flight.untested and _venue_wide(flight.error):
                     raise flight.error  # only proven symbols asked: the venue itself failed
-            # That fetch did not ask for all of ours, or may have failed on another account's
-            # untested symbol: look again (and lead the next one).
+            # That fetch did not ask for all of ours, failed on another account's untested
+            # symbol, or on its key (revoked, rate-limited): look again (and lead the next one).
 
     def _fresh(self, wanted: list[str]) -> dict[str, Received] | None:
         """The held answer for `wanted`, if it is young enough and asked for all of it."""
@@ -160,6 +165,15 @@ class SharedPrices:
                     self._fetched_at = flight.started
             flight.done.set()
         return flight.subset(wanted)
+
+
+def _venue_wide(error: BaseException) -> bool:
+    """Whether a failed fetch says the venue failed, not the leading account's key.
+
+    A revoked key, a key's own rate limit or a refusal of that account's request would fail
+    only that account's fetch: its waiters, with keys of their own, fetch for themselves.
+    """
+    return not isinstance(error, FatalBrokerError | RateLimitedError | BrokerRejection)
 
 
 @dataclass(slots=True)
