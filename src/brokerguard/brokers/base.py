@@ -805,22 +805,17 @@ class BaseBroker(abc.ABC):
             return PriceCheck({}, {})
         with self._observed("read", "check_prices"):
             self._probe_if_due(self._bg_read, real_call_is_probe=False)
-            raw, shared = self._fetch_prices_shared(wanted)
-        now = self._bg_clock.time()
+            answer = self._fetch_prices_shared(wanted)
         quotes: dict[str, Quote] = {}
         problems: dict[str, PriceProblem] = {}
         for symbol in wanted:
-            value = raw.get(symbol)
-            received = shared.get(symbol)
+            received = answer.get(symbol)
+            value = None if received is None else received.value
             if received is not None and received.quote is not None:
                 quotes[symbol] = received.quote  # another account of the venue parsed it
                 continue
             try:
-                # stamped when the exchange's answer arrived (a shared one may be older)
-                quote = _quote_of(symbol, value, now if received is None else received.received_at)
-                quotes[symbol] = quote
-                if received is not None:
-                    received.quote = quote
+                quotes[symbol] = _quote_of(symbol, received)
             except InvalidBrokerData as exc:
                 problems[symbol] = PriceProblem(exc.reason)
                 self._count_bad_data("price", exc.reason)
@@ -1809,20 +1804,23 @@ class BaseBroker(abc.ABC):
                 positions.append(item)
         return positions
 
-    def _fetch_prices_shared(
-        self, wanted: list[str]
-    ) -> tuple[Mapping[str, object], Mapping[str, Received]]:
-        """The raw prices of `wanted` and, when shared, the venue's answer for each."""
+    def _fetch_prices_shared(self, wanted: list[str]) -> Mapping[str, Received]:
+        """The venue's answer for `wanted`: each value as given, and when it arrived.
+
+        Shared by the venue's accounts when the service gave a board; otherwise this account's
+        own call, stamped now. A symbol absent from it got no value.
+        """
         board = self._bg_prices
         if board is None:
-            return self._bg_read.call_with_circuit_breaker(self._fetch_prices_checked, wanted), {}
-        shared = board.get(
+            raw = self._bg_read.call_with_circuit_breaker(self._fetch_prices_checked, wanted)
+            now = self._bg_clock.time()
+            return {s: Received(raw[s], now) for s in wanted if s in raw}
+        return board.get(
             wanted,
             lambda asked: self._bg_read.call_with_circuit_breaker(
                 self._fetch_prices_checked, asked
             ),
         )
-        return {s: r.value for s, r in shared.items()}, shared
 
     def _fetch_prices_checked(self, symbols: list[str]) -> Mapping[str, object]:
         self._throttle("fetch_prices")
@@ -1907,11 +1905,23 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
-def _quote_of(symbol: str, value: object, received_at: float) -> Quote:
-    """The usable quote `value` gives for `symbol`, or InvalidBrokerData with the reason."""
+def _quote_of(symbol: str, received: Received | None) -> Quote:
+    """The usable quote the venue's answer gives for `symbol`, or InvalidBrokerData (why).
+
+    No answer is MISSING. A value without a venue timestamp is stamped when the answer arrived
+    (a shared answer may be older than this read). The quote is kept on the answer, so the
+    venue's other accounts take it as it is.
+    """
+    value = None if received is None else received.value
     if isinstance(value, Quote):
         if value.symbol != symbol:
             # A quote of another symbol under this one's key is garbage, not a price.
             raise InvalidBrokerData("price", value, PriceProblem.ABSURD, symbol=symbol)
-        return value
-    return Quote(symbol, parse_price(value), received_at, stamped_on_receipt=True)
+        quote = value
+    else:
+        price = parse_price(value, symbol=symbol)  # None (no answer): MISSING
+        assert received is not None  # noqa: S101 (parse_price refused None above)
+        quote = Quote(symbol, price, received.received_at, stamped_on_receipt=True)
+    if received is not None:
+        received.quote = quote
+    return quote
