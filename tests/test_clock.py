@@ -41,6 +41,46 @@ def test_fake_clock_asleep_advances_and_yields():
     assert order == ["other", "sleeper"]
 
 
+def test_concurrent_async_sleepers_wake_at_their_own_times_not_the_sum():
+    """Ten tasks sleeping 1 s together wake 1 s later; staggered sleeps wake in their order."""
+    clock = FakeClock()
+    woke: list[tuple[str, float]] = []
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.asleep(seconds)
+        woke.append((name, clock.monotonic()))
+
+    async def together() -> None:
+        await asyncio.gather(*(sleeper(f"t{i}", 1.0) for i in range(10)))
+
+    asyncio.run(together())
+    assert clock.monotonic() == 1.0
+    assert {t for _, t in woke} == {1.0}
+
+    woke.clear()
+
+    async def staggered() -> None:
+        await asyncio.gather(sleeper("late", 0.8), sleeper("early", 0.2), sleeper("mid", 0.4))
+
+    asyncio.run(staggered())
+    assert woke == [("early", 1.2), ("mid", 1.4), ("late", 1.8)]
+    assert clock.monotonic() == 1.8
+
+
+def test_a_cancelled_async_sleeper_does_not_hold_the_time_back():
+    """A sleeper cancelled before its wake-up leaves the queue: the next one still wakes."""
+    clock = FakeClock()
+
+    async def main() -> float:
+        early = asyncio.ensure_future(clock.asleep(1.0))
+        await asyncio.sleep(0)
+        early.cancel()
+        await clock.asleep(5.0)
+        return clock.monotonic()
+
+    assert asyncio.run(main()) == 5.0
+
+
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
 def test_fake_clock_refuses_to_go_backwards_or_nowhere(bad):
     """Negative, NaN or infinite durations are bugs and raise instead of corrupting time."""

@@ -429,6 +429,19 @@ class EnforcementConfig(_Model):
         "accounts x calls per account x call latency / interval of them (1,000 accounts at "
         "100 ms in a 10 s interval: 10; 32 leaves room); each may hold a store connection",
     )
+    reads_ahead: bool = Field(
+        default=True,
+        description="make each pass's position and price reads first, all in flight on one "
+        "event loop (adapters with async reads: paper), then step the accounts whose reads "
+        "are in hand in one thread: no thread per waiting account",
+    )
+    max_in_flight: int = Field(
+        512,
+        ge=1,
+        le=100_000,
+        description="reads waiting at once when reading ahead (the rate limits still decide "
+        "when each is sent)",
+    )
 
 
 class StoreConfig(_Model):

@@ -56,6 +56,7 @@ from brokerguard.risk.exits import (
     TradingResumed,
 )
 from brokerguard.risk.gate import EntryDenied, TradingGate, TradingState
+from brokerguard.risk.reads import ReadsAhead
 from brokerguard.risk.valuation import Valuator
 from brokerguard.store.state import AuditRecord, StateStore, open_store
 
@@ -236,12 +237,18 @@ class GuardService:
             account.id: self._account(index, account)
             for index, account in enumerate(config.accounts)
         }
+        self.reads_ahead = (
+            ReadsAhead(max_in_flight=config.enforcement.max_in_flight)
+            if config.enforcement.reads_ahead
+            else None
+        )
         self.exits = ContinuousExitEnforcer(
             [a.enforcer for a in self.accounts.values()],
             interval=config.enforcement.interval_s,
             clock=self.clock,
             max_concurrency=config.enforcement.max_concurrency,
             leases=self.leases,
+            reads_ahead=self.reads_ahead,
         )
         self.exits.add_listener(self._record)
         # Wall time of each account's last completed step: /metrics exports it so an alert
@@ -750,6 +757,8 @@ class GuardService:
                 self.leases.release_all()  # the others take over now, not after the ttl
         if self.coordinator is not None:
             self.coordinator.close()
+        if self.reads_ahead is not None:
+            self.reads_ahead.close()
         self.store.close()
 
     def _sleep(self, seconds: float) -> None:

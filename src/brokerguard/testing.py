@@ -1,13 +1,16 @@
 """Test helpers shipped with the package, so users can test their bots the way we test ours.
 
 :class:`FakeClock` is a :class:`~brokerguard.clock.Clock` whose time moves only when told to:
-``sleep`` and ``asleep`` return at once after advancing it, so retry loops, recovery windows
-and settlement timeouts run in microseconds and always the same way.
+``sleep`` returns at once after advancing it and ``asleep`` as soon as the time reaches its
+wake-up (the earliest sleeping task moves it), so retry loops, recovery windows, settlement
+timeouts and many tasks waiting on a rate limiter run in microseconds and always the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import threading
 
@@ -26,11 +29,14 @@ class FakeClock:
     Safe to share between threads: time only ever moves forward, under a lock.
     """
 
-    __slots__ = ("_lock", "_now", "sleeps")
+    __slots__ = ("_asleep", "_lock", "_now", "_order", "_sleepers", "sleeps")
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = _check_seconds("start", start, allow_negative=True)
         self._lock = threading.Lock()
+        self._sleepers: list[tuple[float, int]] = []  # (wake-up time, order) of async sleeps
+        self._asleep: set[tuple[float, int]] = set()  # those still asleep
+        self._order = itertools.count()
         self.sleeps: list[float] = []
         """Every duration passed to sleep/asleep, in order."""
 
@@ -57,9 +63,34 @@ class FakeClock:
             self._now += seconds
 
     async def asleep(self, seconds: float) -> None:
-        """Advance time by `seconds`, then yield once to the event loop like a real sleep."""
-        self.sleep(seconds)
-        await asyncio.sleep(0)
+        """Suspend the task until the fake time has moved `seconds` on; the earliest moves it.
+
+        Sleeping tasks wake in the order of their wake-up times, as on a real clock: each one
+        yields to the loop until either the time has reached its wake-up (another task or a
+        thread moved it) or it is the earliest sleeper, which then moves the time to its own
+        wake-up. Ten tasks that each sleep one second therefore all wake one second later (not
+        ten), and a rate limiter's staggered slots land at their own times.
+        """
+        seconds = _check_seconds("seconds", seconds)
+        with self._lock:
+            self.sleeps.append(seconds)
+            wake = (self._now + seconds, next(self._order))
+            heapq.heappush(self._sleepers, wake)
+            self._asleep.add(wake)
+        try:
+            while True:
+                await asyncio.sleep(0)  # let every ready task run (and fall asleep) first
+                with self._lock:
+                    if self._now >= wake[0]:
+                        return
+                    while self._sleepers[0] not in self._asleep:
+                        heapq.heappop(self._sleepers)  # woke (or was cancelled) already
+                    if self._sleepers[0] == wake:
+                        self._now = wake[0]
+                        return
+        finally:
+            with self._lock:
+                self._asleep.discard(wake)
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now!r})"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import logging
 import threading
 import uuid
@@ -77,7 +78,7 @@ from brokerguard.resilience.breaker import BrokerCircuitBreaker
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.registry import get_circuit_breaker
 from brokerguard.resilience.retry import RetryPolicy
-from brokerguard.resilience.state import BrokerHealthState
+from brokerguard.resilience.state import BrokerHealthState, CircuitState
 
 __all__ = [
     "BaseBroker",
@@ -346,6 +347,7 @@ class BaseBroker(abc.ABC):
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
         self._bg_limiter = rate_limiter
+        self._bg_primed: _PrimedRead | None = None  # a pass's read made ahead (aprime_positions)
 
     # ------------------------------------------------------------------ the adapter's SPI
 
@@ -402,6 +404,19 @@ class BaseBroker(abc.ABC):
         """
         raise NotImplementedError
 
+    async def afetch_positions(self) -> Sequence[Position]:
+        """Optional: :meth:`fetch_positions` without blocking a thread (on the running loop).
+
+        An adapter that implements it (and :meth:`afetch_prices`) lets an enforcement pass
+        make every account's reads in flight at once on one event loop (:meth:`aprime_positions`)
+        instead of a thread per waiting account. The same payload rules apply.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no async reads")
+
+    async def afetch_prices(self, symbols: Sequence[str]) -> Mapping[str, object]:
+        """Optional: :meth:`fetch_prices` on the running loop (as :meth:`afetch_positions`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no async reads")
+
     def ping(self) -> object:
         """Make a cheap read-only call (server time, say); override when the broker has one."""
         raise NotImplementedError
@@ -427,6 +442,19 @@ class BaseBroker(abc.ABC):
             return True
         return (
             minimums.value is not None and price is not None and quantity * price < minimums.value
+        )
+
+    @property
+    def has_async_reads(self) -> bool:
+        """Whether the adapter reads positions and prices on an event loop (``afetch_*``).
+
+        Only when each async read is the twin of the sync read beside it: a subclass that
+        overrides ``fetch_positions`` (to check, record or alter what it answers) and inherits
+        an ``afetch_positions`` written for its parent has none, so that nothing it does to
+        its reads is ever bypassed.
+        """
+        return _async_twin(type(self), "fetch_positions") and _async_twin(
+            type(self), "fetch_prices"
         )
 
     @property
@@ -484,19 +512,7 @@ class BaseBroker(abc.ABC):
         Zero-quantity entries are dropped (they are not exposure); a duplicated symbol or a
         non-position in the payload makes the whole payload invalid.
         """
-        # Stamped with the time the fetch *started*: its content is at least that new, and a
-        # slower concurrent fetch that started earlier can never replace a newer snapshot.
-        started = self._bg_clock.monotonic()
-        wall_started = self._bg_clock.time()
-        with self._observed("read", "get_positions"):
-            self._probe_if_due(self._bg_read, real_call_is_probe=True)
-            try:
-                positions = self._bg_read.call_with_circuit_breaker(self._fetch_positions_checked)
-            except BaseException:
-                with self._bg_lock:
-                    self._bg_plausibility.interrupt()  # a gap: agreeing reads start again
-                raise
-        wall_ended = self._bg_clock.time()
+        positions, started, wall_started, wall_ended = self._read_positions()
         if self._bg_holdings_pending:
             self._seed_from_store()  # raises while the last run's holdings stay unreadable
         snapshot = PositionSnapshot(tuple(positions), started)
@@ -546,6 +562,116 @@ class BaseBroker(abc.ABC):
         if not verdict.believed and suspicion is not None:
             raise self._implausible(suspicion)
         return list(positions)
+
+    def _read_positions(self) -> tuple[list[Position], float, float, float]:
+        """The raw read: (positions, monotonic start, wall start, wall end); raises on failure.
+
+        The pass's read made ahead when one waits (:meth:`aprime_positions`), else one now.
+        """
+        with self._bg_lock:  # a read made ahead is judged once, by one caller
+            primed, self._bg_primed = self._bg_primed, None
+        if primed is None:
+            # Stamped with the time the fetch *started*: its content is at least that new,
+            # and a slower concurrent fetch that started earlier never replaces a newer one.
+            started = self._bg_clock.monotonic()
+            wall_started = self._bg_clock.time()
+            with self._observed("read", "get_positions"):
+                self._probe_if_due(self._bg_read, real_call_is_probe=True)
+                try:
+                    positions = self._bg_read.call_with_circuit_breaker(
+                        self._fetch_positions_checked
+                    )
+                except BaseException:
+                    with self._bg_lock:
+                        self._bg_plausibility.interrupt()  # a gap: agreeing reads start again
+                    raise
+            wall_ended = self._bg_clock.time()
+        else:
+            # The pass read it ahead (aprime_positions): judged here exactly as a read made now
+            # would be, with the times it was really made.
+            started, wall_started, wall_ended = primed.started, primed.wall_started, primed.ended
+            if primed.error is not None:
+                with self._bg_lock:
+                    self._bg_plausibility.interrupt()
+                raise primed.error
+            positions = primed.positions
+        return positions, started, wall_started, wall_ended
+
+    async def aprime_positions(self) -> bool:
+        """Read the positions now, on the running loop, for this account's next `get_positions`.
+
+        An enforcement pass reads every account ahead, all in flight on one event loop, and
+        then steps the accounts: the step's :meth:`get_positions` judges this read (the
+        plausibility rule, the stored holdings, the snapshot stamped with the time the read
+        *started*) as if it had just made it, and raises its error if it failed. The read goes
+        through the same read breaker (with its retries, sleeping on ``clock.asleep``), rate
+        limiter and payload checks as a synchronous one. Returns False, reading nothing, when
+        the adapter has no async reads or the read breaker is not closed (a half-open probe
+        and an open circuit stay the synchronous path's business).
+        """
+        breaker = self._bg_read
+        if not self.has_async_reads or breaker.state is not CircuitState.CLOSED:
+            return False
+        clock = self._bg_clock
+        started, wall_started = clock.monotonic(), clock.time()
+        error: BaseException | None = None
+        positions: list[Position] = []
+        try:
+            with self._observed("read", "get_positions"):
+                positions = await breaker.acall_with_circuit_breaker(self._afetch_positions_checked)
+        except Exception as exc:  # noqa: BLE001 (kept, and raised by get_positions)
+            error = exc
+        self._bg_primed = _PrimedRead(started, wall_started, clock.time(), positions, error)
+        return True
+
+    def discard_primed(self) -> None:
+        """Forget a read made ahead that no step used (the pass ended without this account)."""
+        self._bg_primed = None
+
+    @property
+    def primed(self) -> bool:
+        """Whether a read made ahead waits for this account's next :meth:`get_positions`."""
+        return self._bg_primed is not None
+
+    @property
+    def primed_count(self) -> int | None:
+        """The positions the read made ahead showed (None: none waiting, or it failed)."""
+        primed = self._bg_primed
+        return None if primed is None or primed.error is not None else len(primed.positions)
+
+    def primed_symbols(self) -> list[str]:
+        """The symbols of the successful read made ahead (empty when there is none)."""
+        primed = self._bg_primed
+        if primed is None or primed.error is not None:
+            return []
+        return [p.symbol for p in primed.positions]
+
+    @property
+    def shared_prices(self) -> SharedPrices | None:
+        """The venue's shared price answer this account reads (None: its own calls)."""
+        return self._bg_prices
+
+    async def aprime_prices(self, symbols: Sequence[str]) -> bool:
+        """Fetch the venue's shared prices for `symbols` on the running loop, through this key.
+
+        The answer lands in the venue's :class:`SharedPrices` for every account of this pass
+        (each still judges every value itself). Returns whether the board now holds an answer
+        for all of `symbols`; a failure is not kept (each account then asks for itself, and
+        fails closed on its own).
+        """
+        board = self._bg_prices
+        if board is None or not self.has_async_reads:
+            return False
+        if self._bg_read.state is not CircuitState.CLOSED:
+            return False
+
+        async def fetch(asked: list[str]) -> Mapping[str, object]:
+            with self._observed("read", "get_prices"):
+                return await self._bg_read.acall_with_circuit_breaker(
+                    self._afetch_prices_checked, asked
+                )
+
+        return await board.aprime(list(symbols), fetch)
 
     @property
     def plausibility_policy(self) -> PlausibilityPolicy:
@@ -1789,7 +1915,10 @@ class BaseBroker(abc.ABC):
 
     def _fetch_positions_checked(self) -> list[Position]:
         self._throttle("fetch_positions")
-        raw: object = self.fetch_positions()  # typed object: adapters may send anything
+        return self._checked_positions(self.fetch_positions())
+
+    def _checked_positions(self, raw: object) -> list[Position]:
+        """The held positions of a raw answer (typed object: adapters may send anything)."""
         if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
             raise self._bad_payload("positions", raw, "not_a_list")
         positions: list[Position] = []
@@ -1803,6 +1932,21 @@ class BaseBroker(abc.ABC):
             if item.quantity > 0:
                 positions.append(item)
         return positions
+
+    async def _athrottle(self, call: str) -> None:
+        if self._bg_limiter is not None:
+            await self._bg_limiter.aacquire(self.call_weights.get(call, 1.0))
+
+    async def _afetch_positions_checked(self) -> list[Position]:
+        await self._athrottle("fetch_positions")
+        return self._checked_positions(await self.afetch_positions())
+
+    async def _afetch_prices_checked(self, symbols: list[str]) -> Mapping[str, object]:
+        await self._athrottle("fetch_prices")
+        raw: object = await self.afetch_prices(symbols)
+        if not isinstance(raw, Mapping):
+            raise self._bad_payload("prices", raw, "not_a_mapping")
+        return raw
 
     def _fetch_prices_shared(self, wanted: list[str]) -> Mapping[str, Received]:
         """The venue's answer for `wanted`: each value as given, and when it arrived.
@@ -1872,6 +2016,26 @@ class BaseBroker(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.broker_name!r}, account_id={self.account_id!r})"
+
+
+@functools.cache
+def _async_twin(cls: type[BaseBroker], name: str) -> bool:
+    """Whether `cls` has an async ``a<name>`` defined by the class that defines its ``<name>``."""
+    owner = next((k for k in cls.__mro__ if f"a{name}" in vars(k)), BaseBroker)
+    return owner is not BaseBroker and getattr(cls, name) is getattr(owner, name)
+
+
+@dataclass(frozen=True, slots=True)
+class _PrimedRead:
+    """A position read an enforcement pass made ahead, waiting for the account's step."""
+
+    started: float
+    """Monotonic time the read started (the snapshot's stamp)."""
+    wall_started: float
+    ended: float
+    """Wall time the answer arrived."""
+    positions: list[Position]
+    error: BaseException | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -433,6 +433,7 @@ class PaperBroker(BaseBroker):
         self._seed = seed
         self._fault_dice: random.Random | None = None  # made on first use: 2.5 KB each
         self._positions: dict[str, Decimal] = {}
+        self._made_positions: dict[str, Position] = {}  # symbol -> last Position answered
         for symbol, quantity in (positions or {}).items():
             qty = parse_decimal(quantity, field="quantity", symbol=symbol)
             if qty > 0:
@@ -459,7 +460,13 @@ class PaperBroker(BaseBroker):
 
     def fetch_positions(self) -> Sequence[Position]:
         """Return the positions (or, under the plan, nothing at all or an older snapshot)."""
-        now = self._enter("fetch_positions")
+        return self._positions_at(self._enter("fetch_positions"))
+
+    async def afetch_positions(self) -> Sequence[Position]:
+        """:meth:`fetch_positions` with its latency awaited (``clock.asleep``), not slept."""
+        return self._positions_at(await self._aenter("fetch_positions"))
+
+    def _positions_at(self, now: float) -> list[Position]:
         with self._lock:
             self._settle(now)
             plan = self.fault_plan
@@ -472,11 +479,29 @@ class PaperBroker(BaseBroker):
             else:
                 state = dict(self._positions)
                 self._record(now, "fetch_positions", "ok")
-        return [Position(symbol, qty) for symbol, qty in sorted(state.items())]
+        return [self._position(symbol, qty) for symbol, qty in sorted(state.items())]
+
+    def _position(self, symbol: str, quantity: Decimal) -> Position:
+        """The position value for a holding: the last one made for it, while it is unchanged.
+
+        An exchange's answer is parsed anew each time, but this emulator's own state was
+        validated when it was set; re-validating twenty unchanged holdings on every read was
+        most of a read's cost. Bounded by the symbols it has held (its market's).
+        """
+        made = self._made_positions.get(symbol)
+        if made is None or made.quantity != quantity:
+            made = self._made_positions[symbol] = Position(symbol, quantity)
+        return made
 
     def fetch_prices(self, symbols: Sequence[str]) -> Mapping[str, object]:
         """Return the current walk price of each known symbol, with the plan's bad values."""
-        now = self._enter("fetch_prices")
+        return self._prices_at(self._enter("fetch_prices"), symbols)
+
+    async def afetch_prices(self, symbols: Sequence[str]) -> Mapping[str, object]:
+        """:meth:`fetch_prices` with its latency awaited (``clock.asleep``), not slept."""
+        return self._prices_at(await self._aenter("fetch_prices"), symbols)
+
+    def _prices_at(self, now: float, symbols: Sequence[str]) -> dict[str, object]:
         with self._lock:
             quotes = self.market.quotes(symbols, now)
             payload: dict[str, object] = {}
@@ -692,6 +717,17 @@ class PaperBroker(BaseBroker):
         latency = self.fault_plan.latency.get(method, 0.0)
         if latency:
             self.clock.sleep(latency)
+        return self._land(method)
+
+    async def _aenter(self, method: str) -> float:
+        """:meth:`_enter` for an async read: the latency awaited on the clock."""
+        latency = self.fault_plan.latency.get(method, 0.0)
+        if latency:
+            await self.clock.asleep(latency)
+        return self._land(method)
+
+    def _land(self, method: str) -> float:
+        """The call arrives: the plan's refusals for it; return the time it lands."""
         now = self.clock.monotonic()
         with self._lock:
             plan = self.fault_plan

@@ -17,7 +17,7 @@ on its own.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -116,6 +116,11 @@ class SharedPrices:
             # That fetch did not ask for all of ours, failed on another account's untested
             # symbol, or on its key (revoked, rate-limited): look again (and lead the next one).
 
+    def holds(self, symbols: Iterable[str]) -> bool:
+        """Whether a fresh answer that asked for every one of `symbols` is held."""
+        with self._lock:
+            return self._fresh(list(symbols)) is not None
+
     def _fresh(self, wanted: list[str]) -> dict[str, Received] | None:
         """The held answer for `wanted`, if it is young enough and asked for all of it."""
         if (
@@ -151,20 +156,57 @@ class SharedPrices:
             flight.error = exc
             raise
         finally:
-            with self._lock:
-                if self._flight is flight:
-                    self._flight = None
-                if flight.error is None:
-                    for symbol in flight.answer:
-                        if len(self._symbols) < MAX_SHARED_SYMBOLS:
-                            self._symbols[symbol] = None
-                if flight.error is None and flight.pass_number == self._pass:
-                    self.fetches += 1
-                    self._answer = flight.answer
-                    self._asked = flight.asked
-                    self._fetched_at = flight.started
-            flight.done.set()
+            self._land(flight)
         return flight.subset(wanted)
+
+    async def aprime(
+        self,
+        wanted: Iterable[str],
+        fetch: Callable[[list[str]], Awaitable[Mapping[str, object]]],
+    ) -> bool:
+        """Fetch the answer for `wanted` on the running loop, ahead of this pass's accounts.
+
+        One call through `fetch` (asking for `wanted` and every known symbol) unless a fresh
+        answer holds them already; none when another fetch is under way (its thread's
+        waiters have it; the accounts then read it, or fetch, as they would without this).
+        Returns whether the held answer now covers `wanted`. A failure is not kept: each
+        account asking afterwards fetches (and fails closed) on its own.
+        """
+        wanted = list(dict.fromkeys(wanted))
+        with self._lock:
+            if self._fresh(wanted) is not None:
+                return True
+            flight, leading = self._flight_for(wanted)
+        if not leading:
+            return False
+        try:
+            raw = await fetch(sorted(flight.asked))
+            received_at = self.clock.time()
+            flight.answer = {s: Received(raw[s], received_at) for s in flight.asked if s in raw}
+        except BaseException as exc:
+            flight.error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._land(flight)
+        with self._lock:
+            return self._fresh(wanted) is not None
+
+    def _land(self, flight: _Flight) -> None:
+        """End `flight`: keep its answer (when it is this pass's) and wake its waiters."""
+        with self._lock:
+            if self._flight is flight:
+                self._flight = None
+            if flight.error is None:
+                for symbol in flight.answer:
+                    if len(self._symbols) < MAX_SHARED_SYMBOLS:
+                        self._symbols[symbol] = None
+            if flight.error is None and flight.pass_number == self._pass:
+                self.fetches += 1
+                self._answer = flight.answer
+                self._asked = flight.asked
+                self._fetched_at = flight.started
+        flight.done.set()
 
 
 def _venue_wide(error: BaseException) -> bool:

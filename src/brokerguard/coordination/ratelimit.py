@@ -36,6 +36,7 @@ property tests check the budget on it, and the Redis tests check that the script
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 from collections.abc import Callable
@@ -254,6 +255,20 @@ class SharedRateLimiter(RateLimiter):
         Raises :class:`FleetRateLimitedError` when the wait would exceed ``max_wait_s`` and
         :class:`NotAdmittedError` when Redis cannot be asked: in both cases no call is made.
         """
+        wait = self._granted(weight)
+        if wait > 0:
+            self.clock.sleep(wait)
+        return wait
+
+    async def aacquire(self, weight: float = 1.0) -> float:
+        """Async twin of :meth:`acquire`; Redis is asked from a worker thread (one round trip)."""
+        wait = await asyncio.to_thread(self._granted, weight)
+        if wait > 0:
+            await self.clock.asleep(wait)
+        return wait
+
+    def _granted(self, weight: float) -> float:
+        """The fleet's answer for `weight` tokens: the wait before the call, or a refusal."""
         answer = self.take(weight)
         wait = answer.wait_us / 1_000_000
         if not answer.granted:
@@ -267,7 +282,6 @@ class SharedRateLimiter(RateLimiter):
         if wait > 0:
             with self._lock:
                 self.waited += wait
-            self.clock.sleep(wait)
         return wait
 
     def __repr__(self) -> str:

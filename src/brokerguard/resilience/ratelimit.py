@@ -48,6 +48,23 @@ class RateLimiter:
 
         A weight above ``burst`` could never fit in the bucket: it is a configuration error.
         """
+        wait = self._reserve(weight)
+        if wait > 0:
+            self.clock.sleep(wait)
+        return wait
+
+    async def aacquire(self, weight: float = 1.0) -> float:
+        """Async twin of :meth:`acquire`: the wait is ``clock.asleep`` (no thread blocked).
+
+        Sync and async callers share one bucket: a slot reserved by either is kept.
+        """
+        wait = self._reserve(weight)
+        if wait > 0:
+            await self.clock.asleep(wait)
+        return wait
+
+    def _reserve(self, weight: float) -> float:
+        """Take `weight` tokens now (going negative reserves a later slot); return the wait."""
         check_weight(weight, self.burst)
         with self._lock:
             now = self.clock.monotonic()
@@ -56,8 +73,6 @@ class RateLimiter:
             self._tokens -= weight  # may go negative: a reservation for a later slot
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
             self.waited += wait
-        if wait > 0:
-            self.clock.sleep(wait)
         return wait
 
 

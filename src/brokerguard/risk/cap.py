@@ -126,6 +126,7 @@ class PositionCapEnforcer:
         # the deadline the enforcer counts them as being sold and sells something else only
         # if they cannot clear the excess.
         self._delegated: dict[str, float] = {}
+        self._dust_of: tuple[ValuationReport, frozenset[str]] | None = None  # within a step
 
     @property
     def account_id(self) -> str:
@@ -164,6 +165,36 @@ class PositionCapEnforcer:
         # One look at other processes' halts, pauses and orders for the whole step.
         with self.store.pinned():
             return self._enforce_fenced(fence_token, fence_holder, fence_namespace, keep_lease)
+
+    def step_is_local(self) -> bool:
+        """Whether the next step looks like it needs no broker call: its reads are in hand.
+
+        True when the pass read this account ahead (a successful read, within the cap, losing
+        no symbol of the last believed read), its prices are in the venue's shared answer, and
+        nothing waits on the venue: no live journaled order, no order of unknown outcome, no
+        halt (a halted account cancels resting buys). An enforcement pass steps such accounts
+        one after the other in its own thread and the rest in its pool, so that no slow
+        account (selling, settling, looking orders up) holds up the others. A wrong guess
+        costs only time: the step makes whatever calls it needs either way.
+        """
+        broker = self.broker
+        count = broker.primed_count
+        if count is None or count > self.max_positions:
+            return False
+        symbols = broker.primed_symbols()
+        last = broker.last_position_snapshot()
+        if last is not None and not {p.symbol for p in last.positions}.issubset(symbols):
+            return False
+        board = broker.shared_prices
+        if symbols and (board is None or not board.holds(symbols)):
+            return False
+        if broker.unresolved_orders():
+            return False
+        try:
+            live = self.store.journal(self.account_id, statuses=set(LIVE_ORDER_STATUSES))
+            return not live and not self.store.is_halted(self.account_id)
+        except BrokerGuardError:
+            return False
 
     def _enforce_fenced(
         self,
@@ -523,12 +554,20 @@ class PositionCapEnforcer:
             )
 
     def _dust(self, report: ValuationReport) -> set[str]:
-        """The positions below the venue's minimum order: they cannot be sold."""
-        return {
+        """The positions below the venue's minimum order: they cannot be sold.
+
+        Worked out once per report (a step asks for it two or three times).
+        """
+        known = self._dust_of
+        if known is not None and known[0] is report:
+            return set(known[1])
+        dust = frozenset(
             v.symbol
             for v in report.valuations
             if self.broker.is_dust(v.symbol, v.quantity, v.price)
-        }
+        )
+        self._dust_of = (report, dust)
+        return set(dust)
 
     def _counted(self, report: ValuationReport) -> int:
         """How many positions occupy cap slots (see ``count_unpriced`` and ``count_dust``)."""
@@ -764,6 +803,7 @@ class PositionCapEnforcer:
             return False
 
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        self._dust_of = None  # a step's; not kept between passes
         try:
             result["trading_halted"] = self.store.is_halted(self.account_id)
         except BrokerGuardError:

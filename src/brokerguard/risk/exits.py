@@ -16,6 +16,7 @@ answer makes the step ``unverified``; tokens refused pass after pass are a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +34,7 @@ from brokerguard.errors import (
     StoreUnavailableError,
 )
 from brokerguard.risk.cap import PositionCapEnforcer
+from brokerguard.risk.reads import PrimedPass, ReadsAhead
 from brokerguard.store.state import StateStore
 
 if TYPE_CHECKING:  # the fleet's leases are optional (they need redis)
@@ -181,6 +183,10 @@ class ContinuousExitEnforcer:
             an account is enforced only under its lease, with the lease's fencing token, and
             skipped (``status: "held_elsewhere"``) while another worker holds it. Leases
             without a store get the accounts' store, where they fence each token they take.
+        reads_ahead: make each pass's reads first, all in flight on one event loop
+            (:class:`~brokerguard.risk.reads.ReadsAhead`); the accounts whose reads are then in
+            hand are stepped one after the other in the calling thread, the others in the
+            pool. None: each step reads for itself, in the pool.
     """
 
     def __init__(
@@ -193,6 +199,7 @@ class ContinuousExitEnforcer:
         max_positions: int = 8,
         store: StateStore | None = None,
         leases: AccountLeases | None = None,
+        reads_ahead: ReadsAhead | None = None,
     ) -> None:
         given = (
             [enforcers] if isinstance(enforcers, PositionCapEnforcer | BaseBroker) else enforcers
@@ -225,6 +232,9 @@ class ContinuousExitEnforcer:
         self.interval = float(interval)
         self.max_concurrency = max_concurrency
         self.leases = leases
+        self.reads_ahead = reads_ahead
+        self.last_primed: PrimedPass | None = None
+        """What the last pass read ahead (None: it read nothing ahead)."""
         self._lock = threading.Lock()
         self.clock = clock if clock is not None else listed[0].clock
         self._listeners: list[EventListener] = []
@@ -255,27 +265,68 @@ class ContinuousExitEnforcer:
 
     def tick(self) -> dict[str, dict[str, Any]]:
         """Enforce every account once; return each account's result."""
-        if self.max_concurrency == 1:
-            self._begin_pass()
-            results = {}
+        self._begin_pass()
+        try:
+            local = self._read_ahead()
+            if self.max_concurrency == 1:
+                results = {}
+                for enforcer in self.enforcers:
+                    if self._stop.is_set():
+                        break
+                    results[enforcer.account_id] = self._enforce_one(enforcer)
+            else:
+                results = self._tick_in_pool(local)
+        finally:
             for enforcer in self.enforcers:
-                if self._stop.is_set():
-                    break
-                results[enforcer.account_id] = self._enforce_one(enforcer)
-        else:
-            self._begin_pass()
-            with ThreadPoolExecutor(self.max_concurrency, "brokerguard-enforce") as pool:
-                futures = {
-                    e.account_id: pool.submit(self._enforce_unless_stopped, e)
-                    for e in self.enforcers
-                }
-            results = {
-                account: result
-                for account, future in futures.items()
-                if (result := future.result()) is not None
-            }
+                enforcer.broker.discard_primed()  # a read made ahead serves this pass only
         self.ticks += 1
         return results
+
+    def _tick_in_pool(self, local: set[str]) -> dict[str, dict[str, Any]]:
+        """Step the accounts whose reads are in hand here, the others in the pool meanwhile."""
+        stepped: dict[str, dict[str, Any] | None] = {}
+        with ThreadPoolExecutor(self.max_concurrency, "brokerguard-enforce") as pool:
+            futures = {
+                e.account_id: pool.submit(self._enforce_unless_stopped, e)
+                for e in self.enforcers
+                if e.account_id not in local
+            }
+            for enforcer in self.enforcers:
+                if enforcer.account_id in local:
+                    stepped[enforcer.account_id] = self._enforce_unless_stopped(enforcer)
+        for account, future in futures.items():
+            stepped[account] = future.result()
+        return {
+            e.account_id: result
+            for e in self.enforcers
+            if (result := stepped.get(e.account_id)) is not None
+        }
+
+    def _read_ahead(self) -> set[str]:
+        """Make this pass's reads ahead; return the accounts whose steps look local."""
+        self.last_primed = None
+        if self.reads_ahead is None or self._stop.is_set():
+            return set()
+        enforcers = self.enforcers
+        if self.leases is not None:  # only the accounts this worker will step
+            leases = self.leases
+            held = leases.held()
+            enforcers = [
+                e for e in enforcers if e.account_id in held or leases.prefers(e.account_id)
+            ]
+        self.last_primed = self.reads_ahead.prime(e.broker for e in enforcers)
+        local: set[str] = set()
+        with contextlib.ExitStack() as pins:
+            # One look at other processes' changes for all the guesses (each step looks again).
+            for store in {id(e.store): e.store for e in enforcers}.values():
+                pins.enter_context(store.pinned())
+            for enforcer in enforcers:
+                try:
+                    if enforcer.step_is_local():
+                        local.add(enforcer.account_id)
+                except Exception:  # a guess only: such an account is stepped in the pool
+                    log.exception("account %s: could not tell its step", enforcer.account_id)
+        return local
 
     def run(self, *, max_ticks: int | None = None) -> None:
         """Tick every ``interval`` seconds until :meth:`stop` (or `max_ticks` passes)."""

@@ -1,0 +1,365 @@
+"""Reads ahead: a pass makes every account's reads on one event loop, then steps the accounts.
+
+What must hold: the reads wait together (not one after the other, not a thread each); each step
+judges the read made for it exactly as a read of its own (the same evidence rules, the time the
+read started); a failed read fails its step closed without a second call; a read made ahead
+serves its own pass only; accounts whose steps need the venue are stepped in the pool while the
+others are stepped in the calling thread; and nothing an adapter does to its reads is bypassed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+import pytest
+
+from brokerguard import BrokerCircuitBreaker, CircuitState
+from brokerguard.brokers import FaultPlan, PaperBroker
+from brokerguard.brokers.prices import SharedPrices
+from brokerguard.config import parse_config
+from brokerguard.models import Position
+from brokerguard.resilience import RateLimiter
+from brokerguard.risk import ContinuousExitEnforcer, PositionCapEnforcer
+from brokerguard.risk.reads import PrimedPass, ReadsAhead
+from brokerguard.service import GuardService
+from brokerguard.store import open_store
+from brokerguard.testing import FakeClock
+
+from .worlds import coins
+
+LATENCY = 0.05
+
+
+class ThreadedPaper(PaperBroker):
+    """A paper broker noting the thread of every position read (both twins, so it reads ahead)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.read_threads: list[str] = []
+
+    def fetch_positions(self) -> Sequence[Position]:
+        self.read_threads.append(threading.current_thread().name)
+        return super().fetch_positions()
+
+    async def afetch_positions(self) -> Sequence[Position]:
+        self.read_threads.append(threading.current_thread().name)
+        return await super().afetch_positions()
+
+
+class CheckedPaper(PaperBroker):
+    """Overrides the sync read only (it checks every answer): it must never be read ahead."""
+
+    checked = 0
+
+    def fetch_positions(self) -> Sequence[Position]:
+        CheckedPaper.checked += 1
+        return super().fetch_positions()
+
+
+def paper(
+    clock: FakeClock,
+    name: str,
+    held: int,
+    *,
+    cls: type[PaperBroker] = ThreadedPaper,
+    plan: FaultPlan | None = None,
+    board: SharedPrices | None = None,
+    limiter: RateLimiter | None = None,
+) -> PaperBroker:
+    prices = coins(20)
+    plan = plan or FaultPlan(
+        latency={"fetch_positions": LATENCY, "fetch_prices": LATENCY, "fetch_order": LATENCY}
+    )
+    broker = cls(
+        "paper",
+        clock=clock,
+        account_id=name,
+        prices=prices,
+        positions=dict.fromkeys(list(prices)[:held], "1"),
+        fault_plan=plan,
+        settle_delay=0.5,
+        volatility=0,
+        read_breaker=BrokerCircuitBreaker(f"paper-{name}", scope="read", clock=clock),
+        write_breaker=BrokerCircuitBreaker(f"paper-{name}", scope="write", clock=clock),
+        rate_limiter=limiter,
+    )
+    if board is not None:
+        broker.share_prices(board)
+    return broker
+
+
+@pytest.fixture
+def reads():
+    ahead = ReadsAhead(max_in_flight=64)
+    yield ahead
+    ahead.close()
+
+
+@pytest.fixture
+def store(clock):
+    return open_store("sqlite://", clock=clock)
+
+
+def fleet(clock, store, reads, n: int, held: int = 3, **kwargs):
+    board = SharedPrices(clock, max_age=5.0)
+    enforcers = [
+        PositionCapEnforcer(paper(clock, f"acct-{i}", held, board=board, **kwargs), 8, store=store)
+        for i in range(n)
+    ]
+    return enforcers, board
+
+
+def test_a_pass_reads_every_account_at_once_on_the_reads_thread(clock, store, reads):
+    """40 accounts whose reads take 50 ms each: the pass waits about one read, not forty."""
+    enforcers, board = fleet(clock, store, reads, 40)
+    loop = ContinuousExitEnforcer(enforcers, max_concurrency=8, reads_ahead=reads)
+    started = clock.monotonic()
+    results = loop.tick()
+    assert {r["status"] for r in results.values()} == {"compliant"}
+    # One round of position reads and one batched price read, on the fake clock.
+    assert clock.monotonic() - started == pytest.approx(2 * LATENCY)
+    assert loop.last_primed == PrimedPass(read=40, failed=0, skipped=0, venues_priced=1)
+    assert board.fetches == 1
+    for enforcer in enforcers:
+        assert enforcer.broker.read_threads == ["brokerguard-reads"]  # type: ignore[attr-defined]
+
+
+def test_without_reads_ahead_each_step_reads_for_itself_in_the_pool(clock, store):
+    """The same pass without reads ahead: every read made by a pool thread."""
+    enforcers, _ = fleet(clock, store, None, 5)
+    loop = ContinuousExitEnforcer(enforcers, max_concurrency=4)
+    loop.tick()
+    assert loop.last_primed is None
+    threads = {t for e in enforcers for t in e.broker.read_threads}  # type: ignore[attr-defined]
+    assert threads
+    assert all(t.startswith("brokerguard-enforce") for t in threads)
+
+
+def test_the_step_judges_the_read_made_ahead_with_the_time_it_started(clock, store, reads):
+    """The snapshot the gate sees is stamped when the read started, not when it was judged."""
+    enforcers, _ = fleet(clock, store, reads, 1)
+    broker = enforcers[0].broker
+    started = clock.monotonic()
+    reads.prime([broker])
+    assert broker.primed
+    assert broker.primed_count == 3
+    clock.advance(30)  # judged much later: the answer is still as old as the read
+    ok, result = enforcers[0].enforce_cap()
+    assert ok
+    assert result["position_count"] == 3
+    snapshot = broker.last_position_snapshot()
+    assert snapshot is not None
+    assert snapshot.fetched_at == started
+    assert not broker.primed  # used once
+    calls = [c.method for c in broker.calls]
+    assert calls.count("fetch_positions") == 1  # the step made no read of its own
+
+
+def test_a_failed_read_ahead_fails_the_step_closed_without_a_second_call(clock, store, reads):
+    """The exchange refuses the read: the step is unverified, sends nothing, reads no more."""
+    plan = FaultPlan(error_rate={"fetch_positions": 1.0})
+    enforcers, _ = fleet(clock, store, reads, 1, held=12, plan=plan)
+    broker = enforcers[0].broker
+    reads.prime([broker])
+    assert broker.primed
+    assert broker.primed_count is None
+    attempts = len(broker.calls)
+    assert attempts >= 1  # the breaker's retries, made ahead
+    ok, result = enforcers[0].enforce_cap()
+    assert not ok
+    assert result["status"] == "unverified"
+    assert "could not be fetched" in result["reason"]
+    assert result["orders"] == []
+    assert not broker.all_orders()
+    assert len(broker.calls) == attempts  # nothing more was asked of the venue
+
+
+def test_a_read_ahead_that_loses_positions_is_not_believed_without_evidence(clock, store, reads):
+    """An empty successful read made ahead is judged as one made by the step: not believed."""
+    enforcers, _ = fleet(clock, store, reads, 1, held=3)
+    enforcer = enforcers[0]
+    broker = enforcer.broker
+    assert enforcer.enforce_cap()[1]["position_count"] == 3  # believed: 3 held
+    broker.fault_plan = FaultPlan(empty_positions_rate=1.0)
+    reads.prime([broker])
+    assert broker.primed_count == 0
+    assert not enforcer.step_is_local()  # it lost symbols: the step may look orders up
+    ok, result = enforcer.enforce_cap()
+    assert not ok
+    assert result["status"] == "unverified"
+    assert "implausible" in result["reason"]
+
+
+def test_over_the_cap_accounts_are_stepped_in_the_pool_the_rest_here(clock, store, reads):
+    """Selling waits on the venue: that account goes to the pool; compliant ones stay local."""
+    enforcers, _ = fleet(clock, store, reads, 4)
+    over = PositionCapEnforcer(
+        paper(clock, "over", 12, board=enforcers[0].broker.shared_prices), 8, store=store
+    )
+    loop = ContinuousExitEnforcer([*enforcers, over], max_concurrency=4, reads_ahead=reads)
+    stepped_in: dict[str, str] = {}
+    loop.add_result_listener(
+        lambda account, _result: stepped_in.__setitem__(account, threading.current_thread().name)
+    )
+    results = loop.tick()
+    assert results["over"]["status"] == "compliant"
+    assert results["over"]["liquidated"]
+    assert stepped_in["over"].startswith("brokerguard-enforce")
+    assert {stepped_in[e.account_id] for e in enforcers} == {threading.current_thread().name}
+    assert list(results) == [*(e.account_id for e in enforcers), "over"]  # the accounts' order
+
+
+def test_a_read_made_ahead_serves_its_own_pass_only(clock, store, reads):
+    """A pass stopped before an account's step leaves no read behind for a later pass."""
+    enforcers, _ = fleet(clock, store, reads, 3)
+    loop = ContinuousExitEnforcer(enforcers, max_concurrency=2, reads_ahead=reads)
+    original = loop._enforce_one
+
+    def stop_after_first(enforcer):
+        result = original(enforcer)
+        loop._stop.set()
+        return result
+
+    loop._enforce_one = stop_after_first  # type: ignore[method-assign]
+    loop.tick()
+    assert not any(e.broker.primed for e in enforcers)
+
+
+def test_an_adapter_that_checks_its_sync_reads_is_never_read_ahead(clock, store, reads):
+    """Overriding fetch_positions alone means its async parent would bypass it: no reads ahead."""
+    broker = paper(clock, "checked", 3, cls=CheckedPaper)
+    assert not broker.has_async_reads
+    assert paper(clock, "plain", 3, cls=PaperBroker).has_async_reads
+    enforcer = PositionCapEnforcer(broker, 8, store=store)
+    loop = ContinuousExitEnforcer([enforcer], max_concurrency=2, reads_ahead=reads)
+    before = CheckedPaper.checked
+    assert loop.tick()[enforcer.account_id]["status"] == "compliant"
+    assert loop.last_primed == PrimedPass(read=0, failed=0, skipped=1, venues_priced=0)
+    assert CheckedPaper.checked == before + 1  # its own read, through its check
+
+
+def test_an_open_read_circuit_is_not_read_ahead(clock, store, reads):
+    """The probe of a half-open circuit and the refusal of an open one stay the step's."""
+    enforcers, _ = fleet(clock, store, reads, 1)
+    broker = enforcers[0].broker
+    broker.read_breaker.force_open("test")
+    assert broker.read_breaker.state is CircuitState.OPEN
+    assert reads.prime([broker]) == PrimedPass(read=0, failed=0, skipped=1, venues_priced=0)
+    assert not broker.primed
+    assert broker.calls == []
+
+
+def test_reads_ahead_keep_to_the_shared_rate_limit(clock, store, reads):
+    """Ten accounts on one key limited to 5 calls/s (burst 1): reads ahead wait their slots."""
+    limiter = RateLimiter(5, 1, clock=clock)
+    enforcers, _ = fleet(clock, store, reads, 10, limiter=limiter)
+    ContinuousExitEnforcer(enforcers, max_concurrency=4, reads_ahead=reads).tick()
+    times = sorted(c.at for e in enforcers for c in e.broker.calls if c.method == "fetch_positions")
+    assert len(times) == 10
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.2 - 1e-9  # one call per 1/5 s, never two at once
+
+
+def test_a_failed_shared_price_read_ahead_leaves_each_account_to_fetch(clock, store, reads):
+    """The venue's price read fails ahead: no answer is kept; the steps fetch (and value)."""
+    plan = FaultPlan(
+        latency={"fetch_positions": LATENCY},
+        error_rate={"fetch_prices": 1.0},
+    )
+    enforcers, board = fleet(clock, store, reads, 2, plan=plan)
+    reads.prime([e.broker for e in enforcers])
+    assert board.fetches == 0
+    assert not board.holds(enforcers[0].broker.primed_symbols())
+    assert not enforcers[0].step_is_local()
+    for enforcer in enforcers:
+        enforcer.broker.fault_plan = FaultPlan()
+    ok, result = enforcers[0].enforce_cap()
+    assert ok
+    assert result["valued_count"] == 3
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        FaultPlan(),
+        FaultPlan(empty_positions_rate=0.5),
+        FaultPlan(error_rate={"fetch_positions": 0.4, "fetch_prices": 0.4}),
+        FaultPlan(bad_prices={"C02/USD": Decimal(0)}),
+    ],
+    ids=["clean", "empty-reads", "errors", "bad-price"],
+)
+def test_a_service_decides_the_same_with_and_without_reads_ahead(tmp_path, plan):
+    """Same seeds, same faults, three passes: the same statuses, counts and unvalued symbols."""
+
+    def run(reads_ahead: bool) -> list[dict[str, tuple[object, ...]]]:
+        config = parse_config(
+            {
+                "store": {"url": f"sqlite:///{tmp_path / f'{reads_ahead}.db'}"},
+                "enforcement": {"max_concurrency": 1, "reads_ahead": reads_ahead},
+                "alerts": [],
+                "brokers": {"paper": {"kind": "paper", "seed": 7, "prices": coins(6)}},
+                "accounts": [
+                    {
+                        "id": f"acct-{i}",
+                        "broker": "paper",
+                        "max_positions": 4,
+                        "positions": dict.fromkeys(list(coins(6))[: 2 + i], "1"),
+                    }
+                    for i in range(4)
+                ],
+            }
+        )
+        service = GuardService(config, clock=FakeClock(start=1_795_000_000.0))
+        for runtime in service.accounts.values():
+            runtime.broker.fault_plan = plan  # type: ignore[attr-defined]
+        passes = []
+        try:
+            for _ in range(3):
+                results = service.tick()
+                passes.append(
+                    {
+                        account: (
+                            r["status"],
+                            r.get("position_count"),
+                            tuple(r.get("unvalued_symbols", ())),
+                            tuple(r.get("liquidated", ())),
+                        )
+                        for account, r in results.items()
+                    }
+                )
+        finally:
+            service.close()
+        return passes
+
+    assert run(reads_ahead=True) == run(reads_ahead=False)
+
+
+def test_reads_ahead_is_closed_with_the_service(tmp_path):
+    """The loop's thread ends when the service closes."""
+    config = parse_config(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 's.db'}"},
+            "alerts": [],
+            "brokers": {"paper": {"kind": "paper"}},
+            "accounts": [{"id": "a", "broker": "paper", "max_positions": 3}],
+        }
+    )
+    service = GuardService(config)
+    service.tick()
+    assert any(t.name == "brokerguard-reads" for t in threading.enumerate())
+    service.close()
+    assert not any(t.name == "brokerguard-reads" for t in threading.enumerate())
+
+
+def test_the_async_twins_answer_what_the_sync_reads_answer() -> None:
+    """The paper broker's async reads give the same payload as its sync ones."""
+    clock = FakeClock()
+    broker = paper(clock, "t", 2)
+    sync = broker.fetch_positions()
+    prices: Mapping[str, object] = asyncio.run(broker.afetch_prices(["C01/USD"]))
+    assert list(asyncio.run(broker.afetch_positions())) == list(sync)
+    assert prices == broker.fetch_prices(["C01/USD"])
