@@ -442,6 +442,14 @@ class EnforcementConfig(_Model):
         description="reads waiting at once when reading ahead (the rate limits still decide "
         "when each is sent)",
     )
+    read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="the longest one attempt of a read made ahead waits for its venue: then "
+        "it is a transient failure (counted by the read breaker), never a pass that hangs",
+    )
 
 
 class StoreConfig(_Model):

@@ -44,7 +44,7 @@ from brokerguard.integrations.freqtrade import FreqtradeSupervisor
 from brokerguard.models import Side, parse_symbol
 from brokerguard.orders import OrderState
 from brokerguard.resilience.breaker import BrokerCircuitBreaker, is_breaking_enabled
-from brokerguard.resilience.classify import venue_classifier
+from brokerguard.resilience.classify import VenueClassifier
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.state import CircuitState
 from brokerguard.risk.cap import ENFORCER_SOURCE, PositionCapEnforcer
@@ -238,7 +238,10 @@ class GuardService:
             for index, account in enumerate(config.accounts)
         }
         self.reads_ahead = (
-            ReadsAhead(max_in_flight=config.enforcement.max_in_flight)
+            ReadsAhead(
+                max_in_flight=config.enforcement.max_in_flight,
+                read_timeout_s=config.enforcement.read_timeout_s,
+            )
             if config.enforcement.reads_ahead
             else None
         )
@@ -311,8 +314,8 @@ class GuardService:
                 "rng": random.Random(f"{venue}:{scope}"),  # noqa: S311 (jitter)
             }
             keys = sum(1 for n in self.config.brokers if self.config.venue_of(n) == venue)
-            if keys > 1:  # one key's own fatal error is not the exchange's outage
-                options["classifier"] = venue_classifier
+            if keys > 1:  # one key's own fatal error or rate limit is not the exchange's outage
+                options["classifier"] = VenueClassifier(self.clock)
             kind = BrokerCircuitBreaker
             if self.coordinator is not None:  # the fleet's circuit, in Redis
                 kind = _shared_breaker_class()
@@ -350,6 +353,7 @@ class GuardService:
             coordinator=self.coordinator,
         )
         _with_order_truth(broker, broker_config)
+        broker.api_key_name = account.broker  # its entry: one API key (never the key itself)
         if broker_config.share_prices_s > 0:
             broker.share_prices(self.prices.get(venue))
         valuator = Valuator(

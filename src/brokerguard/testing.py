@@ -29,7 +29,7 @@ class FakeClock:
     Safe to share between threads: time only ever moves forward, under a lock.
     """
 
-    __slots__ = ("_asleep", "_lock", "_now", "_order", "_sleepers", "sleeps")
+    __slots__ = ("_asleep", "_lock", "_now", "_order", "_registered", "_sleepers", "sleeps")
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = _check_seconds("start", start, allow_negative=True)
@@ -37,6 +37,7 @@ class FakeClock:
         self._sleepers: list[tuple[float, int]] = []  # (wake-up time, order) of async sleeps
         self._asleep: set[tuple[float, int]] = set()  # those still asleep
         self._order = itertools.count()
+        self._registered = 0  # async sleeps begun, ever
         self.sleeps: list[float] = []
         """Every duration passed to sleep/asleep, in order."""
 
@@ -77,6 +78,9 @@ class FakeClock:
             wake = (self._now + seconds, next(self._order))
             heapq.heappush(self._sleepers, wake)
             self._asleep.add(wake)
+            self._registered += 1
+        quiet = 0  # loop turns in a row this sleeper was earliest and nobody fell asleep
+        registered = -1
         try:
             while True:
                 await asyncio.sleep(0)  # let every ready task run (and fall asleep) first
@@ -85,7 +89,13 @@ class FakeClock:
                         return
                     while self._sleepers[0] not in self._asleep:
                         heapq.heappop(self._sleepers)  # woke (or was cancelled) already
-                    if self._sleepers[0] == wake:
+                    if self._sleepers[0] != wake or self._registered != registered:
+                        quiet, registered = 0, self._registered
+                        continue
+                    quiet += 1
+                    # A task just woken may start others (wait_for, gather) that fall asleep
+                    # only a few loop turns later: time moves once the loop has settled.
+                    if quiet >= _SETTLE_TURNS:
                         self._now = wake[0]
                         return
         finally:
@@ -94,6 +104,11 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now!r})"
+
+
+_SETTLE_TURNS = 4
+"""Loop turns the earliest async sleeper waits, with nobody else falling asleep, before it moves
+the time: a woken task's new tasks (``wait_for``, ``gather``) start a turn or two later."""
 
 
 def _check_seconds(name: str, seconds: float, *, allow_negative: bool = False) -> float:

@@ -544,17 +544,8 @@ def test_an_entrys_breaker_override_is_never_silently_replaced_by_its_venue_mate
     "error",
     [
         FatalBrokerError("EAPI:Invalid key"),
-        pytest.param(
-            RateLimitedError("EAPI:Rate limit exceeded", retry_after=5),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="GAP, kept: one key's own rate-limit answers (5 RateLimitedError) open "
-                "the read circuit of every key of its venue. Not every 429 is one key's (an "
-                "IP's or the exchange's own limit is everyone's), so venue_classifier still "
-                "counts them; each key's own limiter keeps it under its budget. A per-key "
-                "breaker beside the venue's would close this.",
-            ),
-        ),
+        # Closed: a rate limit counts for the venue only when another key hits one too.
+        RateLimitedError("EAPI:Rate limit exceeded", retry_after=5),
     ],
     ids=["revoked_key", "rate_limited_key"],
 )

@@ -363,3 +363,33 @@ def test_the_async_twins_answer_what_the_sync_reads_answer() -> None:
     prices: Mapping[str, object] = asyncio.run(broker.afetch_prices(["C01/USD"]))
     assert list(asyncio.run(broker.afetch_positions())) == list(sync)
     assert prices == broker.fetch_prices(["C01/USD"])
+
+
+class HangingPaper(PaperBroker):
+    """A venue that takes the connection and never answers a position read."""
+
+    def fetch_positions(self) -> Sequence[Position]:
+        return super().fetch_positions()
+
+    async def afetch_positions(self) -> Sequence[Position]:
+        await asyncio.Event().wait()  # never set
+        raise AssertionError("unreachable")
+
+
+def test_a_venue_that_never_answers_costs_the_pass_its_timeout_not_forever(clock, store):
+    """Each attempt is abandoned after read_timeout_s, counted by the breaker; the step fails
+    closed and the other accounts are enforced."""
+    reads = ReadsAhead(read_timeout_s=0.05)
+    try:
+        hung = PositionCapEnforcer(paper(clock, "hung", 3, cls=HangingPaper), 8, store=store)
+        fine = PositionCapEnforcer(paper(clock, "fine", 3), 8, store=store)
+        loop = ContinuousExitEnforcer([hung, fine], max_concurrency=2, reads_ahead=reads)
+        results = loop.tick()
+    finally:
+        reads.close()
+    assert results["fine"]["status"] == "compliant"
+    assert results["hung"]["status"] == "unverified"
+    assert "no answer within 0.05 s" in results["hung"]["reason"]
+    assert loop.last_primed is not None
+    assert loop.last_primed.failed == 1
+    assert hung.broker.read_breaker.snapshot().total_failures >= 1

@@ -17,13 +17,14 @@ no breaker, no validation. :class:`BaseBroker` wraps them:
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import functools
 import logging
 import threading
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -46,6 +47,7 @@ from brokerguard.errors import (
     OrderUnconfirmedError,
     PositionsImplausibleError,
     RateLimitedError,
+    TransientBrokerError,
 )
 from brokerguard.logs import log_context
 from brokerguard.models import (
@@ -75,6 +77,7 @@ from brokerguard.orders import (
     weigh_lookup,
 )
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
+from brokerguard.resilience.classify import calling_key
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.registry import get_circuit_breaker
 from brokerguard.resilience.retry import RetryPolicy
@@ -269,6 +272,11 @@ class BaseBroker(abc.ABC):
     call_weights: Mapping[str, float] = MappingProxyType({})
     """Tokens each raw call takes from the rate limiter, by SPI method name (1 if absent):
     venues price endpoints differently (Kraken's trade history costs 2 on its REST counter)."""
+
+    api_key_name: str | None = None
+    """The API key this broker calls with, by a name that is not the key (the service's broker
+    entry). Set, a venue's breaker shared by several keys can tell one key's rate limit from
+    the venue's (:class:`~brokerguard.resilience.classify.VenueClassifier`)."""
 
     enforces_order_deadline: bool = False
     """Whether the venue rejects an order it would accept after ``OrderRequest.deadline``.
@@ -597,7 +605,7 @@ class BaseBroker(abc.ABC):
             positions = primed.positions
         return positions, started, wall_started, wall_ended
 
-    async def aprime_positions(self) -> bool:
+    async def aprime_positions(self, *, answer_within_s: float | None = None) -> bool:
         """Read the positions now, on the running loop, for this account's next `get_positions`.
 
         An enforcement pass reads every account ahead, all in flight on one event loop, and
@@ -607,7 +615,9 @@ class BaseBroker(abc.ABC):
         through the same read breaker (with its retries, sleeping on ``clock.asleep``), rate
         limiter and payload checks as a synchronous one. Returns False, reading nothing, when
         the adapter has no async reads or the read breaker is not closed (a half-open probe
-        and an open circuit stay the synchronous path's business).
+        and an open circuit stay the synchronous path's business). `answer_within_s` bounds each
+        attempt's wait for the venue (after its rate-limit slot): an attempt that takes longer
+        is abandoned as a transient failure, which the breaker counts.
         """
         breaker = self._bg_read
         if not self.has_async_reads or breaker.state is not CircuitState.CLOSED:
@@ -618,7 +628,9 @@ class BaseBroker(abc.ABC):
         positions: list[Position] = []
         try:
             with self._observed("read", "get_positions"):
-                positions = await breaker.acall_with_circuit_breaker(self._afetch_positions_checked)
+                positions = await breaker.acall_with_circuit_breaker(
+                    self._afetch_positions_checked, answer_within_s
+                )
         except Exception as exc:  # noqa: BLE001 (kept, and raised by get_positions)
             error = exc
         self._bg_primed = _PrimedRead(started, wall_started, clock.time(), positions, error)
@@ -651,7 +663,9 @@ class BaseBroker(abc.ABC):
         """The venue's shared price answer this account reads (None: its own calls)."""
         return self._bg_prices
 
-    async def aprime_prices(self, symbols: Sequence[str]) -> bool:
+    async def aprime_prices(
+        self, symbols: Sequence[str], *, answer_within_s: float | None = None
+    ) -> bool:
         """Fetch the venue's shared prices for `symbols` on the running loop, through this key.
 
         The answer lands in the venue's :class:`SharedPrices` for every account of this pass
@@ -668,7 +682,7 @@ class BaseBroker(abc.ABC):
         async def fetch(asked: list[str]) -> Mapping[str, object]:
             with self._observed("read", "get_prices"):
                 return await self._bg_read.acall_with_circuit_breaker(
-                    self._afetch_prices_checked, asked
+                    self._afetch_prices_checked, asked, answer_within_s
                 )
 
         return await board.aprime(list(symbols), fetch)
@@ -1840,6 +1854,15 @@ class BaseBroker(abc.ABC):
 
     @contextmanager
     def _observed(self, scope: str, method: str) -> Iterator[None]:
+        if self.api_key_name is not None:  # the venue's breaker learns whose answer it judges
+            with calling_key(self.api_key_name), self._timed(scope, method):
+                yield
+        else:
+            with self._timed(scope, method):
+                yield
+
+    @contextmanager
+    def _timed(self, scope: str, method: str) -> Iterator[None]:
         if not self._bg_observers:
             yield
             return
@@ -1937,13 +1960,18 @@ class BaseBroker(abc.ABC):
         if self._bg_limiter is not None:
             await self._bg_limiter.aacquire(self.call_weights.get(call, 1.0))
 
-    async def _afetch_positions_checked(self) -> list[Position]:
+    async def _afetch_positions_checked(
+        self, answer_within_s: float | None = None
+    ) -> list[Position]:
         await self._athrottle("fetch_positions")
-        return self._checked_positions(await self.afetch_positions())
+        raw: object = await _within(self.afetch_positions(), answer_within_s, "a position read")
+        return self._checked_positions(raw)
 
-    async def _afetch_prices_checked(self, symbols: list[str]) -> Mapping[str, object]:
+    async def _afetch_prices_checked(
+        self, symbols: list[str], answer_within_s: float | None = None
+    ) -> Mapping[str, object]:
         await self._athrottle("fetch_prices")
-        raw: object = await self.afetch_prices(symbols)
+        raw: object = await _within(self.afetch_prices(symbols), answer_within_s, "a price read")
         if not isinstance(raw, Mapping):
             raise self._bad_payload("prices", raw, "not_a_mapping")
         return raw
@@ -2016,6 +2044,18 @@ class BaseBroker(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.broker_name!r}, account_id={self.account_id!r})"
+
+
+async def _within(call: Awaitable[T], seconds: float | None, what: str) -> T:
+    """Await `call`, abandoning it after `seconds` as a transient failure."""
+    if seconds is None:
+        return await call
+    try:
+        return await asyncio.wait_for(call, seconds)
+    except TimeoutError:
+        raise TransientBrokerError(
+            f"{what} made ahead got no answer within {seconds:g} s: abandoned"
+        ) from None
 
 
 @functools.cache

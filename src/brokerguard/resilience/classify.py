@@ -7,17 +7,29 @@ subclassing anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import StrEnum
 
+from brokerguard.clock import Clock
 from brokerguard.errors import (
     BrokerRejection,
     DuplicateOrderError,
     FatalBrokerError,
+    RateLimitedError,
     TransientBrokerError,
 )
 
-__all__ = ["Classifier", "Outcome", "default_classifier", "venue_classifier"]
+__all__ = [
+    "Classifier",
+    "Outcome",
+    "VenueClassifier",
+    "calling_key",
+    "default_classifier",
+    "venue_classifier",
+]
 
 
 class Outcome(StrEnum):
@@ -76,3 +88,65 @@ def venue_classifier(exc: BaseException) -> Outcome:
     """
     outcome = default_classifier(exc)
     return Outcome.IGNORED if outcome is Outcome.FATAL else outcome
+
+
+_CALLING_KEY: ContextVar[str | None] = ContextVar("brokerguard_calling_key", default=None)
+
+
+@contextmanager
+def calling_key(name: str | None) -> Iterator[None]:
+    """Say which API key the calls in the block are made with (for :class:`VenueClassifier`).
+
+    Brokers wrap each guarded call in it (``BaseBroker.api_key_name``); a failure classified
+    inside the block is then known to be that key's answer.
+    """
+    token = _CALLING_KEY.set(name)
+    try:
+        yield
+    finally:
+        _CALLING_KEY.reset(token)
+
+
+class VenueClassifier:
+    """:func:`venue_classifier`, and a rate limit counted only when more than one key hits it.
+
+    A 429 may be one key's own budget (that key is calling too fast) or everyone's (the
+    exchange's, or this machine's IP's). Counted for the venue, one busy key's 429s would open
+    the circuit of every key on the exchange; ignored, a venue-wide limit would be hammered by
+    every key. So a rate-limit answer counts for the venue's breaker only when at least
+    `keys_to_corroborate` different keys got one within `window_s`; until then it is that
+    key's alone: ignored here (not retried, the account whose key it is fails closed on its
+    own this pass, its key's limiter keeps it within its budget). A failure whose key is not
+    known (a call not made through a broker naming its key) counts as before.
+
+    Args:
+        clock: the time source for the window.
+        window_s: how recent another key's rate limit must be to corroborate.
+        keys_to_corroborate: distinct keys whose rate limits make it the venue's.
+    """
+
+    def __init__(
+        self, clock: Clock, *, window_s: float = 60.0, keys_to_corroborate: int = 2
+    ) -> None:
+        self.clock = clock
+        self.window_s = float(window_s)
+        self.keys_to_corroborate = keys_to_corroborate
+        self._lock = threading.Lock()
+        self._limited: dict[str, float] = {}  # key -> monotonic time of its last 429
+
+    def __call__(self, exc: BaseException) -> Outcome:
+        """Classify `exc` raised by a call made with the key in :func:`calling_key`."""
+        outcome = venue_classifier(exc)
+        key = _CALLING_KEY.get()
+        if not isinstance(exc, RateLimitedError) or key is None or outcome is Outcome.IGNORED:
+            return outcome
+        now = self.clock.monotonic()
+        with self._lock:
+            self._limited[key] = now
+            # Bounded by the venue's keys; the old ones are dropped on each rate limit.
+            self._limited = {k: t for k, t in self._limited.items() if now - t <= self.window_s}
+            corroborated = len(self._limited) >= self.keys_to_corroborate
+        return outcome if corroborated else Outcome.IGNORED
+
+    def __repr__(self) -> str:
+        return f"VenueClassifier(window_s={self.window_s:g}, keys={self.keys_to_corroborate})"

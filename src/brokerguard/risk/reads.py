@@ -28,16 +28,19 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from brokerguard._validation import int_problem
+from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.brokers.base import BaseBroker
 from brokerguard.errors import ConfigurationError
 
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "PrimedPass", "ReadsAhead"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_READ_TIMEOUT_S", "PrimedPass", "ReadsAhead"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IN_FLIGHT = 512
 """Reads waiting at once (on the limiter or the exchange) in one pass, by default."""
+
+DEFAULT_READ_TIMEOUT_S = 30.0
+"""The longest one attempt of a read made ahead waits for its venue, by default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +63,25 @@ class ReadsAhead:
     Args:
         max_in_flight: reads waiting at once; more wait for a place (the limiters still
             decide when each is sent).
+        read_timeout_s: the longest one attempt of a read waits for the venue (after its
+            rate-limit slot); a venue that never answers costs the pass this long (times the
+            read breaker's attempts), never forever. Adapters keep their own timeouts too.
     """
 
-    def __init__(self, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
-        problems = int_problem("max_in_flight", max_in_flight, minimum=1)
+    def __init__(
+        self,
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    ) -> None:
+        problems = [
+            *int_problem("max_in_flight", max_in_flight, minimum=1),
+            *seconds_problem("read_timeout_s", read_timeout_s, allow_zero=False),
+        ]
         if problems:
             raise ConfigurationError("invalid ReadsAhead: " + "; ".join(problems))
         self.max_in_flight = max_in_flight
+        self.read_timeout_s = float(read_timeout_s)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -80,6 +95,11 @@ class ReadsAhead:
             self._prime(listed), self._running_loop()
         )
         return future.result()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The reads' running event loop (started now if need be): async exchanges live on it."""
+        return self._running_loop()
 
     def close(self) -> None:
         """Stop the loop and its thread (idempotent)."""
@@ -110,7 +130,7 @@ class ReadsAhead:
         async def read(broker: BaseBroker) -> bool:
             async with places:
                 try:
-                    return await broker.aprime_positions()
+                    return await broker.aprime_positions(answer_within_s=self.read_timeout_s)
                 except Exception:  # a bug in an adapter: that account's step reads itself
                     log.exception("reading account %s ahead failed", broker.account_id)
                     broker.discard_primed()
@@ -130,7 +150,9 @@ class ReadsAhead:
         async def prices(broker: BaseBroker, symbols: set[str]) -> bool:
             async with places:
                 try:
-                    return await broker.aprime_prices(sorted(symbols))
+                    return await broker.aprime_prices(
+                        sorted(symbols), answer_within_s=self.read_timeout_s
+                    )
                 except Exception:
                     log.exception("reading prices ahead through %s failed", broker.account_id)
                     return False
