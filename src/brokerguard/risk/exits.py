@@ -326,6 +326,13 @@ class ContinuousExitEnforcer:
                         local.add(enforcer.account_id)
                 except Exception:  # a guess only: such an account is stepped in the pool
                     log.exception("account %s: could not tell its step", enforcer.account_id)
+        for enforcer in enforcers:
+            count = enforcer.broker.primed_count
+            if count is not None and count > enforcer.max_positions:
+                # It will sell: on a read of its own, made when its step starts, not one made
+                # up to a whole pass earlier. Any other read is judged as it came (a failed
+                # one fails its step closed without a second call into a failing venue).
+                enforcer.broker.discard_primed()
         return local
 
     def run(self, *, max_ticks: int | None = None) -> None:
