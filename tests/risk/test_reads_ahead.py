@@ -406,3 +406,25 @@ def test_a_venue_that_never_answers_costs_the_pass_its_timeout_not_forever(clock
     assert loop.last_primed is not None
     assert loop.last_primed.failed == 1
     assert hung.broker.read_breaker.snapshot().total_failures >= 1
+
+
+def test_closing_cuts_a_waiting_pass_short_and_nothing_is_read_ahead_after(clock, store):
+    """close() while a pass waits on a venue that never answers: the pass gets no reads (its
+    steps read themselves), the reads' thread ends, and later passes read nothing ahead."""
+    reads = ReadsAhead(read_timeout_s=60)
+    broker = paper(clock, "hung", 3, cls=HangingPaper)
+    outcome: list[PrimedPass] = []
+    waiting = threading.Thread(target=lambda: outcome.append(reads.prime([broker])))
+    waiting.start()
+    deadline = 200
+    while not any(t.name == "brokerguard-reads" for t in threading.enumerate()) and deadline:
+        threading.Event().wait(0.01)  # the loop's thread starts with the first pass
+        deadline -= 1
+    reads.close()
+    waiting.join(timeout=5)
+    assert not waiting.is_alive()
+    assert outcome == [PrimedPass(read=0, failed=0, skipped=1, venues_priced=0)]
+    assert not broker.primed
+    assert not any(t.name == "brokerguard-reads" for t in threading.enumerate())
+    assert reads.prime([paper(clock, "later", 3)]) == PrimedPass(0, 0, 1, 0)
+    assert not any(t.name == "brokerguard-reads" for t in threading.enumerate())

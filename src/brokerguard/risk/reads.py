@@ -22,10 +22,11 @@ the step itself, as without this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 
 from brokerguard._validation import int_problem, seconds_problem
@@ -85,36 +86,78 @@ class ReadsAhead:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._closed = False
+        self._pending: set[Future[PrimedPass]] = set()  # passes waiting for their reads
 
     def prime(self, brokers: Iterable[BaseBroker]) -> PrimedPass:
-        """Read `brokers` ahead for this pass; block until every read has landed."""
+        """Read `brokers` ahead for this pass; block until every read has landed.
+
+        After :meth:`close` (or when it cuts a pass short) nothing is read ahead: every account
+        is ``skipped`` and its step reads for itself. Called from a thread other than the
+        loop's own (the loop would wait for itself).
+        """
         listed = list(brokers)
-        if not listed:
-            return PrimedPass(0, 0, 0, 0)
+        with self._lock:
+            closed = self._closed
+            loop = self._loop
+        if closed or not listed:
+            return PrimedPass(0, 0, len(listed), 0)
+        if loop is not None and self._thread is threading.current_thread():
+            raise RuntimeError("ReadsAhead.prime() called from its own loop's thread")
         future: Future[PrimedPass] = asyncio.run_coroutine_threadsafe(
             self._prime(listed), self._running_loop()
         )
-        return future.result()
+        with self._lock:
+            self._pending.add(future)
+        try:
+            return future.result()
+        except CancelledError:  # closed under it: what landed is dropped, the steps read
+            for broker in listed:
+                broker.discard_primed()
+            return PrimedPass(0, 0, len(listed), 0)
+        finally:
+            with self._lock:
+                self._pending.discard(future)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The reads' running event loop (started now if need be): async exchanges live on it."""
         return self._running_loop()
 
-    def close(self) -> None:
-        """Stop the loop and its thread (idempotent)."""
+    @property
+    def running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop if it runs (None: never started, or closed), without starting one."""
         with self._lock:
+            return self._loop
+
+    def close(self) -> None:
+        """Stop the loop and its thread for good (idempotent).
+
+        A pass waiting for its reads gets none (its steps read for themselves); the reads in
+        flight are cancelled and awaited on the loop before it stops.
+        """
+        with self._lock:
+            self._closed = True
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
+            pending = list(self._pending)
+        for future in pending:
+            future.cancel()
         if loop is None or thread is None:
             return
+        if thread is not threading.current_thread():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_cancel_the_rest(), loop).result(timeout=5)
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        if not thread.is_alive():
-            loop.close()
+        if thread is not threading.current_thread():
+            thread.join(timeout=5)
+            if not thread.is_alive():
+                loop.close()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("ReadsAhead is closed")
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
@@ -164,3 +207,12 @@ class ReadsAhead:
             skipped=len(brokers) - sum(done),
             venues_priced=sum(priced),
         )
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every other task of the running loop and wait for them to end."""
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
