@@ -35,8 +35,31 @@ def test_fleet_per_key_layout_shares_prices_per_venue(capsys):
     assert fleet.main([*args, *more]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[4:6] == ["30", "0"]  # compliant, unenforced
-    assert int(cells[6]) <= 6  # price calls: a few per venue, not one per account
+    assert cells[6:8] == ["30", "0"]  # compliant, unenforced
+    assert int(cells[8]) <= 6  # price calls: a few per venue, not one per account
+
+
+def test_fleet_without_reads_ahead_enforces_every_account_too(capsys):
+    """--no-reads-ahead: the pool reads for each account; the same accounts are compliant."""
+    fleet = load_bench("fleet")
+    args = ["--accounts", "30", "--positions", "3", "--brokers", "3", "--rate", "1000"]
+    more = ["--latency", "0", "--concurrency", "4", "--passes", "1", "--no-reads-ahead"]
+    assert fleet.main([*args, *more]) == 0
+    out = capsys.readouterr().out
+    assert "reads ahead off" in out
+    row = next(line for line in out.splitlines() if line.startswith("| 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[6:8] == ["30", "0"]
+
+
+def test_fleet_table_makes_one_row_from_a_fleet_process():
+    """bench/fleet_table.py runs bench/fleet.py and keeps its steady-state (third) pass."""
+    table = load_bench("fleet_table")
+    row = table.run((30, 0.001, "sqlite", "shared", True, 4))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:5] == ["30", "1 ms", "SQLite", "shared", "ahead"]
+    assert cells[-1] == "0"  # unenforced
+    assert float(cells[5]) > 0
 
 
 def test_outage_runs_every_strategy_against_the_emulator(capsys):
