@@ -428,3 +428,17 @@ def test_closing_cuts_a_waiting_pass_short_and_nothing_is_read_ahead_after(clock
     assert not any(t.name == "brokerguard-reads" for t in threading.enumerate())
     assert reads.prime([paper(clock, "later", 3)]) == PrimedPass(0, 0, 1, 0)
     assert not any(t.name == "brokerguard-reads" for t in threading.enumerate())
+
+
+def test_a_symbol_paused_but_no_longer_held_sends_its_step_to_the_pool(clock, store, reads):
+    """The valuation asks the price of a symbol it paused: not in the venue's answer made ahead
+    (only held symbols are), so the step would fetch: it is not stepped as local."""
+    enforcers, _ = fleet(clock, store, reads, 1)
+    enforcer = enforcers[0]
+    store.pause_symbol(enforcer.account_id, "C19/USD", "unvaluable: missing", actor="valuator")
+    reads.prime([enforcer.broker])
+    assert "C19/USD" in enforcer.valuator.own_pauses()
+    assert not enforcer.step_is_local()
+    ok, result = enforcer.enforce_cap()
+    assert ok  # and the step values it: a valid price lifts the pause
+    assert "C19/USD" not in enforcer.valuator.own_pauses()

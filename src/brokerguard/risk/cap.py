@@ -185,8 +185,10 @@ class PositionCapEnforcer:
         last = broker.last_position_snapshot()
         if last is not None and not {p.symbol for p in last.positions}.issubset(symbols):
             return False
+        # The valuation also asks for the symbols it paused itself (to lift a pause).
+        wanted = [*symbols, *self.valuator.own_pauses()]
         board = broker.shared_prices
-        if symbols and (board is None or not board.holds(symbols)):
+        if wanted and (board is None or not board.holds(wanted)):
             return False
         if broker.unresolved_orders():
             return False

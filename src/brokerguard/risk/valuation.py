@@ -141,6 +141,10 @@ class Valuator:
         self._sync_pauses(problems, prices, own_pauses)
         return ValuationReport(valuations, now)
 
+    def own_pauses(self) -> dict[str, str]:
+        """The symbols this valuator paused (symbol -> reason); each valuation asks their price."""
+        return self._own_pauses()
+
     def _own_pauses(self) -> dict[str, str]:
         if self.store is None:
             return {}
