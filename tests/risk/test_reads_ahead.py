@@ -390,8 +390,10 @@ class HangingPaper(PaperBroker):
 
 
 def test_a_venue_that_never_answers_costs_the_pass_its_timeout_not_forever(clock, store):
-    """Each attempt is abandoned after read_timeout_s, counted by the breaker; the step fails
-    closed and the other accounts are enforced."""
+    """Each attempt is abandoned after read_timeout_s (the breaker counts it).
+
+    The step fails closed and the other accounts are enforced.
+    """
     reads = ReadsAhead(read_timeout_s=0.05)
     try:
         hung = PositionCapEnforcer(paper(clock, "hung", 3, cls=HangingPaper), 8, store=store)
@@ -409,8 +411,10 @@ def test_a_venue_that_never_answers_costs_the_pass_its_timeout_not_forever(clock
 
 
 def test_closing_cuts_a_waiting_pass_short_and_nothing_is_read_ahead_after(clock, store):
-    """close() while a pass waits on a venue that never answers: the pass gets no reads (its
-    steps read themselves), the reads' thread ends, and later passes read nothing ahead."""
+    """close() while a pass waits on a venue that never answers: the pass gets no reads.
+
+    Its steps read for themselves, the reads' thread ends, and later passes read nothing ahead.
+    """
     reads = ReadsAhead(read_timeout_s=60)
     broker = paper(clock, "hung", 3, cls=HangingPaper)
     outcome: list[PrimedPass] = []
@@ -431,14 +435,16 @@ def test_closing_cuts_a_waiting_pass_short_and_nothing_is_read_ahead_after(clock
 
 
 def test_a_symbol_paused_but_no_longer_held_sends_its_step_to_the_pool(clock, store, reads):
-    """The valuation asks the price of a symbol it paused: not in the venue's answer made ahead
-    (only held symbols are), so the step would fetch: it is not stepped as local."""
+    """A symbol the valuator paused is priced at the step: not local unless its price is held.
+
+    The venue's answer made ahead asks for held symbols only, so the step would fetch.
+    """
     enforcers, _ = fleet(clock, store, reads, 1)
     enforcer = enforcers[0]
     store.pause_symbol(enforcer.account_id, "C19/USD", "unvaluable: missing", actor="valuator")
     reads.prime([enforcer.broker])
     assert "C19/USD" in enforcer.valuator.own_pauses()
     assert not enforcer.step_is_local()
-    ok, result = enforcer.enforce_cap()
+    ok, _ = enforcer.enforce_cap()
     assert ok  # and the step values it: a valid price lifts the pause
     assert "C19/USD" not in enforcer.valuator.own_pauses()
