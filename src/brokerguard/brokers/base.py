@@ -341,7 +341,8 @@ class BaseBroker(abc.ABC):
         # end (one inside the read may be in it already), and must account for the quantity.
         self._bg_held: dict[str, tuple[Decimal, float, float]] = {}
         self._bg_holdings_pending = False  # the stored holdings could not be read yet
-        self._bg_save_lock = threading.Lock()
+        self._bg_saving = False  # a thread is writing believed holdings to the store
+        self._bg_save_next: tuple[dict[str, Decimal], float] | None = None  # newest to write
         self._bg_saved_at = float("-inf")
         self._bg_accepted_losses: set[str] = set()  # confirmed gone by an operator
         # Symbols whose last price was unusable: logged once on entering, once on leaving.
@@ -797,30 +798,47 @@ class BaseBroker(abc.ABC):
     def _persist_holdings(self, positions: Sequence[Position], wall: float) -> None:
         """Save a believed read's holdings when they changed (best effort, logged).
 
-        Saves run one at a time and a read older than the last one saved is not saved, so a
-        slow save of an older read can never land last.
+        One save runs at a time, and a read older than the newest one given is never saved
+        after it: a read finding a save under way leaves its holdings for that saver (which
+        writes the newest it was given once its own write ends) and returns at once, so a
+        slow store holds up one read, never the reads after it.
         """
         store = self._bg_holdings_store
         if store is None:
             return
         holdings = {p.symbol: p.quantity for p in positions}
-        with self._bg_save_lock:
+        with self._bg_lock:
+            waiting = self._bg_save_next
+            if waiting is None or wall >= waiting[1]:
+                self._bg_save_next = (holdings, wall)
+            if self._bg_saving:
+                return  # the saver under way writes the newest given, this one or later
+            self._bg_saving = True
+        try:
+            while True:
+                with self._bg_lock:
+                    given, self._bg_save_next = self._bg_save_next, None
+                    if given is None:
+                        self._bg_saving = False
+                        return
+                    if given[0] == self._bg_saved_holdings or given[1] < self._bg_saved_at:
+                        continue
+                try:
+                    store.save_holdings(self.account_id, given[0], given[1])
+                except BrokerGuardError as exc:
+                    log.warning(
+                        "account %s on broker %r: believed holdings not saved (%s)",
+                        self.account_id,
+                        self.broker_name,
+                        _reason(exc),
+                    )
+                    continue
+                with self._bg_lock:
+                    self._bg_saved_holdings, self._bg_saved_at = given
+        except BaseException:
             with self._bg_lock:
-                if holdings == self._bg_saved_holdings or wall < self._bg_saved_at:
-                    return
-            try:
-                store.save_holdings(self.account_id, holdings, wall)
-            except BrokerGuardError as exc:
-                log.warning(
-                    "account %s on broker %r: believed holdings not saved (%s)",
-                    self.account_id,
-                    self.broker_name,
-                    _reason(exc),
-                )
-                return
-            with self._bg_lock:
-                self._bg_saved_holdings = holdings
-                self._bg_saved_at = wall
+                self._bg_saving = False
+            raise
 
     def awaited_evidence(self) -> str:
         """Say what would explain a pending loss of positions (for errors, status and alerts)."""
