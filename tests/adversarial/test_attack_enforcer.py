@@ -69,14 +69,7 @@ def test_a_lying_lookup_does_not_let_the_enforcer_sell_a_live_sell_again(
     assert sol_sells(kraken) == 1, "a second SOL sell was sent while the first rests open"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BREAK: PositionCapEnforcer._reconcile (risk/cap.py) keeps a symbol off the block "
-    "only for journaled live liquidations and broker.unresolved_orders(); a live (OPEN) sell "
-    "the bot sent through the same broker (known to BaseBroker, e.g. via sent_since) is not "
-    "consulted, so _liquidate sends another SOL sell every cycle (3 more, each refused by "
-    "Kraken's balance hold) and the account is then halted",
-)
+# Closed: a sell resting open (known to the broker, no call) keeps its symbol off the block.
 def test_the_enforcer_does_not_sell_a_symbol_the_bot_is_already_selling(broker, kraken, clock):
     """The enforcer never sells a symbol whose sell by the bot still rests open."""
     broker.get_positions()

@@ -345,6 +345,12 @@ class PositionCapEnforcer:
             if order.request.side is Side.SELL:
                 pending.setdefault(order.symbol, order.client_order_id)
                 self._doubtful.add(order.client_order_id)
+        # A sell resting open (the bot's, or any the venue listed) is a sale under way: selling
+        # the symbol again would be refused against the venue's hold, cycle after cycle, or
+        # sell twice what the bot meant to sell once. The enforcer sells something else.
+        for resting in self.broker.known_open_orders():
+            if resting.side is Side.SELL:
+                pending.setdefault(resting.symbol, resting.client_order_id)
         return pending
 
     def _look_up(self, entry: JournalEntry) -> str:
