@@ -338,20 +338,26 @@ class PositionCapEnforcer:
                 ),
             )
             changes.append(_change(cid, entry.symbol, entry.status, status))
-        # Orders this process sent whose outcome is unknown (a bot's entries, other sells):
-        # resolve what the evidence allows; unresolved sells keep their symbols off the block.
+        self._sales_under_way(pending)
+        return pending
+
+    def _sales_under_way(self, pending: dict[str, str]) -> None:
+        """Add the sells not journaled by us that are under way to `pending` (symbol -> cid).
+
+        Orders this process sent whose outcome is unknown (a bot's entries, other sells): what
+        the evidence allows is resolved; unresolved sells keep their symbols off the block. A
+        sell resting open (the bot's, or any the venue listed) is a sale under way too: selling
+        the symbol again would be refused against the venue's hold, cycle after cycle, or sell
+        twice what the bot meant to sell once. The enforcer sells something else.
+        """
         self.broker.resolve_unresolved()
         for order in self.broker.unresolved_orders():
             if order.request.side is Side.SELL:
                 pending.setdefault(order.symbol, order.client_order_id)
                 self._doubtful.add(order.client_order_id)
-        # A sell resting open (the bot's, or any the venue listed) is a sale under way: selling
-        # the symbol again would be refused against the venue's hold, cycle after cycle, or
-        # sell twice what the bot meant to sell once. The enforcer sells something else.
         for resting in self.broker.known_open_orders():
             if resting.side is Side.SELL:
                 pending.setdefault(resting.symbol, resting.client_order_id)
-        return pending
 
     def _look_up(self, entry: JournalEntry) -> str:
         """Return what the journal entry's order is now (``unknown``: the broker cannot say)."""
