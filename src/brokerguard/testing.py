@@ -34,7 +34,8 @@ class FakeClock:
     def __init__(self, start: float = 0.0) -> None:
         self._now = _check_seconds("start", start, allow_negative=True)
         self._lock = threading.Lock()
-        self._sleepers: list[tuple[float, int]] = []  # (wake-up time, order) of async sleeps
+        # event loop id -> (wake-up time, order) of its async sleeps
+        self._sleepers: dict[int, list[tuple[float, int]]] = {}
         self._asleep: set[tuple[float, int]] = set()  # those still asleep
         self._order = itertools.count()
         self._registered = 0  # async sleeps begun, ever
@@ -68,15 +69,20 @@ class FakeClock:
 
         Sleeping tasks wake in the order of their wake-up times, as on a real clock: each one
         yields to the loop until either the time has reached its wake-up (another task or a
-        thread moved it) or it is the earliest sleeper, which then moves the time to its own
-        wake-up. Ten tasks that each sleep one second therefore all wake one second later (not
-        ten), and a rate limiter's staggered slots land at their own times.
+        thread moved it) or it is the earliest sleeper of its event loop, which then moves the
+        time to its own wake-up once the loop has settled. Ten tasks that each sleep one
+        second therefore all wake one second later (not ten), and a rate limiter's staggered
+        slots land at their own times.
         """
         seconds = _check_seconds("seconds", seconds)
+        # Each event loop orders its own sleepers: a loop whose thread is blocked (a sync
+        # call made from async code) must not hold back the time of the others.
+        loop = id(asyncio.get_running_loop())
         with self._lock:
             self.sleeps.append(seconds)
             wake = (self._now + seconds, next(self._order))
-            heapq.heappush(self._sleepers, wake)
+            sleepers = self._sleepers.setdefault(loop, [])
+            heapq.heappush(sleepers, wake)
             self._asleep.add(wake)
             self._registered += 1
         quiet = 0  # loop turns in a row this sleeper was earliest and nobody fell asleep
@@ -87,9 +93,9 @@ class FakeClock:
                 with self._lock:
                     if self._now >= wake[0]:
                         return
-                    while self._sleepers[0] not in self._asleep:
-                        heapq.heappop(self._sleepers)  # woke (or was cancelled) already
-                    if self._sleepers[0] != wake or self._registered != registered:
+                    while sleepers[0] not in self._asleep:
+                        heapq.heappop(sleepers)  # woke (or was cancelled) already
+                    if sleepers[0] != wake or self._registered != registered:
                         quiet, registered = 0, self._registered
                         continue
                     quiet += 1
@@ -101,6 +107,8 @@ class FakeClock:
         finally:
             with self._lock:
                 self._asleep.discard(wake)
+                if not any(w in self._asleep for w in sleepers):
+                    self._sleepers.pop(loop, None)  # the loop's sleepers are all awake
 
     def __repr__(self) -> str:
         return f"FakeClock(now={self._now!r})"

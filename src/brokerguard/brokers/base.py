@@ -26,6 +26,7 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from types import MappingProxyType
@@ -34,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 from brokerguard._validation import seconds_problem
 from brokerguard.brokers.plausibility import PlausibilityPolicy, PositionPlausibility, Suspicion
 from brokerguard.brokers.prices import Received, SharedPrices
-from brokerguard.clock import SYSTEM_CLOCK, Clock
+from brokerguard.clock import SYSTEM_CLOCK, Clock, SystemClock
 from brokerguard.errors import (
     BlockedError,
     BrokerGuardError,
@@ -459,11 +460,16 @@ class BaseBroker(abc.ABC):
 
         Only when each async read is the twin of the sync read beside it: a subclass that
         overrides ``fetch_positions`` (to check, record or alter what it answers) and inherits
-        an ``afetch_positions`` written for its parent has none, so that nothing it does to
-        its reads is ever bypassed.
+        an ``afetch_positions`` written for its parent has none, nor has an instance whose
+        ``fetch_positions`` was replaced on the instance: nothing done to its reads is ever
+        bypassed.
         """
-        return _async_twin(type(self), "fetch_positions") and _async_twin(
-            type(self), "fetch_prices"
+        own = getattr(self, "__dict__", {})  # a read wrapped on the instance itself
+        return (
+            "fetch_positions" not in own
+            and "fetch_prices" not in own
+            and _async_twin(type(self), "fetch_positions")
+            and _async_twin(type(self), "fetch_prices")
         )
 
     @property
@@ -575,10 +581,14 @@ class BaseBroker(abc.ABC):
     def _read_positions(self) -> tuple[list[Position], float, float, float]:
         """The raw read: (positions, monotonic start, wall start, wall end); raises on failure.
 
-        The pass's read made ahead when one waits (:meth:`aprime_positions`), else one now.
+        The pass's read made ahead when one waits and the caller is the account's enforcement
+        step (:func:`step_reads`): the gate, a bot or an operator asking meanwhile gets a read
+        of its own, never one made up to a pass earlier. Otherwise a read now.
         """
-        with self._bg_lock:  # a read made ahead is judged once, by one caller
-            primed, self._bg_primed = self._bg_primed, None
+        primed = None
+        if _STEP_READS_AHEAD.get():  # only an enforcement step takes the read made for it
+            with self._bg_lock:  # judged once
+                primed, self._bg_primed = self._bg_primed, None
         if primed is None:
             # Stamped with the time the fetch *started*: its content is at least that new,
             # and a slower concurrent fetch that started earlier never replaces a newer one.
@@ -625,12 +635,18 @@ class BaseBroker(abc.ABC):
             return False
         clock = self._bg_clock
         started, wall_started = clock.monotonic(), clock.time()
+        # The first attempt's rate-limit slot is waited for before the breaker is asked: a
+        # circuit that opened meanwhile (hundreds of reads may be waiting) sends nothing.
+        await self._athrottle("fetch_positions")
+        if not _closed(breaker):
+            return False  # the step reads: its breaker refuses it without a call
         error: BaseException | None = None
         positions: list[Position] = []
+        attempt = _Attempts(self, "fetch_positions")
         try:
             with self._observed("read", "get_positions"):
                 positions = await breaker.acall_with_circuit_breaker(
-                    self._afetch_positions_checked, answer_within_s
+                    attempt.positions, answer_within_s
                 )
         except Exception as exc:  # noqa: BLE001 (kept, and raised by get_positions)
             error = exc
@@ -681,12 +697,19 @@ class BaseBroker(abc.ABC):
             return False
 
         async def fetch(asked: list[str]) -> Mapping[str, object]:
+            await self._athrottle("fetch_prices")  # before the breaker, as for positions
+            if not _closed(self._bg_read):
+                raise _NotSent
+            attempt = _Attempts(self, "fetch_prices")
             with self._observed("read", "get_prices"):
                 return await self._bg_read.acall_with_circuit_breaker(
-                    self._afetch_prices_checked, asked, answer_within_s
+                    attempt.prices, asked, answer_within_s
                 )
 
-        return await board.aprime(list(symbols), fetch)
+        try:
+            return await board.aprime(list(symbols), fetch)
+        except _NotSent:
+            return False
 
     @property
     def plausibility_policy(self) -> PlausibilityPolicy:
@@ -1894,7 +1917,7 @@ class BaseBroker(abc.ABC):
         except BrokerRejection:
             outcome = "refused"
             raise
-        except Exception:
+        except BaseException:  # an error, or a read made ahead cancelled on its way
             outcome = "error"
             raise
         finally:
@@ -1978,18 +2001,20 @@ class BaseBroker(abc.ABC):
         if self._bg_limiter is not None:
             await self._bg_limiter.aacquire(self.call_weights.get(call, 1.0))
 
-    async def _afetch_positions_checked(
-        self, answer_within_s: float | None = None
-    ) -> list[Position]:
-        await self._athrottle("fetch_positions")
-        raw: object = await _within(self.afetch_positions(), answer_within_s, "a position read")
+    async def _afetch_positions_raw(self, answer_within_s: float | None) -> list[Position]:
+        clock = self._bg_clock
+        raw: object = await _within(
+            self.afetch_positions(), answer_within_s, "a position read", clock
+        )
         return self._checked_positions(raw)
 
-    async def _afetch_prices_checked(
-        self, symbols: list[str], answer_within_s: float | None = None
+    async def _afetch_prices_raw(
+        self, symbols: list[str], answer_within_s: float | None
     ) -> Mapping[str, object]:
-        await self._athrottle("fetch_prices")
-        raw: object = await _within(self.afetch_prices(symbols), answer_within_s, "a price read")
+        clock = self._bg_clock
+        raw: object = await _within(
+            self.afetch_prices(symbols), answer_within_s, "a price read", clock
+        )
         if not isinstance(raw, Mapping):
             raise self._bad_payload("prices", raw, "not_a_mapping")
         return raw
@@ -2064,16 +2089,85 @@ class BaseBroker(abc.ABC):
         return f"{type(self).__name__}({self.broker_name!r}, account_id={self.account_id!r})"
 
 
-async def _within(call: Awaitable[T], seconds: float | None, what: str) -> T:
-    """Await `call`, abandoning it after `seconds` as a transient failure."""
+async def _within(call: Awaitable[T], seconds: float | None, what: str, clock: Clock) -> T:
+    """Await `call`, abandoning it after `seconds` on `clock` as a transient failure.
+
+    On the system clock the loop's own timer does it; on another clock (a test's, a
+    simulation's) the answer races ``clock.asleep(seconds)``, so a read that takes two
+    simulated minutes is abandoned there too.
+    """
     if seconds is None:
         return await call
+    late = TransientBrokerError(f"{what} made ahead got no answer within {seconds:g} s: abandoned")
+    if isinstance(clock, SystemClock):
+        try:
+            return await asyncio.wait_for(call, seconds)
+        except TimeoutError:
+            raise late from None
+    answer = asyncio.ensure_future(call)
+    timer = asyncio.ensure_future(clock.asleep(seconds))
     try:
-        return await asyncio.wait_for(call, seconds)
-    except TimeoutError:
-        raise TransientBrokerError(
-            f"{what} made ahead got no answer within {seconds:g} s: abandoned"
-        ) from None
+        await asyncio.wait({answer, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (timer, answer):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(timer, answer, return_exceptions=True)
+    if answer.cancelled():
+        raise late
+    return answer.result()
+
+
+class _NotSent(Exception):  # noqa: N818 (a signal, not an error anyone sees)
+    """A read made ahead found the circuit open after its rate-limit slot: nothing was sent."""
+
+
+def _closed(breaker: BrokerCircuitBreaker) -> bool:
+    """Whether the circuit is closed now (read again: a wait may have changed it)."""
+    return breaker.state is CircuitState.CLOSED
+
+
+class _Attempts:
+    """The attempts of one read made ahead, each with its rate-limit slot.
+
+    The first attempt's slot was taken before the breaker was asked; each retry takes its own.
+    """
+
+    __slots__ = ("_broker", "_call", "_first")
+
+    def __init__(self, broker: BaseBroker, call: str) -> None:
+        self._broker = broker
+        self._call = call
+        self._first = True
+
+    async def _slot(self) -> None:
+        if self._first:
+            self._first = False
+        else:
+            await self._broker._athrottle(self._call)  # noqa: SLF001 (the broker's own)
+
+    async def positions(self, answer_within_s: float | None) -> list[Position]:
+        await self._slot()
+        return await self._broker._afetch_positions_raw(answer_within_s)  # noqa: SLF001
+
+    async def prices(
+        self, symbols: list[str], answer_within_s: float | None
+    ) -> Mapping[str, object]:
+        await self._slot()
+        return await self._broker._afetch_prices_raw(symbols, answer_within_s)  # noqa: SLF001
+
+
+_STEP_READS_AHEAD: ContextVar[bool] = ContextVar("brokerguard_step_reads_ahead", default=False)
+
+
+@contextmanager
+def step_reads() -> Iterator[None]:
+    """Mark the calls in the block as an enforcement step's: they take reads made ahead."""
+    token = _STEP_READS_AHEAD.set(True)
+    try:
+        yield
+    finally:
+        _STEP_READS_AHEAD.reset(token)
 
 
 @functools.cache

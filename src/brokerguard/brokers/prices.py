@@ -213,9 +213,12 @@ def _venue_wide(error: BaseException) -> bool:
     """Whether a failed fetch says the venue failed, not the leading account's key.
 
     A revoked key, a key's own rate limit or a refusal of that account's request would fail
-    only that account's fetch: its waiters, with keys of their own, fetch for themselves.
+    only that account's fetch: its waiters, with keys of their own, fetch for themselves. A
+    fetch cancelled (a pass closed under it) said nothing about the venue either.
     """
-    return not isinstance(error, FatalBrokerError | RateLimitedError | BrokerRejection)
+    return isinstance(error, Exception) and not isinstance(
+        error, FatalBrokerError | RateLimitedError | BrokerRejection
+    )
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from brokerguard._validation import int_problem, seconds_problem
-from brokerguard.brokers.base import LOCAL_DEADLINE_FLOOR_S, BaseBroker
+from brokerguard.brokers.base import LOCAL_DEADLINE_FLOOR_S, BaseBroker, step_reads
 from brokerguard.clock import Clock
 from brokerguard.errors import (
     BrokerGuardError,
@@ -416,7 +416,8 @@ class PositionCapEnforcer:
     def _observe(self, result: dict[str, Any]) -> ValuationReport | None:
         """Fetch and value the positions; None (result unverified) if they cannot be known."""
         try:
-            positions = self.broker.get_positions()
+            with step_reads():  # the read the pass made ahead for this step, if any
+                positions = self.broker.get_positions()
         except BrokerGuardError as exc:
             result["status"] = "unverified"
             result["reason"] = (

@@ -16,11 +16,10 @@ answer makes the step ``unverified``; tokens refused pass after pass are a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -266,74 +265,95 @@ class ContinuousExitEnforcer:
     def tick(self) -> dict[str, dict[str, Any]]:
         """Enforce every account once; return each account's result."""
         self._begin_pass()
+        self.last_primed = None
         try:
-            local = self._read_ahead()
-            if self.max_concurrency == 1:
+            if self.reads_ahead is not None and not self._stop.is_set():
+                results = self._tick_reading_ahead(self.reads_ahead)
+            elif self.max_concurrency == 1:
                 results = {}
                 for enforcer in self.enforcers:
                     if self._stop.is_set():
                         break
                     results[enforcer.account_id] = self._enforce_one(enforcer)
             else:
-                results = self._tick_in_pool(local)
+                with ThreadPoolExecutor(self.max_concurrency, "brokerguard-enforce") as pool:
+                    futures = {
+                        e.account_id: pool.submit(self._enforce_unless_stopped, e)
+                        for e in self.enforcers
+                    }
+                results = self._in_order({a: f.result() for a, f in futures.items()})
         finally:
             for enforcer in self.enforcers:
                 enforcer.broker.discard_primed()  # a read made ahead serves this pass only
         self.ticks += 1
         return results
 
-    def _tick_in_pool(self, local: set[str]) -> dict[str, dict[str, Any]]:
-        """Step the accounts whose reads are in hand here, the others in the pool meanwhile."""
+    def _tick_reading_ahead(self, reads: ReadsAhead) -> dict[str, dict[str, Any]]:
+        """Step each account as its read made ahead lands: here if local, else in the pool.
+
+        An account whose step looks local (:meth:`PositionCapEnforcer.step_is_local`) is
+        stepped in this thread at once; the others (selling, settling, looking orders up) in
+        the pool meanwhile, as are the accounts not read ahead (held by another worker of the
+        fleet, by all appearances). A slow venue delays its own accounts only.
+        """
+        ahead = self.enforcers
+        if self.leases is not None:  # only the accounts this worker will step
+            leases = self.leases
+            held = leases.held()
+            ahead = [e for e in ahead if e.account_id in held or leases.prefers(e.account_id)]
+        by_broker: dict[int, list[PositionCapEnforcer]] = {}
+        for enforcer in ahead:
+            by_broker.setdefault(id(enforcer.broker), []).append(enforcer)
+        reading = {id(e) for e in ahead}
         stepped: dict[str, dict[str, Any] | None] = {}
-        with ThreadPoolExecutor(self.max_concurrency, "brokerguard-enforce") as pool:
-            futures = {
-                e.account_id: pool.submit(self._enforce_unless_stopped, e)
-                for e in self.enforcers
-                if e.account_id not in local
-            }
+        futures: dict[str, Future[dict[str, Any] | None]] = {}
+        workers = max(1, self.max_concurrency)
+        with ThreadPoolExecutor(workers, "brokerguard-enforce") as pool:
             for enforcer in self.enforcers:
-                if enforcer.account_id in local:
-                    stepped[enforcer.account_id] = self._enforce_unless_stopped(enforcer)
+                if id(enforcer) not in reading:
+                    futures[enforcer.account_id] = pool.submit(
+                        self._enforce_unless_stopped, enforcer
+                    )
+            stream = reads.stream(
+                [e.broker for e in ahead if by_broker[id(e.broker)][0] is e],
+                stop=self._stop.is_set,
+            )
+            for broker in stream:
+                for enforcer in by_broker[id(broker)]:
+                    if self._local(enforcer):
+                        stepped[enforcer.account_id] = self._enforce_unless_stopped(enforcer)
+                    else:
+                        futures[enforcer.account_id] = pool.submit(
+                            self._enforce_unless_stopped, enforcer
+                        )
+            self.last_primed = stream.summary
         for account, future in futures.items():
             stepped[account] = future.result()
+        return self._in_order(stepped)
+
+    def _local(self, enforcer: PositionCapEnforcer) -> bool:
+        """Whether to step `enforcer` here (its reads in hand); drop a read it must not sell on."""
+        count = enforcer.broker.primed_count
+        if count is not None and count > enforcer.max_positions:
+            # It will sell: on a read of its own, made when its step starts, not one made up
+            # to a whole pass earlier. Any other read is judged as it came (a failed one fails
+            # its step closed without a second call into a failing venue).
+            enforcer.broker.discard_primed()
+            return False
+        try:
+            with enforcer.store.pinned():
+                return enforcer.step_is_local()
+        except Exception:  # a guess only: such an account is stepped in the pool
+            log.exception("account %s: could not tell its step", enforcer.account_id)
+            return False
+
+    def _in_order(self, stepped: Mapping[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+        """The results of the accounts stepped, in the accounts' order."""
         return {
             e.account_id: result
             for e in self.enforcers
             if (result := stepped.get(e.account_id)) is not None
         }
-
-    def _read_ahead(self) -> set[str]:
-        """Make this pass's reads ahead; return the accounts whose steps look local."""
-        self.last_primed = None
-        if self.reads_ahead is None or self._stop.is_set():
-            return set()
-        enforcers = self.enforcers
-        if self.leases is not None:  # only the accounts this worker will step
-            leases = self.leases
-            held = leases.held()
-            enforcers = [
-                e for e in enforcers if e.account_id in held or leases.prefers(e.account_id)
-            ]
-        self.last_primed = self.reads_ahead.prime(e.broker for e in enforcers)
-        local: set[str] = set()
-        with contextlib.ExitStack() as pins:
-            # One look at other processes' changes for all the guesses (each step looks again).
-            for store in {id(e.store): e.store for e in enforcers}.values():
-                pins.enter_context(store.pinned())
-            for enforcer in enforcers:
-                try:
-                    if enforcer.step_is_local():
-                        local.add(enforcer.account_id)
-                except Exception:  # a guess only: such an account is stepped in the pool
-                    log.exception("account %s: could not tell its step", enforcer.account_id)
-        for enforcer in enforcers:
-            count = enforcer.broker.primed_count
-            if count is not None and count > enforcer.max_positions:
-                # It will sell: on a read of its own, made when its step starts, not one made
-                # up to a whole pass earlier. Any other read is judged as it came (a failed
-                # one fails its step closed without a second call into a failing venue).
-                enforcer.broker.discard_primed()
-        return local
 
     def run(self, *, max_ticks: int | None = None) -> None:
         """Tick every ``interval`` seconds until :meth:`stop` (or `max_ticks` passes)."""
@@ -355,8 +375,13 @@ class ContinuousExitEnforcer:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask the loop to stop after the current enforcement step, and wait for it."""
+        """Ask the loop to stop after the current enforcement step, and wait for it.
+
+        Reads being made ahead that have not landed are cancelled: no step follows them.
+        """
         self._stop.set()
+        if self.reads_ahead is not None:
+            self.reads_ahead.interrupt()
         if self._thread is not None:
             self._thread.join(timeout)
 

@@ -5,18 +5,20 @@ nearly all of that is waiting: for the rate limiter's slot, then for the exchang
 thread per waiting account, 10,000 accounts needed 64 threads woken by every limiter slot and
 every answer, and the interpreter's hand-offs between them cost more CPU than the work (370-620
 µs per account, 142 µs on one thread). :class:`ReadsAhead` makes those waits on one event loop
-instead, in a thread of its own:
+instead, in a thread of its own: every account's position read
+(:meth:`BaseBroker.aprime_positions`), at most ``max_in_flight`` waiting at once, each through
+its account's read breaker and rate limiter; and, when an account's read lands and its venue's
+shared answer (:class:`~brokerguard.brokers.prices.SharedPrices`) does not hold its symbols yet,
+one batched price read for the venue (:meth:`BaseBroker.aprime_prices`), shared by every
+account landing while it is under way.
 
-1. every account's position read (:meth:`BaseBroker.aprime_positions`), at most
-   ``max_in_flight`` at once, each through its account's read breaker and rate limiter;
-2. then each venue's prices in one batched call (:meth:`BaseBroker.aprime_prices`) for every
-   symbol its accounts hold, into the venue's :class:`~brokerguard.brokers.prices.SharedPrices`.
-
-The pass then steps the accounts as before; each step judges the read made for it exactly as a
-read it had just made (the same evidence rules, the time the read really started), so reading
-ahead changes when the calls are made, never what is believed. What cannot be read ahead (an
-adapter without async reads, a read circuit that is not closed, a read that failed) is read by
-the step itself, as without this module.
+:meth:`ReadsAhead.stream` hands each account over as soon as its read (and the prices it needs)
+landed, so the pass steps it while the other reads still wait: a slow or throttled venue holds
+up its own accounts only. Each step judges the read made for it exactly as a read it had just
+made (the same evidence rules, the time the read really started), so reading ahead changes when
+the calls are made, never what is believed. What cannot be read ahead (an adapter without async
+reads, a read circuit that is not closed, a read that failed) is read by the step itself, as
+without this module.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
-from collections.abc import Iterable, Sequence
-from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.brokers.base import BaseBroker
@@ -88,36 +91,48 @@ class ReadsAhead:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._pending: set[Future[PrimedPass]] = set()  # passes waiting for their reads
+        self._reading: set[asyncio.Future[bool]] = set()  # their reads (the loop's thread only)
 
-    def prime(self, brokers: Iterable[BaseBroker]) -> PrimedPass:
-        """Read `brokers` ahead for this pass; block until every read has landed.
+    def prime(
+        self, brokers: Iterable[BaseBroker], *, stop: Callable[[], bool] | None = None
+    ) -> PrimedPass:
+        """Read `brokers` ahead; block until every read has landed; say what was read."""
+        reading = self.stream(brokers, stop=stop)
+        for _ in reading:
+            pass
+        return reading.summary
 
-        After :meth:`close` (or when it cuts a pass short) nothing is read ahead: every account
-        is ``skipped`` and its step reads for itself. Called from a thread other than the
-        loop's own (the loop would wait for itself).
+    def stream(
+        self, brokers: Iterable[BaseBroker], *, stop: Callable[[], bool] | None = None
+    ) -> Stream:
+        """Read `brokers` ahead; yield each one as its read (and the prices it needs) lands.
+
+        Every broker is yielded exactly once, those not read ahead too (the step reads for
+        itself); once the stream is exhausted, its ``summary`` says what was read. `stop`
+        (the pass's stop request) is asked before each read waits for its turn, and
+        :meth:`interrupt` cancels the reads still waiting. After :meth:`close` (or when it
+        cuts a pass short) nothing is read ahead: every account is ``skipped``. Iterate it
+        from a thread other than the loop's own (the loop would wait for itself).
         """
         listed = list(brokers)
         with self._lock:
             closed = self._closed
             loop = self._loop
-        if closed or not listed:
-            return PrimedPass(0, 0, len(listed), 0)
         if loop is not None and self._thread is threading.current_thread():
-            raise RuntimeError("ReadsAhead.prime() called from its own loop's thread")
+            raise RuntimeError("ReadsAhead.stream() called from its own loop's thread")
+        if closed or not listed:
+            return Stream(listed, None, self)
+        try:
+            running = self._running_loop()
+        except RuntimeError:  # closed since the look above
+            return Stream(listed, None, self)
+        landed: queue.SimpleQueue[BaseBroker] = queue.SimpleQueue()
         future: Future[PrimedPass] = asyncio.run_coroutine_threadsafe(
-            self._prime(listed), self._running_loop()
+            self._stream(listed, stop or _never, landed.put), running
         )
         with self._lock:
             self._pending.add(future)
-        try:
-            return future.result()
-        except CancelledError:  # closed under it: what landed is dropped, the steps read
-            for broker in listed:
-                broker.discard_primed()
-            return PrimedPass(0, 0, len(listed), 0)
-        finally:
-            with self._lock:
-                self._pending.discard(future)
+        return Stream(listed, (future, landed), self)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -167,46 +182,128 @@ class ReadsAhead:
                 self._loop, self._thread = loop, thread
             return self._loop
 
-    async def _prime(self, brokers: Sequence[BaseBroker]) -> PrimedPass:
+    def _forget(self, future: Future[PrimedPass]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def interrupt(self) -> None:
+        """Cancel the reads of the pass under way that have not landed (a stop request).
+
+        Safe from any thread, the loop's own included (an adapter's read may be what asks);
+        the cancelled accounts are ``skipped``: nothing is kept for them.
+        """
+        with self._lock:
+            loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._cancel_reads)
+
+    def _cancel_reads(self) -> None:
+        for task in self._reading:
+            task.cancel()
+
+    async def _stream(
+        self,
+        brokers: Sequence[BaseBroker],
+        stop: Callable[[], bool],
+        hand_over: Callable[[BaseBroker], None],
+    ) -> PrimedPass:
         places = asyncio.Semaphore(self.max_in_flight)
+        venues: dict[int, _VenuePrices] = {}
 
-        async def read(broker: BaseBroker) -> bool:
-            async with places:
-                try:
-                    return await broker.aprime_positions(answer_within_s=self.read_timeout_s)
-                except Exception:  # a bug in an adapter: that account's step reads itself
-                    log.exception("reading account %s ahead failed", broker.account_id)
-                    broker.discard_primed()
-                    return False
+        async def one(broker: BaseBroker) -> bool:
+            try:
+                was_read = await self._read(broker, places, stop)
+                if was_read:
+                    await self._priced(broker, venues, places, stop)
+                return was_read
+            finally:
+                hand_over(broker)  # exactly once, whatever happened
 
-        done = await asyncio.gather(*(read(b) for b in brokers))
-        # One price call per venue, through the key of its first account read successfully,
-        # for every symbol its accounts hold (each still judges each value itself).
-        venues: dict[int, tuple[BaseBroker, set[str]]] = {}
-        for broker, was_read in zip(brokers, done, strict=True):
-            board = broker.shared_prices
-            symbols = broker.primed_symbols() if was_read else []
-            if board is None or not symbols:
-                continue
-            venues.setdefault(id(board), (broker, set()))[1].update(symbols)
-
-        async def prices(broker: BaseBroker, symbols: set[str]) -> bool:
-            async with places:
-                try:
-                    return await broker.aprime_prices(
-                        sorted(symbols), answer_within_s=self.read_timeout_s
-                    )
-                except Exception:
-                    log.exception("reading prices ahead through %s failed", broker.account_id)
-                    return False
-
-        priced = await asyncio.gather(*(prices(b, s) for b, s in venues.values()))
+        reads = [asyncio.ensure_future(one(b)) for b in brokers]
+        self._reading.update(reads)
+        try:
+            # Every read ends here, whatever the others did: none lands after the pass.
+            landed = await asyncio.gather(*reads, return_exceptions=True)
+        finally:
+            self._reading.difference_update(reads)
+        done = sum(1 for result in landed if result is True)
         return PrimedPass(
-            read=sum(done),
+            read=done,
             failed=sum(1 for b in brokers if b.primed and b.primed_count is None),
-            skipped=len(brokers) - sum(done),
-            venues_priced=sum(priced),
+            skipped=len(brokers) - done,
+            venues_priced=sum(1 for v in venues.values() if v.priced),
         )
+
+    async def _priced(
+        self,
+        broker: BaseBroker,
+        venues: dict[int, _VenuePrices],
+        places: asyncio.Semaphore,
+        stop: Callable[[], bool],
+    ) -> None:
+        """Wait until the venue's shared answer holds `broker`'s symbols (one flight at once).
+
+        A flight is started when none is under way and the answer does not hold them (it asks
+        for them and every symbol the venue answered before); one that fails ends the venue's
+        price reads for the pass (its steps ask for themselves, and fail closed on their own).
+        """
+        board = broker.shared_prices
+        symbols = broker.primed_symbols()
+        if board is None or not symbols:
+            return
+        venue = venues.setdefault(id(board), _VenuePrices())
+        for _ in range(2):  # a flight begun before this read landed may not ask for its symbols
+            if board.holds(symbols) or venue.failed:
+                return
+            flight = venue.flight
+            if flight is None or flight.done():
+                flight = venue.flight = asyncio.ensure_future(
+                    self._price(broker, set(symbols), places, stop)
+                )
+                self._reading.add(flight)
+                flight.add_done_callback(self._reading.discard)
+            ok = await asyncio.shield(flight)
+            venue.priced |= ok
+            venue.failed |= not ok
+
+    async def _read(
+        self, broker: BaseBroker, places: asyncio.Semaphore, stop: Callable[[], bool]
+    ) -> bool:
+        async with places:
+            if stop():
+                return False
+            try:
+                return await broker.aprime_positions(answer_within_s=self.read_timeout_s)
+            except Exception:  # a bug in an adapter: that account's step reads itself
+                log.exception("reading account %s ahead failed", broker.account_id)
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise  # the pass itself is cancelled (stop, close): this read ends
+                log.error("reading account %s ahead was cancelled by its adapter", broker)
+            broker.discard_primed()
+            return False
+
+    async def _price(
+        self,
+        broker: BaseBroker,
+        symbols: set[str],
+        places: asyncio.Semaphore,
+        stop: Callable[[], bool],
+    ) -> bool:
+        async with places:
+            if stop():
+                return False
+            try:
+                return await broker.aprime_prices(
+                    sorted(symbols), answer_within_s=self.read_timeout_s
+                )
+            except Exception:
+                log.exception("reading prices ahead through %s failed", broker.account_id)
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise
+                log.error("reading prices ahead through %s was cancelled", broker)
+            return False
 
 
 async def _cancel_the_rest() -> None:
@@ -216,3 +313,73 @@ async def _cancel_the_rest() -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(slots=True)
+class _VenuePrices:
+    """A venue's price reads in one pass (on the loop's thread only)."""
+
+    flight: asyncio.Future[bool] | None = None
+    priced: bool = False
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class Stream:
+    """The accounts of one pass, each handed over once its read made ahead has landed."""
+
+    brokers: list[BaseBroker]
+    _source: tuple[Future[PrimedPass], queue.SimpleQueue[BaseBroker]] | None
+    _owner: ReadsAhead
+    summary: PrimedPass = field(init=False)
+    """What the pass read (complete once the stream is exhausted)."""
+
+    def __post_init__(self) -> None:
+        self.summary = PrimedPass(0, 0, len(self.brokers), 0)
+
+    def __iter__(self) -> Iterator[BaseBroker]:
+        if self._source is None:
+            yield from self.brokers
+            return
+        future, landed = self._source
+        given: set[int] = set()
+        try:
+            while len(given) < len(self.brokers):
+                try:
+                    broker = landed.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if future.done():
+                        break  # cancelled (closed) before handing every account over
+                    continue
+                given.add(id(broker))
+                yield broker
+            self.summary = _summary(future, self.brokers)
+        finally:
+            self._owner._forget(future)  # noqa: SLF001 (the stream's own pass)
+        for broker in self.brokers:  # never handed over: closed under the pass
+            if id(broker) not in given:
+                broker.discard_primed()
+                yield broker
+
+
+_POLL_S = 0.05
+"""How often a waiting stream looks whether its pass was cancelled (seconds)."""
+
+
+def _summary(future: Future[PrimedPass], brokers: list[BaseBroker]) -> PrimedPass:
+    try:
+        return future.result(timeout=5)
+    except Exception:  # noqa: BLE001 (cancelled when closed, or broken: nothing counts as read ahead)
+        for broker in brokers:
+            broker.discard_primed()
+        return PrimedPass(0, 0, len(brokers), 0)
+
+
+def _cancelling() -> bool:
+    """Whether the running task itself is being cancelled (not a callee raising the error)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
