@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from brokerguard.config import parse_config
-from brokerguard.service import GuardService
+from brokerguard.service import GuardService, tune_gc
 
 
 def rss_bytes() -> int:
@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", choices=("shared", "per-key"), default="shared")
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument(
+        "--default-gc",
+        dest="tuned_gc",
+        action="store_false",
+        help="CPython's collector thresholds (not the service's, brokerguard.service.tune_gc)",
+    )
+    parser.add_argument(
         "--no-reads-ahead",
         dest="reads_ahead",
         action="store_false",
@@ -156,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         before = rss_bytes()
         config = parse_config(fleet_config(args, _store_url(args, tmp)))
         service = GuardService(config)
+        # As `brokerguard run` does once the service is built (put back after: the smoke
+        # tests run this in the test process).
+        restore_gc = tune_gc() if args.tuned_gc else (lambda: None)
         print(
             f"{args.accounts:,} accounts x {args.positions} positions on {args.brokers} venues, "
             f"layout {args.layout}, store {args.store}, {args.rate:g} calls/s per API key, "
             f"{args.latency * 1000:g} ms per call, {args.concurrency} threads, "
-            f"reads ahead {'on' if args.reads_ahead else 'off'}\n"
+            f"reads ahead {'on' if args.reads_ahead else 'off'}, "
+            f"collector {'tuned' if args.tuned_gc else 'default'}\n"
             f"bound for one pass (rate limit or one round trip of two calls): {bound:.2f} s\n"
         )
         print(
@@ -198,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             service.close()
+            restore_gc()
             _drop_store(args)
     return 0
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brokerguard.config import parse_config
-from brokerguard.service import GuardService, embedded_default_config
+from brokerguard.service import GuardService, embedded_default_config, tune_gc
 from brokerguard.testing import FakeClock
 
 MIB = 2**20
@@ -219,8 +219,12 @@ def _run_world(
 
         clock.on_sleep = on_sleep
         clock.bind_to_current_thread()
+        restore_gc = tune_gc()  # as `brokerguard run` does once the service is built
         wall = time.perf_counter()  # wall-clock-ok: how long the bench itself took
-        service.run(demo_strategy=demo)
+        try:
+            service.run(demo_strategy=demo)
+        finally:
+            restore_gc()
         wall = time.perf_counter() - wall  # wall-clock-ok
         passes = service.exits.ticks
         service.close()

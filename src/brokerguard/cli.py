@@ -51,7 +51,7 @@ from brokerguard.errors import (
 from brokerguard.logs import LogFormat, configure_logging, unconfigure_logging
 from brokerguard.models import parse_symbol
 from brokerguard.server import StatusServer, create_app
-from brokerguard.service import GuardService, embedded_default_config
+from brokerguard.service import GuardService, embedded_default_config, tune_gc
 from brokerguard.sim.scenarios import SCENARIOS
 from brokerguard.sim.scenarios import simulate as run_simulation
 from brokerguard.store.state import StateStore, open_store
@@ -320,6 +320,7 @@ def run(
     _check_port_free(config.server.host, config.server.port)
     _configure_logging(interactive, log_format)
     service = _service(config)
+    restore_gc = tune_gc()  # this process is the service: its state is frozen once built
     server = StatusServer(
         create_app(service, control_token=token, bot_token=bot_token),
         host=config.server.host,
@@ -329,6 +330,7 @@ def run(
         server.start()
     except RuntimeError:
         service.close()
+        restore_gc()
         raise ConfigurationError(
             f"the status server did not start on {config.server.host}:{config.server.port} "
             "(see the log above): choose another port with --port (0 picks a free one)"
@@ -369,6 +371,7 @@ def run(
     server.stop()
     summary = service.status()
     service.close()
+    restore_gc()
     problems = _problems(summary)
     console.print(
         f"brokerguard stopped after {summary['service']['enforcement_passes']} enforcement "

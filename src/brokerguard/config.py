@@ -228,6 +228,15 @@ class BrokerConfig(_Model):
         "emulator); no credentials in it",
     )
     timeout_s: PositiveSeconds = Field(10.0, le=120, description="ccxt only: per-request timeout")
+    async_reads: bool = Field(
+        default=False,
+        description="ccxt only: talk to the exchange through ccxt.async_support (aiohttp) on the "
+        "service's reads loop, so each pass reads this entry's accounts ahead with the others "
+        "(no thread per waiting read); orders, lookups and cancels still come from the pool's "
+        "threads, run on that loop. Needs [enforcement] reads_ahead. Default false: the "
+        "synchronous client (requests) is the one proven against the venues, and aiohttp "
+        "handles proxies and TLS settings differently",
+    )
     quote_currency: str = "USD"
     ignore_assets: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list,
@@ -341,6 +350,8 @@ class BrokerConfig(_Model):
     def _kind_needs(self) -> Self:
         if self.kind == "ccxt" and not self.exchange:
             raise ValueError("a ccxt broker needs `exchange` (the ccxt id, e.g. 'kraken')")
+        if self.async_reads and self.kind != "ccxt":
+            raise ValueError("async_reads is for ccxt brokers (paper brokers read async anyway)")
         if self.kind == "paper_exchange" and (
             not self.api_url or self.exchange or self.api_key_env or self.api_secret_env
         ):
@@ -671,6 +682,13 @@ class BrokerGuardConfig(_Model):
         if not self.accounts:
             problems.append("accounts: at least one account is needed")
         problems += self._fleet_problems() + self._shared_key_problems() + self._venue_problems()
+        if not self.enforcement.reads_ahead:
+            problems += [
+                f"brokers.{name}.async_reads: needs [enforcement] reads_ahead = true (the "
+                "exchange's session lives on the reads loop)"
+                for name, broker in self.brokers.items()
+                if broker.async_reads
+            ]
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -72,7 +72,10 @@ class FakeClock:
         thread moved it) or it is the earliest sleeper of its event loop, which then moves the
         time to its own wake-up once the loop has settled. Ten tasks that each sleep one
         second therefore all wake one second later (not ten), and a rate limiter's staggered
-        slots land at their own times.
+        slots land at their own times. A task waiting on real I/O (a socket) is not asleep on
+        the clock: meanwhile the earliest sleeper moves the time on, so a timeout raced
+        against the clock (a read made ahead's ``read_timeout_s``) fires before the answer
+        arrives; with real network I/O under a fake clock, give such timeouts room.
         """
         seconds = _check_seconds("seconds", seconds)
         # Each event loop orders its own sleepers: a loop whose thread is blocked (a sync

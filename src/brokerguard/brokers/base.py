@@ -2101,7 +2101,8 @@ async def _within(call: Awaitable[T], seconds: float | None, what: str, clock: C
     late = TransientBrokerError(f"{what} made ahead got no answer within {seconds:g} s: abandoned")
     if isinstance(clock, SystemClock):
         try:
-            return await asyncio.wait_for(call, seconds)
+            async with asyncio.timeout(seconds):  # no task of its own (wait_for makes one)
+                return await call
         except TimeoutError:
             raise late from None
     answer = asyncio.ensure_future(call)

@@ -1,10 +1,10 @@
 """Real exchanges through ccxt: the raw SPI, and ccxt's errors translated at one seam.
 
 :class:`CcxtBroker` wraps a ccxt exchange instance (synchronous, or ``ccxt.async_support``
-when driven through :func:`brokerguard.ccxt.guard`, see "Async exchanges" below). Spot
-positions are the account's non-quote balances; prices come from one batched ``fetch_tickers``
-call; orders (market or limit: GTC, IOC, FOK, GTD, post-only) carry our client order id; open
-orders are listed for every symbol, and cancels are verified by a lookup.
+on a home event loop or driven through :func:`brokerguard.ccxt.guard`, see "Async exchanges"
+below). Spot positions are the account's non-quote balances; prices come from one batched
+``fetch_tickers`` call; orders (market or limit: GTC, IOC, FOK, GTD, post-only) carry our
+client order id; open orders are listed for every symbol, and cancels are verified by a lookup.
 
 What differs between venues is in one table, :data:`VENUE_RULES` (docs/ccxt.md shows it):
 
@@ -43,20 +43,29 @@ and says so (``Quote.stamped_on_receipt``).
 its class), the adapter calls the *unguarded* methods of the exchange's own class, and marks
 the call (:func:`in_raw_call`) so that ccxt methods which call other public methods of the
 exchange internally (Coinbase's ``cancel_order`` calls ``cancel_orders``) reach the unguarded
-ones too. **Async exchanges**: the guarded broker is synchronous; the guard runs it in a worker
-thread and each raw coroutine is run on the caller's event loop (:func:`driving_loop`).
+ones too.
+
+**Async exchanges.** Driven through the guard: the guarded broker is synchronous; the guard
+runs it in a worker thread and each raw coroutine is run on the caller's event loop
+(:func:`driving_loop`). On a home loop (``CcxtBroker(..., loop=)``, the service's
+``async_reads``): :meth:`CcxtBroker.afetch_positions` and :meth:`CcxtBroker.afetch_prices`
+await the raw coroutines on that loop (an enforcement pass reads every account there at once),
+and every synchronous call runs its coroutine there from the calling thread. Both paths share
+the parsers, the error translation and the nonce rule (:meth:`CcxtBroker._failed_attempt`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import json
 import logging
 import math
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -278,6 +287,27 @@ def _resolve(result: Any) -> Any:
     return asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
 
 
+_LOOP_LIVENESS_S = 0.5
+"""A thread waiting for its call on a home loop checks this often that the loop still runs
+(a loop stopped under it would leave it waiting forever)."""
+
+_KEY_LOCKS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[NonceSource, asyncio.Lock]
+] = weakref.WeakKeyDictionary()
+_KEY_LOCKS_LOCK = threading.Lock()
+
+
+def _key_lock(source: NonceSource) -> asyncio.Lock:
+    """The running loop's lock for the API key of `source` (one private call at a time)."""
+    loop = asyncio.get_running_loop()
+    with _KEY_LOCKS_LOCK:
+        locks = _KEY_LOCKS.setdefault(loop, weakref.WeakKeyDictionary())
+        lock = locks.get(source)
+        if lock is None:
+            lock = locks[source] = asyncio.Lock()
+        return lock
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -433,7 +463,7 @@ class CcxtBroker(BaseBroker):
 
     Args:
         exchange: a configured ``ccxt`` exchange (keys come from the caller's environment); a
-            ``ccxt.async_support`` one only through :func:`brokerguard.ccxt.guard`.
+            ``ccxt.async_support`` one with `loop`, or through :func:`brokerguard.ccxt.guard`.
         broker_name: defaults to the exchange id (``"kraken"``).
         quote_currency: the currency positions are valued in; its balance is cash, not a
             position.
@@ -445,7 +475,22 @@ class CcxtBroker(BaseBroker):
             exchange's key, when it has one and the venue signs with nonces).
         nonce_resyncs: refused nonces re-synced and retried per call (each jump doubles: 5
             clears a writer up to 31 s ahead); a refused nonce proves nothing was processed.
+        loop: for a ``ccxt.async_support`` exchange, the running event loop its HTTP session
+            lives on (the service's :class:`~brokerguard.risk.reads.ReadsAhead` loop): its
+            async reads are awaited there, and every synchronous call (orders, lookups,
+            cancels) runs its coroutine there from the calling thread. See "Home loop" below.
         Other arguments: as for :class:`BaseBroker`.
+
+    **Home loop.** With `loop`, the exchange belongs to that loop: :meth:`afetch_positions` and
+    :meth:`afetch_prices` must be awaited on it (anywhere else they raise
+    :class:`ConfigurationError`), and a synchronous call made *on* it raises
+    :class:`ConfigurationError` instead of waiting for itself forever. Private calls on one
+    API key are serialised on the loop (an ``asyncio.Lock`` per nonce source and loop), so a
+    pool thread's order and a pass's balance reads reach the venue with increasing nonces. A
+    *synchronous* exchange on the same key in the same process (the config allows one entry
+    per key) is serialised by the source's ``call_lock`` instead, not against the loop: the two
+    could collide, which Kraken refuses and the shared source re-syncs (a read is retried, an
+    order is raised as not processed). :meth:`close` closes the session on the loop.
     """
 
     def __init__(
@@ -466,7 +511,14 @@ class CcxtBroker(BaseBroker):
         client_order_id_factory: Callable[[], str] | None = None,
         rate_limiter: RateLimiter | None = None,
         order_deadline_s: float = 10.0,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        asynchronous = not getattr(exchange, "synchronous", True)
+        if loop is not None and not asynchronous:
+            raise ConfigurationError(
+                "a home event loop is for a ccxt.async_support exchange; "
+                f"{type(exchange).__name__} is synchronous"
+            )
         super().__init__(
             broker_name or str(exchange.id),
             account_type,
@@ -506,6 +558,49 @@ class CcxtBroker(BaseBroker):
         self._sent_at: OrderedDict[str, float] = OrderedDict()
         self._extras: dict[str, Mapping[str, Any]] = {}
         self._local = threading.local()
+        self._loop = loop
+        self._closed = False
+
+    @property
+    def has_async_reads(self) -> bool:
+        """Whether a pass may read this account ahead: an async exchange on its home loop.
+
+        A synchronous exchange (or an async one driven through :func:`brokerguard.ccxt.guard`,
+        which has no home loop) is read by the step itself; the base rule (the async reads
+        are twins of the sync ones in use) still applies to a subclass.
+        """
+        return self._loop is not None and super().has_async_reads
+
+    @property
+    def home_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the exchange's session lives on (None: a synchronous exchange)."""
+        return self._loop
+
+    def close(self) -> None:
+        """Close an async exchange's HTTP session on its home loop (idempotent).
+
+        Call it before the loop stops (the service does). A synchronous exchange, or an async
+        one without a home loop (its owner closes it), has nothing to close here.
+        """
+        if self._loop is None or self._closed:
+            return
+        if self._loop.is_closed():
+            log.warning(
+                "the event loop of %r (account %s) closed before its exchange: its HTTP session "
+                "was not closed",
+                self.broker_name,
+                self.account_id,
+            )
+            return
+        self._on_home_loop(self.aclose())
+
+    async def aclose(self) -> None:
+        """Close an async exchange's HTTP session (awaited on its home loop; idempotent)."""
+        if self._loop is None or self._closed:
+            return
+        self._refuse_off_home_loop("aclose")
+        self._closed = True
+        await self.exchange.close()
 
     def force_no_ccxt_retries(self) -> None:
         """Set ccxt's ``maxRetriesOnFailure`` to 0, exchange-wide and per endpoint.
@@ -547,11 +642,33 @@ class CcxtBroker(BaseBroker):
         params = {**self.rules.balance_params, **getattr(self._local, "balance_params", {})}
         self._local.balance = None
         balance = self._ccxt(self._raw("fetch_balance"), params, private=True)
+        positions = self._positions_from(balance)
+        self._local.balance = balance
+        return positions
+
+    async def afetch_positions(self) -> Sequence[Position]:
+        """Return :meth:`fetch_positions`'s answer, awaited on the exchange's own event loop.
+
+        The same balance call (the venue's ``balance_params``), nonce handling, error
+        translation and parsing. Two things differ, both because no thread of a caller makes
+        this read (:class:`~brokerguard.risk.reads.ReadsAhead` does, for a pass): a bot's
+        per-thread ``balance_params`` (only :func:`brokerguard.ccxt.guard` sets them, and it
+        reads synchronously) do not apply, and no thread's :meth:`last_balance` changes.
+        """
+        self._refuse_off_home_loop("afetch_positions")
+        await self._aensure_markets()
+        params = dict(self.rules.balance_params)
+        balance = await self._acall(self._raw("fetch_balance"), (params,), private=True)
+        return self._positions_from(balance)
+
+    def _positions_from(self, balance: object) -> list[Position]:
+        """The positions a ccxt balance shows (the one parser of both reads); raise if unusable."""
         totals = balance.get("total") if isinstance(balance, Mapping) else None
-        if not isinstance(totals, Mapping) or not isinstance(balance.get("info"), Mapping):
+        info = balance.get("info") if isinstance(balance, Mapping) else None
+        if not isinstance(totals, Mapping) or not isinstance(info, Mapping):
             raise InvalidBrokerData("balance", balance, "no_totals")
         if not totals:
-            raise InvalidBrokerData("balance", balance.get("info"), "empty")
+            raise InvalidBrokerData("balance", info, "empty")
         held: dict[str, Decimal] = {}
         for code, total in sorted(totals.items()):
             base = self._base_asset(str(code))
@@ -560,7 +677,6 @@ class CcxtBroker(BaseBroker):
             quantity = parse_decimal(total, field="quantity", symbol=str(code))
             if quantity > 0:
                 held[base] = held.get(base, Decimal(0)) + quantity
-        self._local.balance = balance
         return [
             Position(f"{base}/{self.quote_currency}", qty) for base, qty in sorted(held.items())
         ]
@@ -583,11 +699,22 @@ class CcxtBroker(BaseBroker):
         A ticker with its own timestamp becomes a :class:`Quote` at that time, so an old quote
         is seen as stale; one without (Kraken's REST Ticker) is left raw and stamped on receipt.
         """
-        markets = self._ensure_markets()
-        known = [s for s in symbols if s in markets]
+        known = [s for s in symbols if s in self._ensure_markets()]
         if not known:
             return {}
-        tickers = self._ccxt(self._raw("fetch_tickers"), known)
+        return self._prices_from(known, self._ccxt(self._raw("fetch_tickers"), known))
+
+    async def afetch_prices(self, symbols: Sequence[str]) -> Mapping[str, object]:
+        """Return :meth:`fetch_prices`'s answer, awaited on the exchange's own event loop."""
+        self._refuse_off_home_loop("afetch_prices")
+        known = [s for s in symbols if s in await self._aensure_markets()]
+        if not known:
+            return {}
+        return self._prices_from(known, await self._acall(self._raw("fetch_tickers"), (known,)))
+
+    @staticmethod
+    def _prices_from(known: Sequence[str], tickers: object) -> dict[str, object]:
+        """Each known symbol's price in a ``fetch_tickers`` answer (the one parser of both)."""
         if not isinstance(tickers, Mapping):
             raise InvalidBrokerData("tickers", tickers, "not_a_mapping")
         prices: dict[str, object] = {}
@@ -988,7 +1115,15 @@ class CcxtBroker(BaseBroker):
         successful answer would then "prove" an order absent, and a filled order would be sent
         again. Absence needs the venue to have listed its orders.
         """
-        found = _resolve(self._raw(name)(None, None, None, dict(params)))
+        found = self._raw(name)(None, None, None, dict(params))
+        if inspect.isawaitable(found):
+            return self._alisted_orders(found, key)  # run (and checked) where the caller awaits
+        return self._checked_listing(found, key)
+
+    async def _alisted_orders(self, found: Awaitable[object], key: str) -> object:
+        return self._checked_listing(await found, key)
+
+    def _checked_listing(self, found: object, key: str) -> object:
         if self._exchange_id == "kraken":
             body = getattr(self.exchange, "last_json_response", None)
             result = body.get("result") if isinstance(body, Mapping) else None
@@ -999,7 +1134,15 @@ class CcxtBroker(BaseBroker):
     def _measure_clock(self) -> object:
         before = self.clock.time()
         venue_ms = self._ccxt(self._raw("fetch_time"))
-        after = self.clock.time()
+        return self._venue_time_seen(before, venue_ms, self.clock.time())
+
+    async def _ameasure_clock(self) -> object:
+        before = self.clock.time()
+        venue_ms = await self._acall(self._raw("fetch_time"), ())
+        return self._venue_time_seen(before, venue_ms, self.clock.time())
+
+    def _venue_time_seen(self, before: float, venue_ms: object, after: float) -> object:
+        """Note the venue's clock offset from a time answer received between before and after."""
         try:
             venue = float(parse_decimal(venue_ms, field="time")) / 1000
         except InvalidBrokerData:
@@ -1036,7 +1179,11 @@ class CcxtBroker(BaseBroker):
             self._local.balance_params = previous
 
     def last_balance(self) -> Mapping[str, Any] | None:
-        """The raw ccxt balance of this thread's last successful position read."""
+        """The raw ccxt balance of this thread's last successful (synchronous) position read.
+
+        A read made ahead on the home loop (:meth:`afetch_positions`) sets none: it is made by
+        no caller's thread. Only :func:`brokerguard.ccxt.guard` asks, and it has no home loop.
+        """
         balance = getattr(self._local, "balance", None)
         return balance if isinstance(balance, Mapping) else None
 
@@ -1149,9 +1296,16 @@ class CcxtBroker(BaseBroker):
             markets = self._ccxt(self._raw("load_markets"))
             if self.enforces_order_deadline:
                 self._measure_clock()  # deadlines are read on the venue's clock
-        if not isinstance(markets, Mapping):
-            raise InvalidBrokerData("markets", markets, "not_a_mapping")
-        return markets
+        return _checked_markets(markets)
+
+    async def _aensure_markets(self) -> Mapping[str, Any]:
+        markets = self.exchange.markets
+        if not markets:
+            # ccxt's async load_markets shares one load between concurrent callers.
+            markets = await self._acall(self._raw("load_markets"), ())
+            if self.enforces_order_deadline:
+                await self._ameasure_clock()
+        return _checked_markets(markets)
 
     def _client_id_of(self, raw: Mapping[str, Any]) -> str | None:
         """The order's client id, if it has one (Kraken's ``userref`` is no id: never unique)."""
@@ -1186,12 +1340,17 @@ class CcxtBroker(BaseBroker):
         private: bool = False,
         resend_on_nonce: bool = True,
     ) -> T:
-        """Call ccxt, translating its errors; a refused nonce is re-synced and retried once.
+        """Call ccxt, translating its errors; a refused nonce is re-synced and retried.
 
         Private calls on one API key are serialised: the nonces are strictly increasing, but
         two threads' requests can still reach the exchange out of order, and Kraken rejects
-        the late one.
+        the late one. An exchange with a home loop makes the whole call there (its session
+        lives there, and so does the serialisation: see the class docstring).
         """
+        if self._loop is not None:
+            call = self._acall(func, args, private=private, resend=resend_on_nonce)
+            answer: T = self._on_home_loop(call)
+            return answer
         if private and self._nonce is not None:
             with self._nonce.call_lock:
                 return self._ccxt_once_more_on_nonce(func, args, resend_on_nonce)
@@ -1204,32 +1363,138 @@ class CcxtBroker(BaseBroker):
             token = _RAW_CALL.set(True)
             try:
                 result: T = _resolve(func(*args))
-            except ccxt.InvalidNonce as exc:
-                if self._nonce is not None:
-                    self._nonce.resync()
-                if not resend or attempt > self.nonce_resyncs or self._nonce is None:
-                    raise translate_ccxt_error(exc, exchange_id=self._exchange_id) from exc
-                log.warning(
-                    "nonce refused by %r (%s); another writer on this key is ahead: the shared "
-                    "nonce source now runs %.1fs ahead of the clock; retrying (%d collision(s) "
-                    "so far)",
-                    self.broker_name,
-                    exc,
-                    self._nonce.offset_ms / 1000,
-                    self._nonce.collisions,
-                )
-            except ccxt.BaseError as exc:
-                raise translate_ccxt_error(exc, exchange_id=self._exchange_id) from exc
-            except _CLIENT_PARSE_ERRORS as exc:
-                # ccxt's parser crashed on the payload: nothing usable came back.
-                raise InvalidBrokerData("response", repr(exc), "client_parse_error") from exc
+            except Exception as exc:  # judged by _failed_attempt: the one rule of both paths
+                error = self._failed_attempt(exc, attempt, resend)
+                if error is exc:
+                    raise
+                if error is not None:
+                    raise error from exc
             else:
-                if self._nonce is not None:
-                    self._nonce.accepted()
+                self._accepted_attempt()
                 return result
             finally:
                 _RAW_CALL.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _acall(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        *,
+        private: bool = False,
+        resend: bool = True,
+    ) -> Any:
+        """:meth:`_ccxt` on the home loop: the raw coroutine awaited here, the same rules."""
+        if not private or self._nonce is None:
+            return await self._aonce_more_on_nonce(func, args, resend)
+        # Serialised on the loop, not by the source's call_lock: a thread's lock held across
+        # awaits would be released by another thread if the loop ever ran on one, and held
+        # for good by a task that never resumed (a loop stopped under it), locking the key's
+        # synchronous callers out of it. Every call of a home-loop exchange runs here anyway.
+        async with _key_lock(self._nonce):
+            return await self._aonce_more_on_nonce(func, args, resend)
+
+    async def _aonce_more_on_nonce(
+        self, func: Callable[..., Any], args: tuple[Any, ...], resend: bool
+    ) -> Any:
+        for attempt in range(1, self.nonce_resyncs + 2):
+            token = _RAW_CALL.set(True)
+            try:
+                result = func(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:  # judged by _failed_attempt: the one rule of both paths
+                error = self._failed_attempt(exc, attempt, resend)
+                if error is exc:
+                    raise
+                if error is not None:
+                    raise error from exc
+            else:
+                self._accepted_attempt()
+                return result
+            finally:
+                _RAW_CALL.reset(token)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failed_attempt(self, exc: Exception, attempt: int, resend: bool) -> BaseException | None:
+        """What a failed raw call raises: our error, `exc` itself, or None to try again.
+
+        The one rule of both paths: a refused nonce re-syncs the shared source and is retried
+        (up to ``nonce_resyncs`` times, and never for a call that must not be resent); any
+        other ccxt error is translated; a parser crash is invalid data; anything else is ours.
+        """
+        if isinstance(exc, ccxt.InvalidNonce):
+            if self._nonce is not None:
+                self._nonce.resync()
+            if not resend or attempt > self.nonce_resyncs or self._nonce is None:
+                return translate_ccxt_error(exc, exchange_id=self._exchange_id)
+            log.warning(
+                "nonce refused by %r (%s); another writer on this key is ahead: the shared "
+                "nonce source now runs %.1fs ahead of the clock; retrying (%d collision(s) "
+                "so far)",
+                self.broker_name,
+                exc,
+                self._nonce.offset_ms / 1000,
+                self._nonce.collisions,
+            )
+            return None
+        if isinstance(exc, ccxt.BaseError):
+            return translate_ccxt_error(exc, exchange_id=self._exchange_id)
+        if isinstance(exc, _CLIENT_PARSE_ERRORS):
+            # ccxt's parser crashed on the payload: nothing usable came back.
+            return InvalidBrokerData("response", repr(exc), "client_parse_error")
+        return exc
+
+    def _accepted_attempt(self) -> None:
+        if self._nonce is not None:
+            self._nonce.accepted()
+
+    def _on_home_loop(self, call: Coroutine[Any, Any, T]) -> T:
+        """Run `call` on the home loop from this (other) thread and wait for its result."""
+        loop = self._loop
+        problem = None
+        if loop is None:
+            problem = "it has no home event loop"
+        elif _running_loop() is loop:
+            problem = (
+                "this is the thread of its own event loop, which would wait for itself forever "
+                "(await afetch_positions/afetch_prices there; call the rest from another thread)"
+            )
+        elif loop.is_closed() or not loop.is_running():
+            problem = "its event loop is not running (the service closed?)"
+        if problem is not None or loop is None:
+            call.close()  # never awaited: no "was never awaited" warning
+            raise ConfigurationError(
+                f"a synchronous call of {self.broker_name!r} (account {self.account_id}) on "
+                f"its async exchange cannot be made: {problem}"
+            )
+        future = asyncio.run_coroutine_threadsafe(call, loop)
+        while True:
+            try:
+                return future.result(timeout=_LOOP_LIVENESS_S)
+            except TimeoutError:
+                if future.done():
+                    raise  # the call's own TimeoutError
+                if loop.is_running():
+                    continue  # still under way: the call's own timeouts bound it
+                future.cancel()
+                why = "stopped while a call was under way"
+            except concurrent.futures.CancelledError:
+                why = "cancelled a call under way (the service closing)"
+            # Nothing says whether it reached the venue: a write stays unresolved.
+            raise TransientBrokerError(
+                f"the event loop of {self.broker_name!r} (account {self.account_id}) {why}: "
+                "its outcome is unknown"
+            ) from None
+
+    def _refuse_off_home_loop(self, name: str) -> None:
+        """Refuse an async call anywhere but on the home loop (the session lives there)."""
+        if self._loop is None or _running_loop() is not self._loop:
+            raise ConfigurationError(
+                f"{name} of {self.broker_name!r} (account {self.account_id}) is awaited on its "
+                "exchange's home event loop only (CcxtBroker(loop=...), a ccxt.async_support "
+                "exchange)"
+            )
 
     def _order_from(self, raw: object, client_order_id: str, request: OrderRequest | None) -> Order:
         if not isinstance(raw, Mapping):
@@ -1273,6 +1538,12 @@ class CcxtBroker(BaseBroker):
             order_type,
             price,
         )
+
+
+def _checked_markets(markets: object) -> Mapping[str, Any]:
+    if not isinstance(markets, Mapping):
+        raise InvalidBrokerData("markets", markets, "not_a_mapping")
+    return markets
 
 
 def _usable_price(value: object) -> Decimal | None:

@@ -119,16 +119,19 @@ class SharedPrices:
     def holds(self, symbols: Iterable[str]) -> bool:
         """Whether a fresh answer that asked for every one of `symbols` is held."""
         with self._lock:
-            return self._fresh(list(symbols)) is not None
+            return self._covers(symbols)
 
-    def _fresh(self, wanted: list[str]) -> dict[str, Received] | None:
-        """The held answer for `wanted`, if it is young enough and asked for all of it."""
-        if (
+    def _covers(self, wanted: Iterable[str]) -> bool:
+        return (
             self.max_age > 0
             and self._fetched_at is not None
             and self.clock.monotonic() - self._fetched_at <= self.max_age
             and self._asked.issuperset(wanted)
-        ):
+        )
+
+    def _fresh(self, wanted: list[str]) -> dict[str, Received] | None:
+        """The held answer for `wanted`, if it is young enough and asked for all of it."""
+        if self._covers(wanted):
             return {s: self._answer[s] for s in wanted if s in self._answer}
         return None
 

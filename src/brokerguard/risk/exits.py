@@ -320,9 +320,12 @@ class ContinuousExitEnforcer:
             )
             for broker in stream:
                 for enforcer in by_broker[id(broker)]:
-                    if self._local(enforcer):
-                        stepped[enforcer.account_id] = self._enforce_unless_stopped(enforcer)
-                    else:
+                    # One look at other processes' changes for the guess and the step.
+                    with enforcer.store.pinned():
+                        local = self._local(enforcer)
+                        if local:
+                            stepped[enforcer.account_id] = self._enforce_unless_stopped(enforcer)
+                    if not local:
                         futures[enforcer.account_id] = pool.submit(
                             self._enforce_unless_stopped, enforcer
                         )
@@ -341,8 +344,7 @@ class ContinuousExitEnforcer:
             enforcer.broker.discard_primed()
             return False
         try:
-            with enforcer.store.pinned():
-                return enforcer.step_is_local()
+            return enforcer.step_is_local()
         except Exception:  # a guess only: such an account is stepped in the pool
             log.exception("account %s: could not tell its step", enforcer.account_id)
             return False

@@ -126,7 +126,7 @@ class ReadsAhead:
             running = self._running_loop()
         except RuntimeError:  # closed since the look above
             return Stream(listed, None, self)
-        landed: queue.SimpleQueue[BaseBroker] = queue.SimpleQueue()
+        landed: queue.SimpleQueue[list[BaseBroker]] = queue.SimpleQueue()
         future: Future[PrimedPass] = asyncio.run_coroutine_threadsafe(
             self._stream(listed, stop or _never, landed.put), running
         )
@@ -205,10 +205,23 @@ class ReadsAhead:
         self,
         brokers: Sequence[BaseBroker],
         stop: Callable[[], bool],
-        hand_over: Callable[[BaseBroker], None],
+        hand_over: Callable[[list[BaseBroker]], None],
     ) -> PrimedPass:
         places = asyncio.Semaphore(self.max_in_flight)
         venues: dict[int, _VenuePrices] = {}
+        # The accounts landing in one turn of the loop are handed over together: one wake-up
+        # of the pass's thread for many (a wake-up per account cost more than the account).
+        batch: list[BaseBroker] = []
+        loop = asyncio.get_running_loop()
+
+        def flush() -> None:
+            hand_over(batch.copy())
+            batch.clear()
+
+        def land(broker: BaseBroker) -> None:
+            if not batch:
+                loop.call_soon(flush)
+            batch.append(broker)
 
         async def one(broker: BaseBroker) -> bool:
             try:
@@ -217,7 +230,7 @@ class ReadsAhead:
                     await self._priced(broker, venues, places, stop)
                 return was_read
             finally:
-                hand_over(broker)  # exactly once, whatever happened
+                land(broker)  # exactly once, whatever happened
 
         reads = [asyncio.ensure_future(one(b)) for b in brokers]
         self._reading.update(reads)
@@ -333,7 +346,7 @@ class Stream:
     """The accounts of one pass, each handed over once its read made ahead has landed."""
 
     brokers: list[BaseBroker]
-    _source: tuple[Future[PrimedPass], queue.SimpleQueue[BaseBroker]] | None
+    _source: tuple[Future[PrimedPass], queue.SimpleQueue[list[BaseBroker]]] | None
     _owner: ReadsAhead
     summary: PrimedPass = field(init=False)
     """What the pass read (complete once the stream is exhausted)."""
@@ -350,13 +363,14 @@ class Stream:
         try:
             while len(given) < len(self.brokers):
                 try:
-                    broker = landed.get(timeout=_POLL_S)
+                    brokers = landed.get(timeout=_POLL_S)
                 except queue.Empty:
-                    if future.done():
+                    if future.done() and landed.empty():
                         break  # cancelled (closed) before handing every account over
                     continue
-                given.add(id(broker))
-                yield broker
+                for broker in brokers:
+                    given.add(id(broker))
+                    yield broker
             self.summary = _summary(future, self.brokers)
         finally:
             self._owner._forget(future)  # noqa: SLF001 (the stream's own pass)
