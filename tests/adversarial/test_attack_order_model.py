@@ -272,15 +272,7 @@ def test_a_partial_fill_then_cancel_keeps_the_slot_until_a_snapshot_shows_it(clo
     assert venue.held() == {"BTC/USD", "ETH/USD", "SOL/USD"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BREAK: TradingGate._absorb (risk/gate.py) expires a filled entry pending_entry_ttl "
-    "after the reservation ENDED (filled_at) once its order is no longer in LIVE_STATES; a limit "
-    "buy that rested longer than the ttl, then partly filled and was cancelled (state CANCELED) "
-    "loses its slot at once while the cached snapshot (<= max_position_age old, taken before the "
-    "fill) does not show the position yet: the gate allows DOGE and the account holds 4 on a cap "
-    "of 3",
-)
+# Closed: the ttl of an entry whose order rested starts when the gate saw it end.
 def test_a_long_resting_buy_partly_filled_then_cancelled_keeps_its_slot(clock):
     """Rested 1000 s, half filled, cancelled: the half position keeps the slot."""
     venue = Venue("partial-late", clock=clock, settle_delay=1000, partial_fills=True)

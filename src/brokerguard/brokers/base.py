@@ -334,6 +334,7 @@ class BaseBroker(abc.ABC):
         # for a journaled one): it explains the symbol's disappearance once it is filled.
         self._bg_sells: dict[str, tuple[float, str | None]] = {}
         self._bg_filled_at: dict[str, float] = {}  # sell cid -> monotonic time seen filled
+        self._bg_final_fill: dict[str, Decimal] = {}  # cid -> its filled quantity, seen final
         # (symbol, side) -> the last few sends (monotonic time, client order id)
         self._bg_recent_sends: dict[tuple[str, Side], list[tuple[float, str]]] = {}
         self._bg_plausibility = PositionPlausibility(plausibility)
@@ -1368,6 +1369,9 @@ class BaseBroker(abc.ABC):
                 self._bg_filled_at[cid] = self._bg_clock.monotonic()
                 while len(self._bg_filled_at) > _RECENT_FILLS:
                     del self._bg_filled_at[next(iter(self._bg_filled_at))]
+            self._bg_final_fill[cid] = order.filled_quantity
+            while len(self._bg_final_fill) > _RECENT_FILLS:
+                del self._bg_final_fill[next(iter(self._bg_final_fill))]
         if unresolved:
             self._settle_unresolved(cid, state, order)
 
@@ -1667,6 +1671,15 @@ class BaseBroker(abc.ABC):
     def order_state(self, client_order_id: str) -> OrderState | None:
         """Return what this process knows of an order it sent (None: never sent from here)."""
         return self._sent_state(client_order_id)
+
+    def final_fill(self, client_order_id: str) -> Decimal | None:
+        """The quantity an order of ours had filled when it was seen final (None: not seen).
+
+        A cancelled limit buy may have filled in part first: what it bought is a position.
+        The newest ``_RECENT_FILLS`` orders seen final are remembered.
+        """
+        with self._bg_lock:
+            return self._bg_final_fill.get(client_order_id)
 
     def order_deadline(self, now: float | None = None) -> float:
         """Return the deadline (epoch seconds) an order sent `now` would carry."""

@@ -245,6 +245,8 @@ class TradingGate:
         # symbol -> its entries not yet seen in a snapshot: (monotonic time the entry
         # completed, its client order id when known); one symbol may have several.
         self._filled: dict[str, list[tuple[float, str | None]]] = {}
+        # client order id of a filled entry -> when the gate first saw its order no longer live
+        self._ended: dict[str, float] = {}
 
     @property
     def account_id(self) -> str:
@@ -620,11 +622,11 @@ class TradingGate:
             expired = [
                 (filled_at, cid)
                 for filled_at, cid in kept
-                if now - filled_at > self.pending_entry_ttl
-                # an order still live at the broker (resting, unresolved) keeps its slot
-                and (cid is None or self.broker.order_state(cid) not in LIVE_STATES)
+                if now - self._ttl_from(filled_at, cid, now) > self.pending_entry_ttl
             ]
             kept = [e for e in kept if e not in expired]
+            for _, cid in set(entries) - set(kept):  # entries gone: their end times too
+                self._ended.pop(cid or "", None)
             if kept:
                 self._filled[symbol] = kept
             else:
@@ -637,6 +639,26 @@ class TradingGate:
                     self.account_id,
                     self.pending_entry_ttl,
                 )
+
+    def _ttl_from(self, filled_at: float, cid: str | None, now: float) -> float:
+        """When an entry's ``pending_entry_ttl`` started (caller holds the lock).
+
+        At its reservation's end, unless its order ended having bought something: then when
+        the gate first saw it ended. A limit buy may fill (in part) at any moment it rests, and
+        a snapshot from before that fill does not show it: a buy that rested an hour, half
+        filled, then was cancelled keeps its slot for the ttl after the gate saw its end (or
+        until a snapshot shows the position), not one ttl after it was sent. An order still
+        live (resting, unresolved) keeps its slot.
+        """
+        if cid is None:
+            return filled_at
+        if self.broker.order_state(cid) in LIVE_STATES:
+            self._ended.pop(cid, None)
+            return now
+        bought = self.broker.final_fill(cid)
+        if bought is None or bought <= 0:
+            return filled_at
+        return max(filled_at, self._ended.setdefault(cid, now))
 
     def _fleet_occupied(self, *, one_trip: bool = False) -> set[str] | Decision:
         """The symbols the fleet's live reservations hold (caller holds the lock).
