@@ -74,6 +74,13 @@ class SteppingClock(FakeClock):
         if threading.get_ident() == self._loop_thread:
             self.on_sleep()
 
+    async def asleep(self, seconds: float) -> None:
+        """FakeClock's async sleep, not recorded either (reads ahead race one per read)."""
+        try:
+            await super().asleep(seconds)
+        finally:
+            self.sleeps.clear()
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
