@@ -223,9 +223,14 @@ class ReadsAhead:
                 loop.call_soon(flush)
             batch.append(broker)
 
+        failed = 0  # counted as they land: a step may take its read before the pass ends
+
         async def one(broker: BaseBroker) -> bool:
+            nonlocal failed
             try:
                 was_read = await self._read(broker, places, stop)
+                if was_read and broker.primed_count is None:
+                    failed += 1
                 if was_read:
                     await self._priced(broker, venues, places, stop)
                 return was_read
@@ -242,7 +247,7 @@ class ReadsAhead:
         done = sum(1 for result in landed if result is True)
         return PrimedPass(
             read=done,
-            failed=sum(1 for b in brokers if b.primed and b.primed_count is None),
+            failed=failed,
             skipped=len(brokers) - done,
             venues_priced=sum(1 for v in venues.values() if v.priced),
         )
