@@ -334,7 +334,7 @@ class BaseBroker(abc.ABC):
         # for a journaled one): it explains the symbol's disappearance once it is filled.
         self._bg_sells: dict[str, tuple[float, str | None]] = {}
         self._bg_filled_at: dict[str, float] = {}  # sell cid -> monotonic time seen filled
-        self._bg_final_fill: dict[str, Decimal] = {}  # cid -> its filled quantity, seen final
+        self._bg_final_fill: dict[str, Decimal] = {}  # buy cid -> what it filled, seen final
         # (symbol, side) -> the last few sends (monotonic time, client order id)
         self._bg_recent_sends: dict[tuple[str, Side], list[tuple[float, str]]] = {}
         self._bg_plausibility = PositionPlausibility(plausibility)
@@ -1369,9 +1369,10 @@ class BaseBroker(abc.ABC):
                 self._bg_filled_at[cid] = self._bg_clock.monotonic()
                 while len(self._bg_filled_at) > _RECENT_FILLS:
                     del self._bg_filled_at[next(iter(self._bg_filled_at))]
-            self._bg_final_fill[cid] = order.filled_quantity
-            while len(self._bg_final_fill) > _RECENT_FILLS:
-                del self._bg_final_fill[next(iter(self._bg_final_fill))]
+            if order.side is Side.BUY and order.filled_quantity > 0 and known is not None:
+                self._bg_final_fill[cid] = order.filled_quantity  # an entry that bought
+                while len(self._bg_final_fill) > _RECENT_FILLS:
+                    del self._bg_final_fill[next(iter(self._bg_final_fill))]
         if unresolved:
             self._settle_unresolved(cid, state, order)
 
@@ -1673,10 +1674,11 @@ class BaseBroker(abc.ABC):
         return self._sent_state(client_order_id)
 
     def final_fill(self, client_order_id: str) -> Decimal | None:
-        """The quantity an order of ours had filled when it was seen final (None: not seen).
+        """What a buy of ours had filled when it was seen final (None: nothing, or not seen).
 
         A cancelled limit buy may have filled in part first: what it bought is a position.
-        The newest ``_RECENT_FILLS`` orders seen final are remembered.
+        Remembered as long as the order itself (``FINAL_ORDER_MEMORY_S`` after it ended, at
+        most the newest ``_RECENT_FILLS``).
         """
         with self._bg_lock:
             return self._bg_final_fill.get(client_order_id)
@@ -1857,6 +1859,8 @@ class BaseBroker(abc.ABC):
         for cid, at in list(self._bg_filled_at.items()):
             if at <= horizon and cid not in explaining:
                 del self._bg_filled_at[cid]
+        for cid in [c for c in self._bg_final_fill if c not in self._bg_sent]:
+            del self._bg_final_fill[cid]  # forgotten with its order
 
     def close_position(self, symbol: str) -> Order:
         """Sell the whole position in `symbol` at market (a risk-reducing order)."""
