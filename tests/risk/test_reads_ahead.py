@@ -445,3 +445,17 @@ def test_a_symbol_paused_but_no_longer_held_sends_its_step_to_the_pool(clock, st
     ok, _ = enforcer.enforce_cap()
     assert ok  # and the step values it: a valid price lifts the pause
     assert "C19/USD" not in enforcer.valuator.own_pauses()
+
+
+def test_one_at_a_time_steps_every_account_in_the_calling_thread(clock, store, reads):
+    """max_concurrency 1 with reads ahead: over-cap accounts too, one after the other here."""
+    enforcers, _ = fleet(clock, store, reads, 3)
+    over = PositionCapEnforcer(
+        paper(clock, "over", 12, board=enforcers[0].broker.shared_prices), 8, store=store
+    )
+    loop = ContinuousExitEnforcer([*enforcers, over], max_concurrency=1, reads_ahead=reads)
+    threads: set[str] = set()
+    loop.add_result_listener(lambda _a, _r: threads.add(threading.current_thread().name))
+    results = loop.tick()
+    assert results["over"]["liquidated"]
+    assert threads == {threading.current_thread().name}

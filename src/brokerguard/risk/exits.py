@@ -294,26 +294,18 @@ class ContinuousExitEnforcer:
         An account whose step looks local (:meth:`PositionCapEnforcer.step_is_local`) is
         stepped in this thread at once; the others (selling, settling, looking orders up) in
         the pool meanwhile, as are the accounts not read ahead (held by another worker of the
-        fleet, by all appearances). A slow venue delays its own accounts only.
+        fleet, by all appearances). A slow venue delays its own accounts only. With
+        ``max_concurrency`` 1 every step is made in this thread, one after the other.
         """
-        ahead = self.enforcers
-        if self.leases is not None:  # only the accounts this worker will step
-            leases = self.leases
-            held = leases.held()
-            ahead = [e for e in ahead if e.account_id in held or leases.prefers(e.account_id)]
+        ahead = self._to_read_ahead()
         by_broker: dict[int, list[PositionCapEnforcer]] = {}
         for enforcer in ahead:
             by_broker.setdefault(id(enforcer.broker), []).append(enforcer)
         reading = {id(e) for e in ahead}
-        stepped: dict[str, dict[str, Any] | None] = {}
-        futures: dict[str, Future[dict[str, Any] | None]] = {}
-        workers = max(1, self.max_concurrency)
-        with ThreadPoolExecutor(workers, "brokerguard-enforce") as pool:
-            for enforcer in self.enforcers:
-                if id(enforcer) not in reading:
-                    futures[enforcer.account_id] = pool.submit(
-                        self._enforce_unless_stopped, enforcer
-                    )
+        rest = [e for e in self.enforcers if id(e) not in reading]
+        with ThreadPoolExecutor(self.max_concurrency, "brokerguard-enforce") as pool:
+            steps = _Steps(self._enforce_unless_stopped, pool, alone=self.max_concurrency == 1)
+            steps.elsewhere(rest)  # (one at a time: after the others)
             stream = reads.stream(
                 [e.broker for e in ahead if by_broker[id(e.broker)][0] is e],
                 stop=self._stop.is_set,
@@ -324,15 +316,19 @@ class ContinuousExitEnforcer:
                     with enforcer.store.pinned():
                         local = self._local(enforcer)
                         if local:
-                            stepped[enforcer.account_id] = self._enforce_unless_stopped(enforcer)
+                            steps.here(enforcer)
                     if not local:
-                        futures[enforcer.account_id] = pool.submit(
-                            self._enforce_unless_stopped, enforcer
-                        )
+                        steps.elsewhere([enforcer])
             self.last_primed = stream.summary
-        for account, future in futures.items():
-            stepped[account] = future.result()
-        return self._in_order(stepped)
+        return self._in_order(steps.results())
+
+    def _to_read_ahead(self) -> list[PositionCapEnforcer]:
+        """The accounts to read ahead: in a fleet, those this worker holds or is to take."""
+        if self.leases is None:
+            return list(self.enforcers)
+        leases = self.leases
+        held = leases.held()
+        return [e for e in self.enforcers if e.account_id in held or leases.prefers(e.account_id)]
 
     def _local(self, enforcer: PositionCapEnforcer) -> bool:
         """Whether to step `enforcer` here (its reads in hand); drop a read it must not sell on."""
@@ -561,6 +557,39 @@ class ContinuousExitEnforcer:
                 log.exception(
                     "event listener %r failed on %r; enforcement goes on", listener, event
                 )
+
+
+class _Steps:
+    """The steps of one pass: made here, or handed to the pool (or, one at a time, deferred)."""
+
+    def __init__(
+        self,
+        run: Callable[[PositionCapEnforcer], dict[str, Any] | None],
+        pool: ThreadPoolExecutor,
+        *,
+        alone: bool,
+    ) -> None:
+        self._run, self._pool, self._alone = run, pool, alone
+        self._stepped: dict[str, dict[str, Any] | None] = {}
+        self._futures: dict[str, Future[dict[str, Any] | None]] = {}
+        self._deferred: list[PositionCapEnforcer] = []
+
+    def here(self, enforcer: PositionCapEnforcer) -> None:
+        self._stepped[enforcer.account_id] = self._run(enforcer)
+
+    def elsewhere(self, enforcers: Iterable[PositionCapEnforcer]) -> None:
+        for enforcer in enforcers:
+            if self._alone:
+                self._deferred.append(enforcer)  # stepped here, after the ones in hand
+            else:
+                self._futures[enforcer.account_id] = self._pool.submit(self._run, enforcer)
+
+    def results(self) -> dict[str, dict[str, Any] | None]:
+        for enforcer in self._deferred:
+            self.here(enforcer)
+        for account, future in self._futures.items():
+            self._stepped[account] = future.result()
+        return self._stepped
 
 
 def _not_enforced(account: str, status: str, reason: str) -> dict[str, Any]:
