@@ -78,7 +78,7 @@ from brokerguard.orders import (
     weigh_lookup,
 )
 from brokerguard.resilience.breaker import BrokerCircuitBreaker
-from brokerguard.resilience.classify import calling_key
+from brokerguard.resilience.classify import CALLING_KEY
 from brokerguard.resilience.ratelimit import RateLimiter
 from brokerguard.resilience.registry import get_circuit_breaker
 from brokerguard.resilience.retry import RetryPolicy
@@ -1912,18 +1912,21 @@ class BaseBroker(abc.ABC):
 
     @contextmanager
     def _observed(self, scope: str, method: str) -> Iterator[None]:
-        if self.api_key_name is not None:  # the venue's breaker learns whose answer it judges
-            with calling_key(self.api_key_name), self._timed(scope, method):
+        """Time a guarded call for the observers; name its API key for the venue's breaker."""
+        key = self.api_key_name  # the venue's breaker learns whose answer it judges
+        token = None if key is None else CALLING_KEY.set(key)
+        try:
+            if not self._bg_observers:
                 yield
-        else:
+                return
             with self._timed(scope, method):
                 yield
+        finally:
+            if token is not None:
+                CALLING_KEY.reset(token)
 
     @contextmanager
     def _timed(self, scope: str, method: str) -> Iterator[None]:
-        if not self._bg_observers:
-            yield
-            return
         started = self._bg_clock.monotonic()
         outcome = "success"
         try:

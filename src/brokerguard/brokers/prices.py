@@ -152,9 +152,7 @@ class SharedPrices:
         wanted: list[str],
     ) -> dict[str, Received]:
         try:
-            raw = fetch(sorted(flight.asked))
-            received_at = self.clock.time()
-            flight.answer = {s: Received(raw[s], received_at) for s in flight.asked if s in raw}
+            flight.receive(fetch(sorted(flight.asked)), self.clock.time())
         except BaseException as exc:
             flight.error = exc
             raise
@@ -183,9 +181,7 @@ class SharedPrices:
         if not leading:
             return False
         try:
-            raw = await fetch(sorted(flight.asked))
-            received_at = self.clock.time()
-            flight.answer = {s: Received(raw[s], received_at) for s in flight.asked if s in raw}
+            flight.receive(await fetch(sorted(flight.asked)), self.clock.time())
         except BaseException as exc:
             flight.error = exc
             if not isinstance(exc, Exception):
@@ -236,6 +232,10 @@ class _Flight:
     done: threading.Event = field(default_factory=threading.Event)
     answer: dict[str, Received] = field(default_factory=dict)
     error: BaseException | None = None
+
+    def receive(self, raw: Mapping[str, object], received_at: float) -> None:
+        """Keep the venue's answer to what this flight asked, stamped when it arrived."""
+        self.answer = {s: Received(raw[s], received_at) for s in self.asked if s in raw}
 
     def subset(self, wanted: list[str]) -> dict[str, Received]:
         return {s: self.answer[s] for s in wanted if s in self.answer}

@@ -90,7 +90,8 @@ def venue_classifier(exc: BaseException) -> Outcome:
     return Outcome.IGNORED if outcome is Outcome.FATAL else outcome
 
 
-_CALLING_KEY: ContextVar[str | None] = ContextVar("brokerguard_calling_key", default=None)
+CALLING_KEY: ContextVar[str | None] = ContextVar("brokerguard_calling_key", default=None)
+"""The API key (by a name, never the key) the current call is made with: see calling_key."""
 
 
 @contextmanager
@@ -100,11 +101,11 @@ def calling_key(name: str | None) -> Iterator[None]:
     Brokers wrap each guarded call in it (``BaseBroker.api_key_name``); a failure classified
     inside the block is then known to be that key's answer.
     """
-    token = _CALLING_KEY.set(name)
+    token = CALLING_KEY.set(name)
     try:
         yield
     finally:
-        _CALLING_KEY.reset(token)
+        CALLING_KEY.reset(token)
 
 
 class VenueClassifier:
@@ -137,7 +138,7 @@ class VenueClassifier:
     def __call__(self, exc: BaseException) -> Outcome:
         """Classify `exc` raised by a call made with the key in :func:`calling_key`."""
         outcome = venue_classifier(exc)
-        key = _CALLING_KEY.get()
+        key = CALLING_KEY.get()
         if not isinstance(exc, RateLimitedError) or key is None or outcome is Outcome.IGNORED:
             return outcome
         now = self.clock.monotonic()
