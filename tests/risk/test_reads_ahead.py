@@ -459,3 +459,70 @@ def test_one_at_a_time_steps_every_account_in_the_calling_thread(clock, store, r
     results = loop.tick()
     assert results["over"]["liquidated"]
     assert threads == {threading.current_thread().name}
+
+
+class CountingPaper(PaperBroker):
+    """A paper broker counting the position reads waiting on it at once (all its kind share)."""
+
+    waiting = 0
+    most = 0
+
+    async def afetch_positions(self) -> Sequence[Position]:
+        CountingPaper.waiting += 1
+        CountingPaper.most = max(CountingPaper.most, CountingPaper.waiting)
+        try:
+            return await super().afetch_positions()
+        finally:
+            CountingPaper.waiting -= 1
+
+
+def test_no_more_than_max_in_flight_reads_wait_at_once(clock, store):
+    """Ten accounts, three places: three reads wait together, never a fourth; all are read."""
+    CountingPaper.waiting = CountingPaper.most = 0
+    reads = ReadsAhead(max_in_flight=3)
+    try:
+        enforcers, _ = fleet(clock, store, reads, 10, cls=CountingPaper)
+        summary = reads.prime([e.broker for e in enforcers])
+    finally:
+        reads.close()
+    assert CountingPaper.most == 3
+    assert summary == PrimedPass(read=10, failed=0, skipped=0, venues_priced=1)
+
+
+class GatedPrices(PaperBroker):
+    """A paper broker whose price reads wait until the test opens the gate (real time)."""
+
+    gate = threading.Event()
+
+    async def afetch_prices(self, symbols: Sequence[str]) -> Mapping[str, object]:
+        while not GatedPrices.gate.is_set():  # noqa: ASYNC110 (a thread opens it)
+            await asyncio.sleep(0.005)  # the real loop's sleep: not a sleeper on the fake clock
+        return await super().afetch_prices(symbols)
+
+
+def test_a_venue_whose_price_read_hangs_holds_up_its_own_accounts_only(clock, store):
+    """One place: venue A's price read hangs; venue B's accounts are handed over meanwhile.
+
+    An account waiting for its venue's prices gives its place up: the hanging venue cannot take
+    every place of the pass and starve the venues that answer.
+    """
+    GatedPrices.gate.clear()
+    watchdog = threading.Timer(5.0, GatedPrices.gate.set)  # a starved pass fails, never hangs
+    watchdog.start()
+    reads = ReadsAhead(max_in_flight=1)
+    try:
+        a, _ = fleet(clock, store, reads, 2, cls=GatedPrices)
+        b, _ = fleet(clock, store, reads, 3)
+        for enforcer in b:
+            enforcer.broker.account_id = "b-" + enforcer.account_id
+        order = []
+        for broker in reads.stream([e.broker for e in [*a, *b]]):
+            order.append(broker.account_id)
+            if len(order) == 3:
+                GatedPrices.gate.set()  # B's three were handed over (or the watchdog fired)
+    finally:
+        watchdog.cancel()
+        GatedPrices.gate.set()
+        reads.close()
+    assert sorted(order[:3]) == ["b-acct-0", "b-acct-1", "b-acct-2"]
+    assert sorted(order[3:]) == ["acct-0", "acct-1"]

@@ -2118,13 +2118,12 @@ async def _within(call: Awaitable[T], seconds: float | None, what: str, clock: C
     """
     if seconds is None:
         return await call
-    late = TransientBrokerError(f"{what} made ahead got no answer within {seconds:g} s: abandoned")
     if isinstance(clock, SystemClock):
         try:
             async with asyncio.timeout(seconds):  # no task of its own (wait_for makes one)
                 return await call
         except TimeoutError:
-            raise late from None
+            raise _late(what, seconds) from None
     answer = asyncio.ensure_future(call)
     timer = asyncio.ensure_future(clock.asleep(seconds))
     try:
@@ -2135,8 +2134,12 @@ async def _within(call: Awaitable[T], seconds: float | None, what: str, clock: C
                 task.cancel()
         await asyncio.gather(timer, answer, return_exceptions=True)
     if answer.cancelled():
-        raise late
+        raise _late(what, seconds)
     return answer.result()
+
+
+def _late(what: str, seconds: float) -> TransientBrokerError:
+    return TransientBrokerError(f"{what} made ahead got no answer within {seconds:g} s: abandoned")
 
 
 class _NotSent(Exception):  # noqa: N818 (a signal, not an error anyone sees)

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.brokers.base import BaseBroker
@@ -91,7 +92,7 @@ class ReadsAhead:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._pending: set[Future[PrimedPass]] = set()  # passes waiting for their reads
-        self._reading: set[asyncio.Future[bool]] = set()  # their reads (the loop's thread only)
+        self._reading: set[asyncio.Future[Any]] = set()  # its crews and waits (the loop thread)
 
     def prime(
         self, brokers: Iterable[BaseBroker], *, stop: Callable[[], bool] | None = None
@@ -207,56 +208,49 @@ class ReadsAhead:
         stop: Callable[[], bool],
         hand_over: Callable[[list[BaseBroker]], None],
     ) -> PrimedPass:
-        places = asyncio.Semaphore(self.max_in_flight)
-        venues: dict[int, _VenuePrices] = {}
-        # The accounts landing in one turn of the loop are handed over together: one wake-up
-        # of the pass's thread for many (a wake-up per account cost more than the account).
-        batch: list[BaseBroker] = []
-        loop = asyncio.get_running_loop()
-
-        def flush() -> None:
-            hand_over(batch.copy())
-            batch.clear()
-
-        def land(broker: BaseBroker) -> None:
-            if not batch:
-                loop.call_soon(flush)
-            batch.append(broker)
-
-        failed = 0  # counted as they land: a step may take its read before the pass ends
-
-        async def one(broker: BaseBroker) -> bool:
-            nonlocal failed
-            try:
-                was_read = await self._read(broker, places, stop)
-                if was_read and broker.primed_count is None:
-                    failed += 1
-                if was_read:
-                    await self._priced(broker, venues, places, stop)
-                return was_read
-            finally:
-                land(broker)  # exactly once, whatever happened
-
-        reads = [asyncio.ensure_future(one(b)) for b in brokers]
-        self._reading.update(reads)
+        run = _Pass(self, brokers, stop, hand_over, asyncio.get_running_loop())
+        # A fixed crew of `max_in_flight` readers takes the accounts in order (a task per
+        # account and a semaphore cost a third of a read's CPU). An account whose prices are
+        # not in hand yet waits for them in a task of its own, off the crew: a venue whose
+        # price read hangs never holds up the other venues' reads.
+        crew = [
+            run.loop.create_task(run.reader()) for _ in range(min(self.max_in_flight, len(brokers)))
+        ]
+        self._reading.update(crew)
         try:
             # Every read ends here, whatever the others did: none lands after the pass.
-            landed = await asyncio.gather(*reads, return_exceptions=True)
+            await asyncio.gather(*crew, return_exceptions=True)
+            while run.waiting:
+                await asyncio.gather(*run.waiting, return_exceptions=True)
         finally:
-            self._reading.difference_update(reads)
-        done = sum(1 for result in landed if result is True)
+            self._reading.difference_update(crew)
+            for task in run.waiting:
+                task.cancel()
+            for broker in brokers:  # never read (stopped, cancelled): handed over all the same
+                run.land(broker)
         return PrimedPass(
-            read=done,
-            failed=failed,
-            skipped=len(brokers) - done,
-            venues_priced=sum(1 for v in venues.values() if v.priced),
+            read=run.read,
+            failed=run.failed,
+            skipped=len(brokers) - run.read,
+            venues_priced=sum(1 for v in run.venues.values() if v.priced),
         )
+
+    @staticmethod
+    def _prices_in_hand(broker: BaseBroker, venues: dict[int, _VenuePrices]) -> bool:
+        """Whether `broker`'s step needs no price read made ahead (or can have none)."""
+        board = broker.shared_prices
+        if board is None:
+            return True
+        symbols = broker.primed_symbols()
+        if not symbols or board.holds(symbols):
+            return True
+        venue = venues.get(id(board))
+        return venue is not None and venue.failed
 
     async def _priced(
         self,
         broker: BaseBroker,
         venues: dict[int, _VenuePrices],
-        places: asyncio.Semaphore,
         stop: Callable[[], bool],
     ) -> None:
         """Wait until the venue's shared answer holds `broker`'s symbols (one flight at once).
@@ -276,7 +270,7 @@ class ReadsAhead:
             flight = venue.flight
             if flight is None or flight.done():
                 flight = venue.flight = asyncio.ensure_future(
-                    self._price(broker, set(symbols), places, stop)
+                    self._price(broker, set(symbols), stop)
                 )
                 self._reading.add(flight)
                 flight.add_done_callback(self._reading.discard)
@@ -284,44 +278,38 @@ class ReadsAhead:
             venue.priced |= ok
             venue.failed |= not ok
 
-    async def _read(
-        self, broker: BaseBroker, places: asyncio.Semaphore, stop: Callable[[], bool]
-    ) -> bool:
-        async with places:
-            if stop():
-                return False
-            try:
-                return await broker.aprime_positions(answer_within_s=self.read_timeout_s)
-            except Exception:  # a bug in an adapter: that account's step reads itself
-                log.exception("reading account %s ahead failed", broker.account_id)
-            except asyncio.CancelledError:
-                if _cancelling():
-                    raise  # the pass itself is cancelled (stop, close): this read ends
-                log.error("reading account %s ahead was cancelled by its adapter", broker)
-            broker.discard_primed()
+    async def _read(self, broker: BaseBroker, stop: Callable[[], bool]) -> bool:
+        if stop():
             return False
+        try:
+            return await broker.aprime_positions(answer_within_s=self.read_timeout_s)
+        except Exception:  # a bug in an adapter: that account's step reads itself
+            log.exception("reading account %s ahead failed", broker.account_id)
+        except asyncio.CancelledError:
+            if _cancelling():
+                broker.discard_primed()
+                raise  # the pass itself is cancelled (stop, close): this read ends
+            log.error("reading account %s ahead was cancelled by its adapter", broker)
+        broker.discard_primed()
+        return False
 
     async def _price(
         self,
         broker: BaseBroker,
         symbols: set[str],
-        places: asyncio.Semaphore,
         stop: Callable[[], bool],
     ) -> bool:
-        async with places:
-            if stop():
-                return False
-            try:
-                return await broker.aprime_prices(
-                    sorted(symbols), answer_within_s=self.read_timeout_s
-                )
-            except Exception:
-                log.exception("reading prices ahead through %s failed", broker.account_id)
-            except asyncio.CancelledError:
-                if _cancelling():
-                    raise
-                log.error("reading prices ahead through %s was cancelled", broker)
+        if stop():
             return False
+        try:
+            return await broker.aprime_prices(sorted(symbols), answer_within_s=self.read_timeout_s)
+        except Exception:
+            log.exception("reading prices ahead through %s failed", broker.account_id)
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            log.error("reading prices ahead through %s was cancelled", broker)
+        return False
 
 
 async def _cancel_the_rest() -> None:
@@ -335,6 +323,71 @@ async def _cancel_the_rest() -> None:
 
 def _never() -> bool:
     return False
+
+
+class _Pass:
+    """One pass's reads made ahead (the loop's thread only): its crew's work and its tally."""
+
+    def __init__(
+        self,
+        owner: ReadsAhead,
+        brokers: Sequence[BaseBroker],
+        stop: Callable[[], bool],
+        hand_over: Callable[[list[BaseBroker]], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.owner = owner
+        self.stop = stop
+        self.loop = loop
+        self.venues: dict[int, _VenuePrices] = {}
+        self.waiting: set[asyncio.Task[None]] = set()  # accounts waiting for their prices
+        self.read = 0  # counted as they land: a step may take its read before the pass ends
+        self.failed = 0
+        self._hand_over = hand_over
+        self._queue = iter(brokers)
+        self._landed: set[int] = set()
+        # The accounts landing in one turn of the loop are handed over together: one wake-up
+        # of the pass's thread for many (a wake-up per account cost more than the account).
+        self._batch: list[BaseBroker] = []
+
+    def land(self, broker: BaseBroker) -> None:
+        """Hand `broker` over to the pass's thread (once, whatever happened to its read)."""
+        if id(broker) in self._landed:
+            return
+        self._landed.add(id(broker))
+        if not self._batch:
+            self.loop.call_soon(self._flush)
+        self._batch.append(broker)
+
+    def _flush(self) -> None:
+        self._hand_over(self._batch.copy())
+        self._batch.clear()
+
+    async def reader(self) -> None:
+        """Read the next account not taken yet, until none is left."""
+        owner = self.owner
+        for broker in self._queue:
+            if not await owner._read(broker, self.stop):  # noqa: SLF001 (its owner's)
+                self.land(broker)  # its step reads for itself
+                continue
+            self.read += 1
+            if broker.primed_count is None:
+                self.failed += 1  # its step raises the error (and makes no second call)
+                self.land(broker)
+            elif owner._prices_in_hand(broker, self.venues):  # noqa: SLF001
+                self.land(broker)
+            else:
+                task = self.loop.create_task(self._priced_then_land(broker))
+                self.waiting.add(task)
+                owner._reading.add(task)  # noqa: SLF001 (interrupt() cancels it)
+                task.add_done_callback(self.waiting.discard)
+                task.add_done_callback(owner._reading.discard)  # noqa: SLF001
+
+    async def _priced_then_land(self, broker: BaseBroker) -> None:
+        try:
+            await self.owner._priced(broker, self.venues, self.stop)  # noqa: SLF001
+        finally:
+            self.land(broker)
 
 
 @dataclass(slots=True)
