@@ -21,8 +21,10 @@ from brokerguard.models import (
     PriceProblem,
     Quote,
     Side,
+    canonical_symbols,
     parse_decimal,
     parse_price,
+    parse_symbol,
 )
 
 ANYTHING = st.one_of(
@@ -195,3 +197,27 @@ def test_final_statuses():
         OrderStatus.CANCELED,
         OrderStatus.REJECTED,
     }
+
+
+SYMBOLISH = st.one_of(
+    st.sampled_from(
+        ["BTC/USD", "btc/usd", " xbt/usd ", "XDG/EUR", "ETH/USD:USD", "", " ", "a b/c"]
+    ),
+    st.text(alphabet="abXBT/: ", max_size=8),
+    st.none(),
+    st.integers(),
+)
+
+
+@given(symbols=st.lists(SYMBOLISH, max_size=8))
+def test_canonical_symbols_is_parse_symbol_once_each_in_order(symbols):
+    """The fast path (symbols already seen in canonical form) never answers otherwise."""
+    try:
+        expected = list(dict.fromkeys(parse_symbol(s) for s in symbols))
+    except InvalidBrokerData as exc:
+        with pytest.raises(InvalidBrokerData) as raised:
+            canonical_symbols(symbols)
+        assert (raised.value.field, raised.value.reason) == (exc.field, exc.reason)
+        return
+    assert canonical_symbols(symbols) == expected
+    assert canonical_symbols(symbols) == expected  # a second time: from the memo

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -37,6 +37,7 @@ __all__ = [
     "Quote",
     "Side",
     "TimeInForce",
+    "canonical_symbols",
     "parse_decimal",
     "parse_price",
     "parse_side",
@@ -174,6 +175,20 @@ _CANONICAL: dict[str, str] = {}
 _CANONICAL_MAX: Final = 4096
 """Symbols already put in canonical form (a pure function of the text, called for every quote
 and position of every pass): at most this many, then the rest are computed each time."""
+
+
+def canonical_symbols(symbols: Iterable[object]) -> list[str]:
+    """Each symbol in canonical form (:func:`parse_symbol`), once each, in their order.
+
+    A symbol already seen in canonical form costs one dictionary look-up: an enforcement
+    step asks this for every symbol it values, every pass.
+    """
+    known = _CANONICAL.get
+    out: dict[str, None] = {}
+    for value in symbols:
+        canonical = known(value) if type(value) is str else None
+        out[canonical if canonical is not None else parse_symbol(value)] = None
+    return list(out)
 
 
 def _canonical_symbol(text: str, value: object) -> str:

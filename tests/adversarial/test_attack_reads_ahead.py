@@ -48,9 +48,13 @@ class AfterReads:
         self.inner, self.action = inner, action
 
     def __iter__(self) -> Iterator[Any]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[Any]]:
         landed = list(self.inner)
         self.action()
-        yield from landed
+        yield landed
 
     @property
     def summary(self) -> Any:

@@ -62,6 +62,7 @@ from brokerguard.models import (
     Quote,
     Side,
     TimeInForce,
+    canonical_symbols,
     parse_decimal,
     parse_price,
     parse_side,
@@ -982,7 +983,7 @@ class BaseBroker(abc.ABC):
         quote, a reason in ``problems``, a CRITICAL log line and a data-quality count. Nothing
         is ever substituted for it.
         """
-        wanted = list(dict.fromkeys(parse_symbol(s) for s in symbols))
+        wanted = canonical_symbols(symbols)
         if not wanted:
             return PriceCheck({}, {})
         with self._observed("read", "check_prices"):
@@ -1021,7 +1022,7 @@ class BaseBroker(abc.ABC):
                         state="entered" if entered else None,
                     ),
                 )
-        for symbol in sorted(self._bg_unusable_prices & set(quotes)):
+        for symbol in sorted(self._bg_unusable_prices.intersection(quotes)):
             self._bg_unusable_prices.discard(symbol)
             log.warning(
                 "price for %s from broker %r (account %s) is usable again",
@@ -1036,7 +1037,7 @@ class BaseBroker(abc.ABC):
 
     def get_prices(self, symbols: Iterable[str]) -> dict[str, Decimal | None]:
         """Return each symbol's usable price, or None where the broker gave no usable one."""
-        wanted = list(dict.fromkeys(parse_symbol(s) for s in symbols))  # request order, once each
+        wanted = canonical_symbols(symbols)  # request order, once each
         check = self.check_prices(wanted)
         return {symbol: check.price(symbol) for symbol in wanted}
 

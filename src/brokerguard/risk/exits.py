@@ -16,9 +16,10 @@ answer makes the step ``unverified``; tokens refused pass after pass are a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -310,15 +311,19 @@ class ContinuousExitEnforcer:
                 [e.broker for e in ahead if by_broker[id(e.broker)][0] is e],
                 stop=self._stop.is_set,
             )
-            for broker in stream:
-                for enforcer in by_broker[id(broker)]:
-                    # One look at other processes' changes for the guess and the step.
-                    with enforcer.store.pinned():
-                        local = self._local(enforcer)
-                        if local:
-                            steps.here(enforcer)
-                    if not local:
-                        steps.elsewhere([enforcer])
+            for landed in stream.batches():
+                for run in _runs([e for b in landed for e in by_broker[id(b)]]):
+                    # One look at other processes' changes for the guesses and steps of a run
+                    # of accounts that landed together (never longer than the store's cache_s
+                    # bound: a pinned store still reloads a snapshot that old).
+                    with contextlib.ExitStack() as pins:
+                        for store in {id(e.store): e.store for e in run}.values():
+                            pins.enter_context(store.pinned())
+                        for enforcer in run:
+                            if self._local(enforcer):
+                                steps.here(enforcer)
+                            else:
+                                steps.elsewhere([enforcer])
             self.last_primed = stream.summary
         return self._in_order(steps.results())
 
@@ -557,6 +562,15 @@ class ContinuousExitEnforcer:
                 log.exception(
                     "event listener %r failed on %r; enforcement goes on", listener, event
                 )
+
+
+_RUN = 64
+"""Accounts stepped under one look at other processes' changes at most (a run of a batch)."""
+
+
+def _runs(enforcers: list[PositionCapEnforcer]) -> Iterator[list[PositionCapEnforcer]]:
+    for start in range(0, len(enforcers), _RUN):
+        yield enforcers[start : start + _RUN]
 
 
 class _Steps:

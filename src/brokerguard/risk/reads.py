@@ -413,8 +413,14 @@ class Stream:
         self.summary = PrimedPass(0, 0, len(self.brokers), 0)
 
     def __iter__(self) -> Iterator[BaseBroker]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[BaseBroker]]:
+        """The accounts in the batches they landed in (one turn of the reads' loop each)."""
         if self._source is None:
-            yield from self.brokers
+            if self.brokers:
+                yield list(self.brokers)
             return
         future, landed = self._source
         given: set[int] = set()
@@ -426,16 +432,16 @@ class Stream:
                     if future.done() and landed.empty():
                         break  # cancelled (closed) before handing every account over
                     continue
-                for broker in brokers:
-                    given.add(id(broker))
-                    yield broker
+                given.update(id(broker) for broker in brokers)
+                yield brokers
             self.summary = _summary(future, self.brokers)
         finally:
             self._owner._forget(future)  # noqa: SLF001 (the stream's own pass)
-        for broker in self.brokers:  # never handed over: closed under the pass
-            if id(broker) not in given:
-                broker.discard_primed()
-                yield broker
+        never = [broker for broker in self.brokers if id(broker) not in given]
+        for broker in never:  # never handed over: closed under the pass
+            broker.discard_primed()
+        if never:
+            yield never
 
 
 _POLL_S = 0.05

@@ -113,6 +113,16 @@ class HotState(Generic[H, J]):
 
     def get(self, load: Callable[[], HotSnapshot[H, J]]) -> HotSnapshot[H, J]:
         """Return a snapshot no older than the bound, loading one with `load` when needed."""
+        # Without the lock first (an enforcement step asks seven times): the snapshot is read
+        # before the generation, so a write racing this look makes it miss, never serve stale.
+        snapshot = self._snapshot
+        if (
+            snapshot is not None
+            and snapshot.generation == self._generation
+            and self.monotonic() - snapshot.loaded_at <= self.max_age
+            and snapshot.version == self._current_version()
+        ):
+            return snapshot
         now = self.monotonic()
         with self._lock:
             snapshot = self._snapshot
