@@ -232,6 +232,7 @@ def test_a_position_read_that_lost_positions_is_announced_once(clock, store):
     broker.set_fault_plan(FaultPlan(error_rate={}))
     with broker._lock:
         broker._positions.clear()  # gone, as an empty but successful read would say
+        broker._answered = None  # (the emulator's answer, kept while its holdings are unchanged)
     loop.tick()
     loop.tick()
     announced = [e for e in events if isinstance(e, PositionsImplausible)]

@@ -434,6 +434,9 @@ class PaperBroker(BaseBroker):
         self._fault_dice: random.Random | None = None  # made on first use: 2.5 KB each
         self._positions: dict[str, Decimal] = {}
         self._made_positions: dict[str, Position] = {}  # symbol -> last Position answered
+        self._answered: tuple[Position, ...] | None = (
+            None  # the holdings' answer, until they change
+        )
         for symbol, quantity in (positions or {}).items():
             qty = parse_decimal(quantity, field="quantity", symbol=symbol)
             if qty > 0:
@@ -477,8 +480,13 @@ class PaperBroker(BaseBroker):
                 state = self._state_at(now - plan.stale_positions_age)
                 self._record(now, "fetch_positions", "stale")
             else:
-                state = dict(self._positions)
                 self._record(now, "fetch_positions", "ok")
+                if self._answered is None:
+                    self._answered = tuple(
+                        self._position(symbol, qty)
+                        for symbol, qty in sorted(self._positions.items())
+                    )
+                return list(self._answered)
         return [self._position(symbol, qty) for symbol, qty in sorted(state.items())]
 
     def _position(self, symbol: str, quantity: Decimal) -> Position:
@@ -660,6 +668,7 @@ class PaperBroker(BaseBroker):
             self._positions[symbol] = held - amount
             if self._positions[symbol] == 0:
                 del self._positions[symbol]
+            self._answered = None
             self._fills.append(
                 Fill(symbol, Side.SELL, amount, self._wall(now), f"HAND-{len(self._fills) + 1}")
             )
@@ -915,6 +924,7 @@ class PaperBroker(BaseBroker):
                 self._positions[request.symbol] = held
             else:
                 self._positions.pop(request.symbol, None)
+            self._answered = None
             self._fills.append(
                 Fill(request.symbol, request.side, fill, self._wall(now), placed.broker_order_id)
             )
