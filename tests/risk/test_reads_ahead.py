@@ -526,3 +526,23 @@ def test_a_venue_whose_price_read_hangs_holds_up_its_own_accounts_only(clock, st
         reads.close()
     assert sorted(order[:3]) == ["b-acct-0", "b-acct-1", "b-acct-2"]
     assert sorted(order[3:]) == ["acct-0", "acct-1"]
+
+
+def test_an_answer_about_to_expire_is_fetched_again_before_the_account_lands(clock, store, reads):
+    """A venue's answer with less than its lead to live (a quarter of 4 s) is not handed over.
+
+    The account would be stepped a moment later, after the answer expired, and its step would
+    call the venue itself (in the pool): the pass fetches a new answer first.
+    """
+    board = SharedPrices(clock, max_age=4.0)
+    first, later = (
+        PositionCapEnforcer(paper(clock, name, 3, board=board), 8, store=store)
+        for name in ("first", "later")
+    )
+    reads.prime([first.broker])
+    assert board.fetches == 1
+    clock.advance(3.5)  # half a second left: less than the lead
+    reads.prime([later.broker])
+    assert board.fetches == 2
+    clock.advance(0.6)  # past the first answer's age
+    assert later.step_is_local()

@@ -683,14 +683,19 @@ class BaseBroker(abc.ABC):
         return self._bg_prices
 
     async def aprime_prices(
-        self, symbols: Sequence[str], *, answer_within_s: float | None = None
+        self,
+        symbols: Sequence[str],
+        *,
+        answer_within_s: float | None = None,
+        for_s: float = 0.0,
     ) -> bool:
         """Fetch the venue's shared prices for `symbols` on the running loop, through this key.
 
         The answer lands in the venue's :class:`SharedPrices` for every account of this pass
         (each still judges every value itself). Returns whether the board now holds an answer
         for all of `symbols`; a failure is not kept (each account then asks for itself, and
-        fails closed on its own).
+        fails closed on its own). Nothing is fetched while the board holds one still fresh
+        `for_s` seconds from now.
         """
         board = self._bg_prices
         if board is None or not self.has_async_reads:
@@ -709,7 +714,7 @@ class BaseBroker(abc.ABC):
                 )
 
         try:
-            return await board.aprime(list(symbols), fetch)
+            return await board.aprime(list(symbols), fetch, for_s=for_s)
         except _NotSent:
             return False
 

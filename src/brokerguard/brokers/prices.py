@@ -116,16 +116,19 @@ class SharedPrices:
             # That fetch did not ask for all of ours, failed on another account's untested
             # symbol, or on its key (revoked, rate-limited): look again (and lead the next one).
 
-    def holds(self, symbols: Iterable[str]) -> bool:
-        """Whether a fresh answer that asked for every one of `symbols` is held."""
-        with self._lock:
-            return self._covers(symbols)
+    def holds(self, symbols: Iterable[str], *, for_s: float = 0.0) -> bool:
+        """Whether a fresh answer that asked for every one of `symbols` is held.
 
-    def _covers(self, wanted: Iterable[str]) -> bool:
+        With `for_s`, only one that will still be fresh `for_s` seconds from now.
+        """
+        with self._lock:
+            return self._covers(symbols, for_s)
+
+    def _covers(self, wanted: Iterable[str], for_s: float = 0.0) -> bool:
         return (
             self.max_age > 0
             and self._fetched_at is not None
-            and self.clock.monotonic() - self._fetched_at <= self.max_age
+            and self.clock.monotonic() - self._fetched_at <= self.max_age - for_s
             and self._asked.issuperset(wanted)
         )
 
@@ -164,18 +167,21 @@ class SharedPrices:
         self,
         wanted: Iterable[str],
         fetch: Callable[[list[str]], Awaitable[Mapping[str, object]]],
+        *,
+        for_s: float = 0.0,
     ) -> bool:
         """Fetch the answer for `wanted` on the running loop, ahead of this pass's accounts.
 
         One call through `fetch` (asking for `wanted` and every known symbol) unless a fresh
-        answer holds them already; none when another fetch is under way (its thread's
-        waiters have it; the accounts then read it, or fetch, as they would without this).
+        answer holds them already (one still fresh `for_s` seconds from now); none when
+        another fetch is under way (its thread's waiters have it; the accounts then read it,
+        or fetch, as they would without this).
         Returns whether the held answer now covers `wanted`. A failure is not kept: each
         account asking afterwards fetches (and fails closed) on its own.
         """
         wanted = list(dict.fromkeys(wanted))
         with self._lock:
-            if self._fresh(wanted) is not None:
+            if self._covers(wanted, for_s):
                 return True
             flight, leading = self._flight_for(wanted)
         if not leading:
@@ -189,7 +195,7 @@ class SharedPrices:
         finally:
             self._land(flight)
         with self._lock:
-            return self._fresh(wanted) is not None
+            return self._covers(wanted)
 
     def _land(self, flight: _Flight) -> None:
         """End `flight`: keep its answer (when it is this pass's) and wake its waiters."""

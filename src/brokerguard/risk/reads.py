@@ -35,6 +35,7 @@ from typing import Any
 
 from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.brokers.base import BaseBroker
+from brokerguard.brokers.prices import SharedPrices
 from brokerguard.errors import ConfigurationError
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_READ_TIMEOUT_S", "PrimedPass", "ReadsAhead"]
@@ -242,7 +243,7 @@ class ReadsAhead:
         if board is None:
             return True
         symbols = broker.primed_symbols()
-        if not symbols or board.holds(symbols):
+        if not symbols or board.holds(symbols, for_s=_lead(board)):
             return True
         venue = venues.get(id(board))
         return venue is not None and venue.failed
@@ -265,7 +266,7 @@ class ReadsAhead:
             return
         venue = venues.setdefault(id(board), _VenuePrices())
         for _ in range(2):  # a flight begun before this read landed may not ask for its symbols
-            if board.holds(symbols) or venue.failed:
+            if board.holds(symbols, for_s=_lead(board)) or venue.failed:
                 return
             flight = venue.flight
             if flight is None or flight.done():
@@ -302,7 +303,12 @@ class ReadsAhead:
         if stop():
             return False
         try:
-            return await broker.aprime_prices(sorted(symbols), answer_within_s=self.read_timeout_s)
+            board = broker.shared_prices
+            return await broker.aprime_prices(
+                sorted(symbols),
+                answer_within_s=self.read_timeout_s,
+                for_s=0.0 if board is None else _lead(board),
+            )
         except Exception:
             log.exception("reading prices ahead through %s failed", broker.account_id)
         except asyncio.CancelledError:
@@ -442,6 +448,19 @@ class Stream:
             broker.discard_primed()
         if never:
             yield never
+
+
+def _lead(board: SharedPrices) -> float:
+    """How long a venue's answer must still be fresh when an account lands on it.
+
+    The pass's thread steps the account a moment after it landed, and values it then: an
+    answer about to expire would send that step to the venue itself (in the pool), so a new
+    one is fetched ahead a little before (a second, or a quarter of ``share_prices_s``).
+    """
+    return min(_PRICES_LEAD_S, board.max_age / 4)
+
+
+_PRICES_LEAD_S = 1.0
 
 
 _POLL_S = 0.05
