@@ -147,10 +147,12 @@ _ABSENCE_MEMORY = 10_000
 most, oldest dropped first: a dropped one only needs its lookups again, never concludes sooner."""
 
 _SELL_EXPLAINS_S = 600.0
+"""A sell we sent explains a position's disappearance for this long (monotonic seconds)."""
 _SALE_SKEW_S = 2.0
 """Seconds after a read's end within which a sale in the trade history may be in the read."""
 _RECENT_FILLS = 10_000
-"""A sell we sent explains a position's disappearance for this long (monotonic seconds)."""
+"""Orders whose fills (when, and what a final buy bought) are remembered at most, oldest first."""
+_ZERO = Decimal(0)  # (a Decimal compares with a Decimal twice as fast as with an int)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,10 +341,14 @@ class BaseBroker(abc.ABC):
         # (symbol, side) -> the last few sends (monotonic time, client order id)
         self._bg_recent_sends: dict[tuple[str, Side], list[tuple[float, str]]] = {}
         self._bg_plausibility = PositionPlausibility(plausibility)
-        # symbol -> (quantity, wall time the read started, wall time it ended) of the last
-        # believed read holding it: a sell in the trade history must be newer than the read's
-        # end (one inside the read may be in it already), and must account for the quantity.
-        self._bg_held: dict[str, tuple[Decimal, float, float]] = {}
+        # symbol -> quantity held by the last believed read, and the wall times that read
+        # started and ended (a symbol known from the stored holdings only: its own): a sell in
+        # the trade history must be newer than the read's end (one inside the read may be in
+        # it already), and must account for the quantity. (One stamp for the read: a tuple
+        # per symbol was most of what a pass left for the collector to walk.)
+        self._bg_held: dict[str, Decimal] = {}
+        self._bg_held_at: tuple[float, float] = (0.0, 0.0)
+        self._bg_held_own_at: dict[str, tuple[float, float]] = {}
         self._bg_holdings_pending = False  # the stored holdings could not be read yet
         self._bg_saving = False  # a thread is writing believed holdings to the store
         self._bg_save_next: tuple[dict[str, Decimal], float] | None = None  # newest to write
@@ -808,13 +814,16 @@ class BaseBroker(abc.ABC):
             believed = self._bg_plausibility.believed
             if believed is None:
                 self._bg_plausibility.seed(held)
-                self._bg_held = {s: (q, seen_at, seen_at) for s, q in held.items()}
+                self._bg_held = dict(held)
+                self._bg_held_at = (seen_at, seen_at)
+                self._bg_held_own_at = {}
                 self._bg_saved_holdings = dict(held)
             else:  # a read was believed before the store was given: stored ones still count
                 extra = set(held) - believed
                 self._bg_plausibility.widen(extra)
                 for symbol in extra:
-                    self._bg_held[symbol] = (held[symbol], seen_at, seen_at)
+                    self._bg_held[symbol] = held[symbol]
+                    self._bg_held_own_at[symbol] = (seen_at, seen_at)
                 if extra:
                     self._bg_last_positions = None  # that read lacked them: read again
         log.info(
@@ -910,7 +919,11 @@ class BaseBroker(abc.ABC):
         not evidence either way.
         """
         with self._bg_lock:
-            held = {s: self._bg_held[s] for s in lost if s in self._bg_held}
+            held = {
+                s: (self._bg_held[s], *self._bg_held_own_at.get(s, self._bg_held_at))
+                for s in lost
+                if s in self._bg_held
+            }
         if not held:
             return set()
         since = min(at for _, at, _ in held.values())
@@ -955,8 +968,12 @@ class BaseBroker(abc.ABC):
 
     def _remember_held(self, positions: Iterable[Position], wall: float, ended: float) -> None:
         """After a believed read (caller holds the lock): what it held, and when it was read."""
-        self._bg_held = {p.symbol: (p.quantity, wall, ended) for p in positions}
-        self._bg_accepted_losses -= set(self._bg_held)
+        self._bg_held = {p.symbol: p.quantity for p in positions}
+        self._bg_held_at = (wall, ended)
+        if self._bg_held_own_at:
+            self._bg_held_own_at = {}
+        if self._bg_accepted_losses:
+            self._bg_accepted_losses.difference_update(self._bg_held)
 
     def note_sell(self, symbol: str, client_order_id: str | None = None) -> None:
         """Record a sell of `symbol` this process did not send (a journal entry of an earlier run).
@@ -2009,17 +2026,20 @@ class BaseBroker(abc.ABC):
 
     def _checked_positions(self, raw: object) -> list[Position]:
         """The held positions of a raw answer (typed object: adapters may send anything)."""
-        if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
+        if type(raw) is not list and (
+            isinstance(raw, str | bytes) or not isinstance(raw, Sequence)
+        ):
             raise self._bad_payload("positions", raw, "not_a_list")
         positions: list[Position] = []
         seen: set[str] = set()
         for item in raw:
             if not isinstance(item, Position):
                 raise self._bad_payload("positions", item, "not_a_position")
-            if item.symbol in seen:
+            symbol = item.symbol
+            if symbol in seen:
                 raise self._bad_payload("positions", item, "duplicate_symbol")
-            seen.add(item.symbol)
-            if item.quantity > 0:
+            seen.add(symbol)
+            if item.quantity > _ZERO:
                 positions.append(item)
         return positions
 
