@@ -67,8 +67,9 @@ class ReadsAhead:
     """Makes a pass's reads on an event loop of its own (a daemon thread, started lazily).
 
     Args:
-        max_in_flight: reads waiting at once; more wait for a place (the limiters still
-            decide when each is sent).
+        max_in_flight: position reads waiting at once (a crew of this many readers takes the
+            accounts in order; the limiters still decide when each is sent). Price reads, one
+            per venue at a time, come on top.
         read_timeout_s: the longest one attempt of a read waits for the venue (after its
             rate-limit slot); a venue that never answers costs the pass this long (times the
             read breaker's attempts), never forever. Adapters keep their own timeouts too.

@@ -21,9 +21,11 @@ says when it may no longer be used:
 The snapshot holds only what could be wrong if stale in the direction of *less* safety
 (halts, pauses, live orders), and it is replaced whole, never merged.
 
-An enforcement step reads these four times; inside :meth:`HotState.pinned` the change counter
+An enforcement step reads these seven times; inside :meth:`HotState.pinned` the change counter
 is read once, at the start, so one step sees other processes' writes as of its start (its
-own writes still at once). Entry checks are never pinned.
+own writes still at once). A pass pins a run of the steps it makes in its own thread (at most
+64, those whose reads landed together): still never a snapshot older than ``max_age``. Entry
+checks are never pinned.
 """
 
 from __future__ import annotations
