@@ -74,6 +74,7 @@ class SharedPrices:
         self._answer: dict[str, Received] = {}
         self._asked: frozenset[str] = frozenset()  # what the latest fetch asked for
         self._fetched_at: float | None = None  # monotonic start of the fetch it holds
+        self._arrived_at = 0.0  # monotonic time that answer arrived
         self._flight: _Flight | None = None
         self._pass = 0  # a fetch begun in an earlier pass never answers a later one
 
@@ -119,18 +120,23 @@ class SharedPrices:
     def holds(self, symbols: Iterable[str], *, for_s: float = 0.0) -> bool:
         """Whether a fresh answer that asked for every one of `symbols` is held.
 
-        With `for_s`, only one that will still be fresh `for_s` seconds from now.
+        With `for_s`, only one that will still be fresh `for_s` seconds from now, or that
+        arrived less than `for_s` seconds ago. A negative `for_s` is taken as 0.
         """
         with self._lock:
-            return self._covers(symbols, for_s)
+            return self._covers(symbols, max(for_s, 0.0))
 
     def _covers(self, wanted: Iterable[str], for_s: float = 0.0) -> bool:
-        return (
-            self.max_age > 0
-            and self._fetched_at is not None
-            and self.clock.monotonic() - self._fetched_at <= self.max_age - for_s
-            and self._asked.issuperset(wanted)
-        )
+        fetched_at = self._fetched_at
+        if self.max_age <= 0 or fetched_at is None or not self._asked.issuperset(wanted):
+            return False
+        now = self.clock.monotonic()
+        age = now - fetched_at  # from the fetch's start: the data is at least this fresh
+        if age > self.max_age:
+            return False
+        # One that just arrived counts however little it has left (a venue slower than
+        # max_age - for_s would otherwise be asked again at once, and again).
+        return age <= self.max_age - for_s or now - self._arrived_at < for_s
 
     def _fresh(self, wanted: list[str]) -> dict[str, Received] | None:
         """The held answer for `wanted`, if it is young enough and asked for all of it."""
@@ -181,7 +187,7 @@ class SharedPrices:
         """
         wanted = list(dict.fromkeys(wanted))
         with self._lock:
-            if self._covers(wanted, for_s):
+            if self._covers(wanted, max(for_s, 0.0)):
                 return True
             flight, leading = self._flight_for(wanted)
         if not leading:
@@ -211,6 +217,7 @@ class SharedPrices:
                 self._answer = flight.answer
                 self._asked = flight.asked
                 self._fetched_at = flight.started
+                self._arrived_at = self.clock.monotonic()
         flight.done.set()
 
 

@@ -315,12 +315,15 @@ class ContinuousExitEnforcer:
                 for run in _runs([e for b in landed for e in by_broker[id(b)]]):
                     # One look at other processes' changes for the guesses and steps of a run
                     # of accounts that landed together (never longer than the store's cache_s
-                    # bound: a pinned store still reloads a snapshot that old).
-                    with contextlib.ExitStack() as pins:
+                    # bound: a pinned store still reloads a snapshot that old); the listeners
+                    # between the steps are not pinned.
+                    with contextlib.ExitStack() as runs:
                         for store in {id(e.store): e.store for e in run}.values():
-                            pins.enter_context(store.pinned())
+                            runs.enter_context(store.steps())
                         for enforcer in run:
-                            if self._local(enforcer):
+                            with enforcer.store.pinned():
+                                local = self._local(enforcer)
+                            if local:
                                 steps.here(enforcer)
                             else:
                                 steps.elsewhere([enforcer])

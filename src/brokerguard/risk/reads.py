@@ -230,6 +230,7 @@ class ReadsAhead:
                 task.cancel()
             for broker in brokers:  # never read (stopped, cancelled): handed over all the same
                 run.land(broker)
+            run.finish()  # before the pass's future is done: the stream reads that as the end
         return PrimedPass(
             read=run.read,
             failed=run.failed,
@@ -356,6 +357,7 @@ class _Pass:
         # The accounts landing within _HAND_OVER_S are handed over together: one wake-up of
         # the pass's thread for many (a wake-up per account cost more than the account).
         self._batch: list[BaseBroker] = []
+        self._handed_at = -_HAND_OVER_S  # the loop's time of the last hand-over
 
     def land(self, broker: BaseBroker) -> None:
         """Hand `broker` over to the pass's thread (once, whatever happened to its read)."""
@@ -363,12 +365,25 @@ class _Pass:
             return
         self._landed.add(id(broker))
         if not self._batch:
-            self.loop.call_later(_HAND_OVER_S, self._flush)
+            # At once after a quiet spell (a pass of a few accounts waits for nothing); while
+            # accounts keep landing, at most one hand-over per _HAND_OVER_S.
+            wait = self._handed_at + _HAND_OVER_S - self.loop.time()
+            if wait > 0:
+                self.loop.call_later(wait, self._flush)
+            else:
+                self.loop.call_soon(self._flush)
         self._batch.append(broker)
 
     def _flush(self) -> None:
+        if not self._batch:
+            return  # handed over already (the pass's end does not wait for the timer)
+        self._handed_at = self.loop.time()
         self._hand_over(self._batch.copy())
         self._batch.clear()
+
+    def finish(self) -> None:
+        """Hand over what waits for the timer now: the pass ends (its stream stops looking)."""
+        self._flush()
 
     async def reader(self) -> None:
         """Read the next account not taken yet, until none is left."""
@@ -464,7 +479,8 @@ def _lead(board: SharedPrices) -> float:
 _PRICES_LEAD_S = 1.0
 
 _HAND_OVER_S = 0.01
-"""How long the accounts that land are gathered before the pass's thread is woken for them.
+"""How long the accounts that land are gathered before the pass's thread is woken for them
+(the loop's own clock: it paces wake-ups, it decides nothing).
 
 Paced by a rate limiter, reads land one at a time, a millisecond apart: a wake-up of the
 pass's thread for each (and the interpreter's hand-over between the two threads) cost a

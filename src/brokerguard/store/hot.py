@@ -23,9 +23,10 @@ The snapshot holds only what could be wrong if stale in the direction of *less* 
 
 An enforcement step reads these seven times; inside :meth:`HotState.pinned` the change counter
 is read once, at the start, so one step sees other processes' writes as of its start (its
-own writes still at once). A pass pins a run of the steps it makes in its own thread (at most
-64, those whose reads landed together): still never a snapshot older than ``max_age``. Entry
-checks are never pinned.
+own writes still at once). A pass's run of steps made in its own thread (at most 64, those
+whose reads landed together) shares one read of it (:meth:`HotState.steps`): still never a
+snapshot older than ``max_age``. Entry checks are never pinned (nor is anything between the
+steps of a run).
 """
 
 from __future__ import annotations
@@ -93,15 +94,41 @@ class HotState(Generic[H, J]):
 
     @contextmanager
     def pinned(self) -> Iterator[None]:
-        """Within the block, this thread reads the change counter once (an enforcement step)."""
-        depth: int = getattr(self._pins, "depth", 0)
+        """Within the block, this thread reads the change counter once (an enforcement step).
+
+        Inside :meth:`steps`, the pinned blocks share the run's one read.
+        """
+        pins = self._pins
+        depth: int = getattr(pins, "depth", 0)
+        in_run = getattr(pins, "in_run", False)
         if depth == 0:
-            self._pins.version = None
-        self._pins.depth = depth + 1
+            pins.version = pins.run_version if in_run else None
+        pins.depth = depth + 1
         try:
             yield
         finally:
-            self._pins.depth = depth
+            pins.depth = depth
+            if depth == 0 and in_run:
+                pins.run_version = pins.version  # the run's next steps reuse what this one read
+
+    @contextmanager
+    def steps(self) -> Iterator[None]:
+        """Within the block, this thread's pinned blocks share one read of the change counter.
+
+        A pass steps a run of accounts one after the other (those whose reads landed
+        together): one look at other processes' changes for the run, each step still pinned.
+        What runs between the pinned blocks (result listeners, an entry check one of them
+        makes) is not pinned: it sees another process's change at once.
+        """
+        pins = self._pins
+        outer = getattr(pins, "in_run", False)
+        if not outer:
+            pins.in_run, pins.run_version = True, None
+        try:
+            yield
+        finally:
+            if not outer:
+                pins.in_run, pins.run_version = False, None
 
     def _current_version(self) -> int | None:
         if self.version is None:

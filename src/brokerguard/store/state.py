@@ -790,6 +790,15 @@ class StateStore:
         with self._hot.pinned():
             yield
 
+    @contextmanager
+    def steps(self) -> Iterator[None]:
+        """The pinned blocks of this thread within share one look at other processes' changes.
+
+        See :meth:`brokerguard.store.hot.HotState.steps`: what runs between them is not pinned.
+        """
+        with self._hot.steps():
+            yield
+
     def invalidate_cache(self) -> None:
         """Drop the cached halts, pauses and live orders (another process announced a change)."""
         self._hot.invalidate()
