@@ -27,7 +27,7 @@ pass is as fast as its CPU allows when that ratio is near 1.
 
 Run: ``.venv/bin/python bench/fleet.py [--accounts 10000] [--positions 20] [--brokers 10]
 [--rate 100] [--latency 0.02] [--concurrency 64] [--passes 2] [--layout shared|per-key]
-[--store sqlite|postgresql] [--no-reads-ahead]``
+[--store sqlite|postgresql] [--no-reads-ahead] [--max-in-flight N]``
 """
 
 from __future__ import annotations
@@ -94,6 +94,11 @@ def fleet_config(args: argparse.Namespace, store_url: str) -> dict[str, object]:
             "interval_s": 3600,
             "max_concurrency": args.concurrency,
             "reads_ahead": getattr(args, "reads_ahead", True),
+            **(
+                {"max_in_flight": args.max_in_flight}
+                if getattr(args, "max_in_flight", None)
+                else {}
+            ),
         },
         "alerts": [],
         "brokers": brokers,
@@ -147,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         dest="tuned_gc",
         action="store_false",
         help="CPython's collector thresholds (not the service's, brokerguard.service.tune_gc)",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="position reads waiting at once when reading ahead (the service's default: 512)",
     )
     parser.add_argument(
         "--no-reads-ahead",
