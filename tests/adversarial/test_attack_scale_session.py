@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from brokerguard import BrokerCircuitBreaker
 from brokerguard.brokers import FaultPlan, PaperBroker
 from brokerguard.brokers.prices import SharedPrices
 from brokerguard.errors import InvalidBrokerData, PositionsImplausibleError
@@ -34,40 +33,9 @@ from brokerguard.store import open_store
 from brokerguard.store.hot import HotSnapshot, HotState
 from brokerguard.testing import FakeClock
 
-LATENCY = 0.05
-CAP = 8
+from .test_attack_reads_ahead import CAP, LATENCY, paper
 
-
-def coins(n: int) -> dict[str, str]:
-    return {f"C{i:02d}/USD": str(i) for i in range(1, n + 1)}
-
-
-def paper(
-    clock: FakeClock,
-    name: str,
-    held: int,
-    *,
-    cls: type[PaperBroker] = PaperBroker,
-    plan: FaultPlan | None = None,
-    board: SharedPrices | None = None,
-) -> PaperBroker:
-    """A paper account holding one of each of the `held` cheapest of 20 coins."""
-    prices = coins(20)
-    broker = cls(
-        "paper",
-        clock=clock,
-        account_id=name,
-        prices=prices,
-        positions=dict.fromkeys(list(prices)[:held], "1"),
-        fault_plan=plan or FaultPlan(latency={"fetch_positions": LATENCY, "fetch_prices": LATENCY}),
-        settle_delay=0.5,
-        volatility=0,
-        read_breaker=BrokerCircuitBreaker(f"paper-{name}", scope="read", clock=clock),
-        write_breaker=BrokerCircuitBreaker(f"paper-{name}", scope="write", clock=clock),
-    )
-    if board is not None:
-        broker.share_prices(board)
-    return broker
+# The red team's paper accounts (20 coins, C01 the cheapest), as in the reads-ahead attacks.
 
 
 def reads_calls(broker: PaperBroker) -> int:

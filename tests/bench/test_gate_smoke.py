@@ -12,7 +12,11 @@ def test_gate_bench_counts_one_trip_per_check_and_two_per_reservation(capsys, re
         for line in capsys.readouterr().out.splitlines()
         if line.startswith("| ") and "layout" not in line
     }
-    trips = {key: float(row[7]) for key, row in rows.items()}
+    # Rounded: a check whose positions snapshot must be read again (the gate refetches when
+    # the read circuit is DEGRADED or the snapshot is old) adds that read's trips to one call
+    # of the few timed here (1.18 per check was seen once in a loaded full run); a regression
+    # of the decision itself (2 or 4 trips a call) still shows.
+    trips = {key: round(float(row[7])) for key, row in rows.items()}
     assert trips == {
         ("embedded", "check_entry"): 0,
         ("embedded", "reserve_entry"): 0,
