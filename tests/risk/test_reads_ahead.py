@@ -546,3 +546,19 @@ def test_an_answer_about_to_expire_is_fetched_again_before_the_account_lands(clo
     assert board.fetches == 2
     clock.advance(0.6)  # past the first answer's age
     assert later.step_is_local()
+
+
+class ExitingPaper(PaperBroker):
+    """An adapter whose async read calls sys.exit(): a bug, on the reads' own thread."""
+
+    async def afetch_positions(self) -> Sequence[Position]:
+        raise SystemExit(3)
+
+
+def test_an_adapter_raising_system_exit_does_not_end_the_reads_loop(clock, store, reads):
+    """The account is read by its step instead; the loop (and the next pass) carries on."""
+    exiting = paper(clock, "exiting", 3, cls=ExitingPaper)
+    fine = paper(clock, "fine", 3)
+    assert reads.prime([exiting, fine]) == PrimedPass(read=1, failed=0, skipped=1, venues_priced=0)
+    assert not exiting.primed
+    assert reads.prime([paper(clock, "later", 3)]).read == 1

@@ -179,7 +179,7 @@ class ReadsAhead:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
-                    target=loop.run_forever, name="brokerguard-reads", daemon=True
+                    target=_run_until_stopped, args=(loop,), name="brokerguard-reads", daemon=True
                 )
                 thread.start()
                 self._loop, self._thread = loop, thread
@@ -293,6 +293,8 @@ class ReadsAhead:
                 broker.discard_primed()
                 raise  # the pass itself is cancelled (stop, close): this read ends
             log.error("reading account %s ahead was cancelled by its adapter", broker)
+        except BaseException:  # see _ADAPTER_EXIT
+            log.critical(_ADAPTER_EXIT, "reading account", broker.account_id, exc_info=True)
         broker.discard_primed()
         return False
 
@@ -317,7 +319,29 @@ class ReadsAhead:
             if _cancelling():
                 raise
             log.error("reading prices ahead through %s was cancelled", broker)
+        except BaseException:  # see _ADAPTER_EXIT
+            log.critical(_ADAPTER_EXIT, "reading prices through", broker.account_id, exc_info=True)
         return False
+
+
+def _run_until_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the reads' loop until :meth:`ReadsAhead.close` stops it, whatever a task raises.
+
+    A task that raises SystemExit or KeyboardInterrupt (an adapter's bug: on this thread no
+    signal sends them) makes ``run_forever`` raise, which would end the thread and leave every
+    later pass waiting for reads that no loop makes. The task ends with it (its awaiter gets
+    the error, a failed read); the loop runs on.
+    """
+    while True:
+        try:
+            loop.run_forever()
+        except BaseException:
+            log.critical(
+                "a task on the reads loop raised out of it; the loop runs on", exc_info=True
+            )
+            if not loop.is_closed():
+                continue
+        return
 
 
 async def _cancel_the_rest() -> None:
@@ -486,6 +510,13 @@ Paced by a rate limiter, reads land one at a time, a millisecond apart: a wake-u
 pass's thread for each (and the interpreter's hand-over between the two threads) cost a
 quarter of a compliant account's CPU. A step made 10 ms later changes nothing it decides."""
 
+
+_ADAPTER_EXIT = (
+    "%s %s ahead raised SystemExit or KeyboardInterrupt: an adapter's bug (on the reads' "
+    "thread they come from no signal); taken as a read that failed, so the loop lives on"
+)
+"""Raised on the loop's thread, either would end it, and every later pass would wait for reads
+that no loop makes: the step reads for itself instead."""
 
 _POLL_S = 0.05
 """How often a waiting stream looks whether its pass was cancelled (seconds)."""
