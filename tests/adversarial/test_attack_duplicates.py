@@ -17,6 +17,7 @@ from brokerguard import OrderStatus, OrderUnconfirmedError
 from brokerguard.brokers.ccxt import CcxtBroker, NonceSource
 from brokerguard.errors import BlockedError, BrokerGuardError
 from brokerguard.sim.kraken import running_kraken
+from brokerguard.store import open_store
 from brokerguard.testing import FakeClock
 
 FIRST_TXID = "O00001-EMU01-BGUARD"  # the emulator's first txid (deterministic)
@@ -235,20 +236,19 @@ def test_the_same_client_order_id_from_two_threads_is_sent_once(
 # --------------------------------------------------------------------------- restarts, objects
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BREAK: a bot's order of unknown outcome lives only in the broker object's memory "
-    "(BaseBroker._bg_unresolved and _bg_sent in brokers/base.py; a bot's orders are never "
-    "journaled in the store): after a restart, or from a second broker object on the same key, "
-    "BaseBroker._claim_or_resolve finds the id unknown and sends it again at once, and the "
-    "queued first order executes too",
-)
 @pytest.mark.parametrize("how", ["restart", "second_object"])
-def test_an_unresolved_order_is_not_resent_by_another_broker_object(
-    new_broker, kraken, clock, executed, how
+def test_an_unresolved_order_is_not_resent_by_another_broker_object(  # noqa: PLR0917 (fixtures)
+    new_broker, kraken, clock, executed, how, tmp_path
 ):
-    """An order of unknown outcome is not resent by a restarted process or another broker object."""
+    """An order of unknown outcome is not resent by a restarted process or another broker object.
+
+    Was a strict xfail: what a broker sent lived only in its memory (BaseBroker._bg_unresolved),
+    so the second broker found the id unknown and sent it at once, and the queued first order
+    executed too. Both now keep their orders in the store (as the gate and the enforcer do).
+    """
+    url = f"sqlite:///{tmp_path / 'state.db'}"
     first = new_broker()
+    first.keep_orders_in(open_store(url, clock=clock))
     first.get_positions()
     kraken.inject("delayed_accept:5:EService:Unavailable", endpoint="AddOrder")
     with pytest.raises(OrderUnconfirmedError):
@@ -256,11 +256,18 @@ def test_an_unresolved_order_is_not_resent_by_another_broker_object(
     if how == "restart":
         del first  # the process dies; a new one starts with the bot's retry
     second = new_broker()
+    second.keep_orders_in(open_store(url, clock=clock))
 
-    _try(second.place_market_order, "SOL/USD", "buy", "1", client_order_id="rt-restart-1")
+    retried = _try(second.place_market_order, "SOL/USD", "buy", "1", client_order_id="rt-restart-1")
     clock.advance(6)  # the first order leaves the engine queue
 
+    assert isinstance(retried, OrderUnconfirmedError), retried
+    assert [o.client_order_id for o in second.unresolved_orders()] == ["rt-restart-1"]
     assert executed("rt-restart-1") == 1
+    found = second.place_market_order("SOL/USD", "buy", "1", client_order_id="rt-restart-1")
+    assert found.status is OrderStatus.FILLED  # found and adopted, still never resent
+    assert executed("rt-restart-1") == 1
+    assert kraken.count("AddOrder") == 1
 
 
 # --------------------------------------------------------------------------- clock skew

@@ -251,16 +251,12 @@ def test_two_threads_entering_one_symbol_while_the_first_times_out(make_broker, 
 # --------------------------------------------------------------------------- restarts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BREAK (over-cap after restart): TradingGate._decide (risk/gate.py) learns of "
-    "unresolved entries only from broker.unresolved_orders(), i.e. BaseBroker._bg_unresolved "
-    "(brokers/base.py, memory only), and keeps its slots in TradingGate._filled (memory only); "
-    "the store's journal holds only the enforcer's liquidations, so a restarted gate on the "
-    "same file store neither blocks SOL nor keeps its slot",
-)
 def test_a_restarted_gate_remembers_an_unresolved_entry(make_broker, venue, clock, tmp_path):
-    """A restarted gate still refuses a symbol whose entry is unresolved and keeps its slot."""
+    """A restarted gate still refuses a symbol whose entry is unresolved and keeps its slot.
+
+    Was a strict xfail: the gate learnt of unresolved entries from the broker's memory only.
+    The broker now keeps what it sends in the gate's store (BaseBroker.keep_orders_in).
+    """
     url = f"sqlite:///{tmp_path / 'journal.db'}"
     broker = make_broker()
     gate = TradingGate(broker, CAP, store=open_store(url, clock=clock))

@@ -285,6 +285,11 @@ def test_64_threads_racing_for_8_slots_never_exceed_8_positions(clock, store):
         ),
     )
     broker.read_breaker.failure_threshold = 10**6  # keep the race on, not the breaker
+    # The racers move the shared fake clock by up to 0.3 s an attempt, thousands of times a
+    # wall second: while one racer's order waits for the store (its sent orders are kept there,
+    # on the one connection of the in-memory store), the others would carry the clock past a
+    # 10 s order deadline and the venue would refuse the order. The race is about slots.
+    broker.order_deadline_s = 3600.0
     gate = TradingGate(broker, 8, store=store, max_position_age=0.2)
     start = threading.Barrier(64)
     outcomes: dict[str, int] = {"entered": 0, "denied": 0}

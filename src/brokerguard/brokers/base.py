@@ -135,6 +135,9 @@ _FORGETTABLE = frozenset(
 )
 """The states whose ids may be forgotten: the order's outcome is known and final."""
 
+_KEPT_UNRESOLVED = frozenset({OrderState.SENT, OrderState.UNRESOLVED, OrderState.EXISTS})
+"""Kept states whose outcome is unknown: a process that died after sending leaves ``sent``."""
+
 LOCAL_DEADLINE_FLOOR_S = 60.0
 """Where a venue does not enforce an order deadline, absence proves nothing before this many
 seconds after the send: a queued request is not known to be dead any sooner."""
@@ -246,6 +249,49 @@ class HoldingsStore(Protocol):
 
     def holdings(self, account_id: str) -> tuple[dict[str, Decimal], float] | None:
         """Return the account's last believed holdings and when they were read."""
+
+
+class KeptOrder(Protocol):
+    """A sent order as a :class:`SentOrderStore` gives it back."""
+
+    @property
+    def request(self) -> OrderRequest: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def absent_after(self) -> float | None: ...
+
+    @property
+    def sent_at(self) -> float: ...
+
+
+class SentOrderStore(Protocol):
+    """Where a broker keeps the orders it sent across restarts and broker objects (the store).
+
+    :meth:`claim_sent_order` is atomic across processes: of two broker objects sending one
+    client order id, one gets it and the other the row that holds it.
+    """
+
+    def claim_sent_order(self, account_id: str, request: OrderRequest) -> KeptOrder | None:
+        """Take the right to send `request`: None when taken, else the order holding its id."""
+
+    def save_sent_order(
+        self,
+        account_id: str,
+        request: OrderRequest,
+        state: str,
+        *,
+        absent_after: float | None = None,
+    ) -> None:
+        """Record `request` as sent (or unresolved) in `state`."""
+
+    def settle_sent_order(self, account_id: str, client_order_id: str, state: str) -> None:
+        """Record what became of a kept order (a never-placed one is forgotten)."""
+
+    def sent_orders(self, account_id: str) -> Sequence[KeptOrder]:
+        """Every order kept for `account_id`."""
 
 
 class BaseBroker(abc.ABC):
@@ -361,6 +407,8 @@ class BaseBroker(abc.ABC):
         self._bg_listing: tuple[Order, ...] = ()  # the venue's last open-order listing
         self._bg_listed_at: float | None = None  # when it started (monotonic)
         self._bg_holdings_store: HoldingsStore | None = None
+        self._bg_orders_store: SentOrderStore | None = None
+        self._bg_orders_pending = False  # the kept orders could not be read yet
         self._bg_saved_holdings: dict[str, Decimal] | None = None
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
@@ -790,6 +838,146 @@ class BaseBroker(abc.ABC):
         with contextlib.suppress(BrokerGuardError):
             self._seed_from_store()  # a failure is retried (and raised) by the next read
 
+    def keep_orders_in(self, store: SentOrderStore) -> None:
+        """Keep every order this broker sends in `store`, and take the ones kept there.
+
+        Without it, what this object sent lives in its memory only: a restarted process, or a
+        second broker object on the same account, would find a bot's retry of an order of
+        unknown outcome unknown and send it again (a venue such as Kraken then executes both),
+        and a restarted gate would neither block its symbol nor count its slot. With it, an
+        order is claimed in the store before it is sent (atomically: one sender per client
+        order id across processes), recorded as sent before it leaves, and its fate recorded;
+        the kept orders of unknown outcome are unresolved here too (looked up, never resent
+        before the evidence rule allows). While the store cannot be written, orders are not
+        sent (fail closed). The gate and the enforcer call it with their store; the first store
+        given is kept.
+        """
+        with self._bg_lock:
+            if self._bg_orders_store is not None:
+                return
+            self._bg_orders_store = store
+            self._bg_orders_pending = True
+        with contextlib.suppress(BrokerGuardError):
+            self._load_kept_orders()  # a failure is retried by the next order or check
+
+    def _load_kept_orders(self) -> None:
+        """Take the store's kept orders into memory (once); raise if they cannot be read."""
+        store = self._bg_orders_store
+        if store is None:
+            return
+        try:
+            kept = store.sent_orders(self.account_id)
+        except BrokerGuardError as exc:
+            log.error(
+                "the orders sent for account %s before cannot be read from the store (%s): "
+                "orders are not sent until they can",
+                self.account_id,
+                exc,
+            )
+            raise
+        with self._bg_lock:
+            if not self._bg_orders_pending:
+                return
+            self._bg_orders_pending = False
+            for order in kept:
+                self._adopt_kept(order)
+
+    def _adopt_kept(self, order: KeptOrder) -> None:
+        """Take one kept order into memory unless this object knows it (caller holds the lock)."""
+        cid = order.request.client_order_id
+        state = OrderState(order.state)
+        if state is OrderState.INTENT or cid in self._bg_sent:
+            return  # a claim not sent yet: its claimer sends it or it goes stale
+        self._bg_sent[cid] = state
+        self._bg_sent.move_to_end(cid)
+        if state in _KEPT_UNRESOLVED:
+            held = OrderState.EXISTS if state is OrderState.EXISTS else OrderState.UNRESOLVED
+            self._bg_unresolved[cid] = UnresolvedOrder(
+                order.request,
+                held,
+                order.sent_at,
+                None if held is OrderState.EXISTS else order.absent_after,
+                "sent by another process or broker object, outcome unknown",
+            )
+
+    def _claim_kept(self, request: OrderRequest) -> bool:
+        """Claim `request`'s id in the store too: False when another sender holds it.
+
+        Called after this object's own claim. The id another sender holds is taken into memory
+        as that order (its lookup decides); a store that cannot be reached sends nothing.
+        """
+        store = self._bg_orders_store
+        if store is None:
+            return True
+        cid = request.client_order_id
+        try:
+            if self._bg_orders_pending:
+                self._load_kept_orders()
+            held = store.claim_sent_order(self.account_id, request)
+        except BrokerGuardError as exc:
+            self._unclaim(cid)
+            raise BlockedError(
+                f"order {cid} on broker {self.broker_name!r} (account {self.account_id}) was "
+                f"not sent: the store that keeps sent orders cannot be written ({exc}); a send "
+                "it does not hold could be sent again after a restart"
+            ) from exc
+        if held is None:
+            return True
+        with self._bg_lock:
+            self._bg_sent.pop(cid, None)  # this object's claim: the kept order decides
+            self._adopt_kept(held)
+        if OrderState(held.state) is OrderState.INTENT:
+            raise OrderUnconfirmedError(
+                f"order {cid} on broker {self.broker_name!r} (account {self.account_id}) is "
+                "being sent by another broker object: not sent from here; retry to see its "
+                "outcome",
+                client_order_id=cid,
+            )
+        return False
+
+    def _unclaim(self, cid: str) -> None:
+        """Give back this object's claim of an id it did not send (nothing is written)."""
+        with self._bg_lock:
+            if self._bg_sent.get(cid) is OrderState.SENT and cid not in self._bg_unresolved:
+                self._bg_sent[cid] = OrderState.NOT_PLACED
+
+    def _keep_sent(
+        self, request: OrderRequest, state: OrderState, absent_after: float | None
+    ) -> None:
+        """Record in the store that `request` is (about to be) sent or unresolved.
+
+        Raises BlockedError when the store cannot be written: the caller sends nothing.
+        """
+        store = self._bg_orders_store
+        if store is None:
+            return
+        try:
+            store.save_sent_order(self.account_id, request, state.value, absent_after=absent_after)
+        except BrokerGuardError as exc:
+            raise BlockedError(
+                f"order {request.client_order_id} on broker {self.broker_name!r} (account "
+                f"{self.account_id}) was not sent: the store that keeps sent orders cannot be "
+                f"written ({exc})"
+            ) from exc
+
+    def _keep_state(self, cid: str, state: OrderState) -> None:
+        """Record an order's fate in the store; a failure leaves its more cautious last state."""
+        store = self._bg_orders_store
+        if store is None:
+            return
+        try:
+            store.settle_sent_order(self.account_id, cid, state.value)
+        except BrokerGuardError as exc:
+            log.warning(
+                "order %s on broker %r (account %s) is %s, but the store kept its earlier state "
+                "(%s): after a restart it is looked up, not resent",
+                cid,
+                self.broker_name,
+                self.account_id,
+                state.value,
+                exc,
+            )
+
     def _seed_from_store(self) -> None:
         """Take the stored holdings as (part of) the belief; raise if they cannot be read."""
         store = self._bg_holdings_store
@@ -1192,6 +1380,11 @@ class BaseBroker(abc.ABC):
             except BaseException:
                 self._set_sent_state(cid, OrderState.NOT_PLACED)  # the probe failed: not sent
                 raise
+            try:
+                self._keep_sent(to_send, OrderState.SENT, absent_after)
+            except BaseException:
+                self._set_sent_state(cid, OrderState.NOT_PLACED)  # not sent: nothing kept it
+                raise
             self._record_send(to_send)
             try:
                 order = self._bg_write.call(self._submit_checked, to_send)
@@ -1386,7 +1579,8 @@ class BaseBroker(abc.ABC):
         with self._bg_lock:
             known = self._bg_sent.get(cid)
             unresolved = cid in self._bg_unresolved
-            if known is not None and known is not state and not unresolved:
+            changed = known is not None and known is not state and not unresolved
+            if changed:
                 self._bg_sent[cid] = state
             if state is OrderState.FILLED and cid not in self._bg_filled_at:
                 self._bg_filled_at[cid] = self._bg_clock.monotonic()
@@ -1398,6 +1592,8 @@ class BaseBroker(abc.ABC):
                     del self._bg_final_fill[next(iter(self._bg_final_fill))]
         if unresolved:
             self._settle_unresolved(cid, state, order)
+        elif changed:
+            self._keep_state(cid, state)
 
     def _cancel_checked(self, order: Order) -> Order | None:
         self._throttle("submit_cancel")
@@ -1452,12 +1648,14 @@ class BaseBroker(abc.ABC):
         BlockedError when the request may not be sent (see :meth:`_refuse_a_second_unresolved`).
         """
         cid = request.client_order_id
-        if not self._claim(cid):
-            # Sent before (by this process): the venue's answer decides, never a second send.
+        if not (self._claim(cid) and self._claim_kept(request)):
+            # Sent before (by this process, or one whose orders the store keeps): the venue's
+            # answer decides, never a second send.
             existing = self.resolve_order(cid)  # raises while the order is unresolved
             if existing is not None:
                 return self._same_order(existing, request)
-            if not self._claim(cid):  # proven absent, but another caller is sending it now
+            if not (self._claim(cid) and self._claim_kept(request)):
+                # proven absent, but another caller is sending it now
                 raise self._unresolved_error(cid, None, None, cause=None)
         try:
             self._refuse_a_second_unresolved(request)
@@ -1688,7 +1886,14 @@ class BaseBroker(abc.ABC):
         return outcome
 
     def unresolved_orders(self) -> list[UnresolvedOrder]:
-        """Return the orders this process sent whose outcome is still unknown, oldest first."""
+        """Return the orders this process sent whose outcome is still unknown, oldest first.
+
+        With :meth:`keep_orders_in`, the kept ones of other processes and objects too (read once
+        the store answers).
+        """
+        if self._bg_orders_pending:
+            with contextlib.suppress(BrokerGuardError):
+                self._load_kept_orders()
         with self._bg_lock:
             return sorted(self._bg_unresolved.values(), key=lambda e: e.since)
 
@@ -1742,6 +1947,8 @@ class BaseBroker(abc.ABC):
         with self._bg_lock:
             self._bg_unresolved[cid] = entry
             self._bg_sent[cid] = state
+        with contextlib.suppress(BlockedError):  # it stays "sent" there: as cautious
+            self._keep_sent(request, state, entry.absent_after)
         try:
             found = self.get_order(cid)
         except Exception as exc:  # noqa: BLE001 (whatever stopped the lookup, the fate is unknown)
@@ -1818,6 +2025,7 @@ class BaseBroker(abc.ABC):
             self._bg_sent[cid] = state
             if found is not None and not found.is_final:
                 self._bg_live[cid] = found  # adopted and live: exposure until seen final
+        self._keep_state(cid, state)
         if entry is not None:
             log.warning(
                 "order %s on broker %r (account %s) resolved: %s",
@@ -1836,6 +2044,7 @@ class BaseBroker(abc.ABC):
             self._bg_sent[cid] = state
             self._bg_sent.move_to_end(cid)
             self._forget_oldest()
+        self._keep_state(cid, state)
 
     def _forgettable(self, cid: str, state: OrderState) -> bool:
         """Whether `cid` may leave memory: final, not unresolved, not tracked live."""

@@ -114,6 +114,7 @@ class PositionCapEnforcer:
         self.store = store if store is not None else open_store("sqlite://", clock=self.clock)
         if store is not None:
             broker.keep_holdings_in(store)  # a restart judges its first read against them
+            broker.keep_orders_in(store)  # and never resends what the last run sent
         self.count_unpriced = count_unpriced
         self.count_dust = count_dust
         self.valuator = valuator or Valuator(broker, store=self.store, clock=self.clock)

@@ -229,6 +229,7 @@ class TradingGate:
         self.store = store
         if store is not None:
             broker.keep_holdings_in(store)  # a restart judges its first read against them
+            broker.keep_orders_in(store)  # and never resends what the last run sent
         self.clock = clock if clock is not None else broker.clock
         self.max_position_age = float(max_position_age)
         self.pending_entry_ttl = float(pending_entry_ttl)

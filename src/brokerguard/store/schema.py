@@ -21,12 +21,14 @@ __all__ = [
     "PAUSED_SYMBOLS",
     "SCHEMA_VERSION",
     "SCHEMA_VERSION_TABLE",
+    "SENT_ORDERS",
 ]
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 """The version this code writes (1: halts, pauses, audit log, order journal; 2: adds bg_fences,
 the fencing tokens; 3: adds bg_orders.deadline, when a journaled order can no longer be
-accepted; 4: bg_fences keyed by fleet namespace and account, with the holder of each token).
+accepted; 4: bg_fences keyed by fleet namespace and account, with the holder of each token;
+5: bg_holdings; 6: bg_entries; 7: bg_sent_orders, every order a broker object sent).
 Older stores are migrated on open, one step at a time."""
 
 METADATA = MetaData()
@@ -129,6 +131,22 @@ ENTRIES = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+SENT_ORDERS = Table(
+    # Every order a broker object sent (a bot's, the gate's, the enforcer's), written before
+    # it is sent: a restarted process, or another broker object on the same account, must not
+    # send again an order whose outcome is unknown or that already executed. A final row is
+    # forgotten an hour after it ended (brokers.base.FINAL_ORDER_MEMORY_S), as in memory.
+    "bg_sent_orders",
+    METADATA,
+    Column("account_id", String(200), primary_key=True),
+    Column("client_order_id", String(100), primary_key=True),
+    Column("request", Text, nullable=False),  # the OrderRequest, as JSON (exact decimals)
+    Column("state", String(30), nullable=False),  # brokerguard.orders.OrderState
+    Column("absent_after", Float, nullable=True),  # when absence can prove it never placed
+    Column("sent_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False, index=True),
 )
 
 APPEND_ONLY_DDL: Final = {

@@ -28,6 +28,7 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     and_,
@@ -66,6 +67,7 @@ from brokerguard.store.schema import (
     PAUSED_SYMBOLS,
     SCHEMA_VERSION,
     SCHEMA_VERSION_TABLE,
+    SENT_ORDERS,
 )
 
 __all__ = [
@@ -77,6 +79,7 @@ __all__ = [
     "AuditRecord",
     "Halt",
     "JournalEntry",
+    "SentOrder",
     "StateStore",
     "open_store",
 ]
@@ -104,6 +107,27 @@ _CLAIM_LOCK_WAIT_S: Final = 0.5
 """A claim waits at most this long for a fence row another session holds locked: a previous
 holder's write takes milliseconds; one that takes longer is paused, and its open transaction
 is ended by the database within the store's timeout (a later pass claims then)."""
+
+
+SENT_ORDER_MEMORY_S: Final = 3600.0
+"""Seconds a final sent order (filled, canceled, vanished) is kept after it was last updated:
+as long as a broker remembers it (``brokers.base.FINAL_ORDER_MEMORY_S``), so a retry of its id
+within the hour, from a restarted process or another broker object, is looked up, never sent."""
+
+SENT_RESTING_MEMORY_S: Final = 30 * 86400.0
+"""Seconds an order last seen resting (open, partially filled) is kept without news of it: a
+bound on the table should its end never be seen (the venue's listing still shows it). Orders
+whose outcome is unknown (sent, unresolved, exists) are never forgotten."""
+
+SENT_INTENT_STALE_S: Final = 60.0
+"""Seconds after which a claim that never became a send (``intent``: its process died between
+claiming an id and sending it, a few milliseconds) may be taken by another claim. A younger one
+is another broker object about to send it."""
+
+_SENDABLE_AGAIN: Final = ("not_placed", "rejected")
+"""Sent-order states that hold nothing: never placed, so the id may be sent again."""
+_FORGOTTEN_FINAL: Final = ("filled", "canceled", "vanished")
+_RESTING: Final = ("open", "partially_filled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +203,20 @@ class JournalEntry:
     deadline: float | None = None
     """Epoch seconds after which the venue can no longer accept it (None: journaled before
     deadlines were recorded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SentOrder:
+    """An order a broker object sent (or claimed the right to send), as the store keeps it."""
+
+    account_id: str
+    request: OrderRequest
+    state: str
+    """An :class:`~brokerguard.orders.OrderState` value; ``intent``: claimed, never sent."""
+    absent_after: float | None
+    """Epoch seconds after which lookups that find nothing can prove it never placed."""
+    sent_at: float
+    updated_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,6 +622,144 @@ class StateStore:
             if account_id is not None:
                 query = query.where(ENTRIES.c.account_id == account_id)
             return [dict(r) for r in conn.execute(query).mappings()]
+
+        return self._read(work)
+
+    # ------------------------------------------------------------------ sent orders
+
+    def claim_sent_order(self, account_id: str, request: OrderRequest) -> SentOrder | None:
+        """Take the right to send `request` for `account_id`: None when taken, else who holds it.
+
+        Atomic across processes (one row per account and client order id): of two broker
+        objects claiming one id, one inserts it and the other gets that row back. A row left in
+        ``not_placed`` or ``rejected`` may be claimed again (the venue never placed it), as
+        may an ``intent`` older than :data:`SENT_INTENT_STALE_S` (its claimer died unsent).
+        """
+        _require("account_id", account_id)
+        now = self._clock.time()
+        cid = request.client_order_id
+        row = {
+            "account_id": account_id,
+            "client_order_id": cid,
+            "request": _request_json(request),
+            "state": "intent",
+            "absent_after": None,
+            "sent_at": now,
+            "updated_at": now,
+        }
+        key = _sent_key(account_id, cid)
+
+        def work(conn: Connection) -> SentOrder | None:
+            conn.execute(
+                delete(SENT_ORDERS).where(
+                    key
+                    & (
+                        SENT_ORDERS.c.state.in_(_SENDABLE_AGAIN)
+                        | (
+                            (SENT_ORDERS.c.state == "intent")
+                            & (SENT_ORDERS.c.updated_at < now - SENT_INTENT_STALE_S)
+                        )
+                    )
+                )
+            )
+            upsert = sqlite_insert if self.dialect == "sqlite" else postgresql_insert
+            claim = (
+                upsert(SENT_ORDERS)
+                .values(**row)
+                .on_conflict_do_nothing()
+                .returning(SENT_ORDERS.c.client_order_id)  # rowcount is -1 here on psycopg
+            )
+            if conn.execute(claim).first() is not None:
+                return None
+            held = conn.execute(select(SENT_ORDERS).where(key)).one_or_none()
+            return None if held is None else _sent_order(held)
+
+        return self._write(work, hot=False)
+
+    def save_sent_order(
+        self,
+        account_id: str,
+        request: OrderRequest,
+        state: str,
+        *,
+        absent_after: float | None = None,
+    ) -> None:
+        """Record `request` as sent (or unresolved) in `state`, inserting it if not kept yet."""
+        _require("account_id", account_id)
+        now = self._clock.time()
+        cid = request.client_order_id
+        values = {
+            "request": _request_json(request),
+            "state": state,
+            "absent_after": absent_after,
+            "updated_at": now,
+        }
+
+        def work(conn: Connection) -> None:
+            if not conn.execute(
+                update(SENT_ORDERS).where(_sent_key(account_id, cid)).values(**values)
+            ).rowcount:
+                conn.execute(
+                    insert(SENT_ORDERS).values(
+                        account_id=account_id, client_order_id=cid, sent_at=now, **values
+                    )
+                )
+
+        self._write(work, hot=False)
+
+    def settle_sent_order(self, account_id: str, client_order_id: str, state: str) -> None:
+        """Record what became of a kept sent order (nothing if it is not kept).
+
+        A ``not_placed`` or ``rejected`` order is forgotten (it may be sent again). Final orders
+        of the account older than :data:`SENT_ORDER_MEMORY_S`, and resting ones older than
+        :data:`SENT_RESTING_MEMORY_S`, are forgotten with it, as a broker forgets them.
+        """
+        now = self._clock.time()
+        key = _sent_key(account_id, client_order_id)
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                delete(SENT_ORDERS).where(
+                    (SENT_ORDERS.c.account_id == account_id)
+                    & (
+                        (
+                            SENT_ORDERS.c.state.in_(_FORGOTTEN_FINAL)
+                            & (SENT_ORDERS.c.updated_at < now - SENT_ORDER_MEMORY_S)
+                        )
+                        | (
+                            SENT_ORDERS.c.state.in_(_RESTING)
+                            & (SENT_ORDERS.c.updated_at < now - SENT_RESTING_MEMORY_S)
+                        )
+                    )
+                )
+            )
+            if state in _SENDABLE_AGAIN:
+                conn.execute(delete(SENT_ORDERS).where(key))
+            else:
+                conn.execute(update(SENT_ORDERS).where(key).values(state=state, updated_at=now))
+
+        self._write(work, hot=False)
+
+    def sent_order(self, account_id: str, client_order_id: str) -> SentOrder | None:
+        """The sent order `client_order_id` of `account_id`, or None if none is kept."""
+        key = _sent_key(account_id, client_order_id)
+
+        def work(conn: Connection) -> SentOrder | None:
+            row = conn.execute(select(SENT_ORDERS).where(key)).one_or_none()
+            return None if row is None else _sent_order(row)
+
+        return self._read(work)
+
+    def sent_orders(self, account_id: str) -> list[SentOrder]:
+        """Every sent order kept for `account_id`, oldest first."""
+
+        def work(conn: Connection) -> list[SentOrder]:
+            query = (
+                select(SENT_ORDERS)
+                .where(SENT_ORDERS.c.account_id == account_id)
+                .order_by(SENT_ORDERS.c.sent_at, SENT_ORDERS.c.client_order_id)
+            )
+            return [_sent_order(r) for r in conn.execute(query)]
 
         return self._read(work)
 
@@ -1029,6 +1205,44 @@ class StateStore:
 
 
 _SCHEMA_LOCK: Final = 0x6267_7363_6865_6D61  # "bgschema": the advisory lock of the DDL
+
+
+def _sent_key(account_id: str, client_order_id: str) -> ColumnElement[bool]:
+    return (SENT_ORDERS.c.account_id == account_id) & (
+        SENT_ORDERS.c.client_order_id == client_order_id
+    )
+
+
+def _request_json(request: OrderRequest) -> str:
+    """The request as JSON: decimals as their exact strings, enums as their values."""
+    return json.dumps(
+        {
+            "symbol": request.symbol,
+            "side": request.side.value,
+            "quantity": str(request.quantity),
+            "client_order_id": request.client_order_id,
+            "deadline": request.deadline,
+            "order_type": request.order_type.value,
+            "price": None if request.price is None else str(request.price),
+            "time_in_force": None if request.time_in_force is None else request.time_in_force.value,
+            "post_only": request.post_only,
+            "reduce_only": request.reduce_only,
+            "expire_at": request.expire_at,
+        },
+        sort_keys=True,
+    )
+
+
+def _sent_order(r: Any) -> SentOrder:
+    fields = json.loads(r.request)
+    return SentOrder(
+        r.account_id,
+        OrderRequest(**fields),  # validated again, as any request
+        r.state,
+        r.absent_after,
+        r.sent_at,
+        r.updated_at,
+    )
 
 
 def _journal_entry(r: Any) -> JournalEntry:

@@ -1,0 +1,324 @@
+"""Orders a broker sent, kept in the store: a restart or a second broker object never resends.
+
+What a broker object sent used to live in its memory only. A bot's retry of an order of unknown
+outcome, made by a restarted process or through another broker object on the same account,
+found the id unknown and was sent again (a venue that checks ids against open orders only,
+as Kraken does, executes both). With ``keep_orders_in(store)`` the id is claimed in the store
+before it is sent, recorded as sent before it leaves, and its fate recorded after.
+
+The venue here is one object shared by every broker object (the exchange); each broker object
+is one process's view of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+import pytest
+
+from brokerguard import (
+    BlockedError,
+    BrokerCircuitBreaker,
+    Order,
+    OrderRequest,
+    OrderStatus,
+    OrderUnconfirmedError,
+    Position,
+    StoreUnavailableError,
+    TradingGate,
+)
+from brokerguard.brokers.base import BaseBroker
+from brokerguard.orders import OrderState
+from brokerguard.store import StateStore, open_store
+from brokerguard.testing import FakeClock
+
+
+class Exchange:
+    """One venue: fills every order it accepts; never refuses an id it has seen (no dedupe)."""
+
+    def __init__(self) -> None:
+        self.orders: dict[str, list[Order]] = {}
+        self.lock = threading.Lock()
+        self.lose_answers = 0  # accept, then the answer is lost (a timeout)
+
+    def accept(self, request: OrderRequest) -> Order:
+        order = Order(
+            request.client_order_id,
+            request.symbol,
+            request.side,
+            request.quantity,
+            request.quantity,
+            OrderStatus.FILLED,
+            f"V{sum(map(len, self.orders.values())) + 1}",
+        )
+        with self.lock:
+            self.orders.setdefault(request.client_order_id, []).append(order)
+        return order
+
+    def executed(self, cid: str) -> int:
+        return len(self.orders.get(cid, ()))
+
+
+class Crash(BaseException):
+    """The process dies mid-call (not an Exception: nothing in the broker may catch it)."""
+
+
+class VenueBroker(BaseBroker):
+    """One broker object (one process) on the shared exchange."""
+
+    enforces_order_deadline = True
+
+    def __init__(self, exchange: Exchange, clock: FakeClock, **kwargs: object) -> None:
+        super().__init__(
+            "kept",
+            clock=clock,
+            account_id="acct-kept",
+            read_breaker=BrokerCircuitBreaker("kept", scope="read", clock=clock),
+            write_breaker=BrokerCircuitBreaker(
+                "kept", scope="write", clock=clock, failure_threshold=100
+            ),
+            **kwargs,  # type: ignore[arg-type]
+        )
+        self.exchange = exchange
+        self.crash_after_accept = False
+
+    def fetch_positions(self) -> Sequence[Position]:
+        return [Position("BTC/USD", "1")]
+
+    def fetch_prices(self, symbols: Sequence[str]) -> Mapping[str, object]:
+        return dict.fromkeys(symbols, "100")
+
+    def submit_order(self, order: OrderRequest) -> Order:
+        placed = self.exchange.accept(order)
+        if self.crash_after_accept:
+            raise Crash("the process died before the answer arrived")
+        if self.exchange.lose_answers:
+            self.exchange.lose_answers -= 1
+            raise TimeoutError("read timed out")
+        return placed
+
+    def fetch_order(self, client_order_id: str) -> Order | None:
+        found = self.exchange.orders.get(client_order_id)
+        return found[-1] if found else None
+
+
+@pytest.fixture
+def exchange() -> Exchange:
+    return Exchange()
+
+
+@pytest.fixture
+def url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
+@pytest.fixture
+def process(exchange, clock, url):
+    """Start a process: a new broker object keeping its orders in the same store file."""
+
+    def start(store: StateStore | None = None) -> VenueBroker:
+        broker = VenueBroker(exchange, clock)
+        broker.keep_orders_in(store or open_store(url, clock=clock))
+        return broker
+
+    return start
+
+
+def test_a_retry_after_a_restart_of_an_order_whose_answer_was_lost_is_adopted_not_resent(
+    process, exchange
+):
+    first = process()
+    first.fetch_order = lambda cid: None  # the venue accepted it, but no lookup shows it yet
+    exchange.lose_answers = 1
+    with pytest.raises(OrderUnconfirmedError):
+        first.place_market_order("SOL/USD", "buy", "1", client_order_id="c-lost")
+    assert exchange.executed("c-lost") == 1
+
+    second = process()  # a restart; the bot retries the same id
+
+    assert [o.client_order_id for o in second.unresolved_orders()] == ["c-lost"]
+    order = second.place_market_order("SOL/USD", "buy", "1", client_order_id="c-lost")
+    assert order.status is OrderStatus.FILLED
+    assert exchange.executed("c-lost") == 1
+
+
+def test_a_process_that_died_after_sending_leaves_the_order_unresolved_for_the_next(
+    process, exchange
+):
+    first = process()
+    first.crash_after_accept = True
+    with pytest.raises(Crash):
+        first.place_market_order("SOL/USD", "buy", "1", client_order_id="c-crash")
+
+    second = process()
+
+    [held] = second.unresolved_orders()
+    assert (held.client_order_id, held.symbol, held.state) == (
+        "c-crash",
+        "SOL/USD",
+        OrderState.UNRESOLVED,
+    )
+    assert held.absent_after is not None  # its deadline came with it: absence can decide
+    order = second.place_market_order("SOL/USD", "buy", "1", client_order_id="c-crash")
+    assert order.broker_order_id == "V1"
+    assert exchange.executed("c-crash") == 1
+    assert second.unresolved_orders() == []
+
+
+def test_a_retry_after_a_restart_of_a_filled_order_is_looked_up_not_sent(process, exchange):
+    first = process()
+    placed = first.place_market_order("ETH/USD", "buy", "2", client_order_id="c-filled")
+
+    again = process().place_market_order("ETH/USD", "buy", "2", client_order_id="c-filled")
+
+    assert again.broker_order_id == placed.broker_order_id
+    assert exchange.executed("c-filled") == 1
+
+
+def test_without_a_store_a_second_object_does_send_again(exchange, clock):
+    """What keep_orders_in prevents: this venue does not refuse a seen id, so it executes twice."""
+    VenueBroker(exchange, clock).place_market_order("ETH/USD", "buy", "2", client_order_id="c-x")
+    VenueBroker(exchange, clock).place_market_order("ETH/USD", "buy", "2", client_order_id="c-x")
+    assert exchange.executed("c-x") == 2
+
+
+def test_a_reused_id_for_another_symbol_is_refused_after_a_restart(process, exchange):
+    process().place_market_order("ETH/USD", "buy", "2", client_order_id="c-reuse")
+    with pytest.raises(BlockedError, match="refusing to reuse"):
+        process().place_market_order("SOL/USD", "buy", "2", client_order_id="c-reuse")
+    assert exchange.executed("c-reuse") == 1
+
+
+def test_two_objects_racing_one_id_send_it_once(process, exchange, url, clock):
+    first, second = process(), process()
+    both_at_the_claim = threading.Barrier(2, timeout=5)
+    outcomes: list[object] = []
+
+    def place(broker: VenueBroker) -> None:
+        both_at_the_claim.wait()
+        try:
+            outcomes.append(
+                broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-race")
+            )
+        except OrderUnconfirmedError as exc:  # the loser: "being sent by another object"
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=place, args=(b,)) for b in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+
+    assert len(outcomes) == 2
+    assert exchange.executed("c-race") == 1
+    # once the winner's answer is kept, the loser's retry finds the order
+    retried = second.place_market_order("SOL/USD", "buy", "1", client_order_id="c-race")
+    assert retried.status is OrderStatus.FILLED
+    assert exchange.executed("c-race") == 1
+
+
+class FailingStore:
+    """The real store, with one of its sent-order calls failing as an unreachable database."""
+
+    def __init__(self, store: StateStore, failing: str) -> None:
+        self.store = store
+        self.failing = failing
+
+    def __getattr__(self, name: str) -> object:
+        if name == self.failing:
+
+            def down(*args: object, **kwargs: object) -> object:
+                raise StoreUnavailableError(f"database down ({name})")
+
+            return down
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("failing", ["claim_sent_order", "save_sent_order"])
+def test_a_store_that_cannot_keep_the_send_sends_nothing(exchange, clock, url, failing):
+    store = open_store(url, clock=clock)
+    broker = VenueBroker(exchange, clock)
+    broker.keep_orders_in(FailingStore(store, failing))  # type: ignore[arg-type]
+
+    with pytest.raises(BlockedError, match="was not sent"):
+        broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-down")
+
+    assert exchange.executed("c-down") == 0
+    assert broker.order_state("c-down") is OrderState.NOT_PLACED
+    assert broker.unresolved_orders() == []
+    # the store is back: the same id may be sent (once)
+    healthy = VenueBroker(exchange, clock)
+    healthy.keep_orders_in(store)
+    healthy.place_market_order("SOL/USD", "buy", "1", client_order_id="c-down")
+    assert exchange.executed("c-down") == 1
+
+
+def test_a_fate_the_store_could_not_record_leaves_the_cautious_state(exchange, clock, url):
+    """The fill was not recorded: after a restart the order is looked up, never sent again."""
+    store = open_store(url, clock=clock)
+    broker = VenueBroker(exchange, clock)
+    broker.keep_orders_in(FailingStore(store, "settle_sent_order"))  # type: ignore[arg-type]
+    broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-unsaved")
+    assert [o.state for o in store.sent_orders("acct-kept")] == ["sent"]
+
+    restarted = VenueBroker(exchange, clock)
+    restarted.keep_orders_in(store)
+    assert [o.client_order_id for o in restarted.unresolved_orders()] == ["c-unsaved"]
+    restarted.place_market_order("SOL/USD", "buy", "1", client_order_id="c-unsaved")
+    assert exchange.executed("c-unsaved") == 1
+
+
+def test_an_order_refused_before_the_venue_is_forgotten_and_may_be_sent_after_a_restart(
+    process, exchange, clock
+):
+    first = process()
+    first.write_breaker.force_open("an operator opened it")
+    with pytest.raises(BlockedError):
+        first.place_market_order("SOL/USD", "buy", "1", client_order_id="c-refused")
+    assert exchange.executed("c-refused") == 0
+
+    second = process()
+    second.place_market_order("SOL/USD", "buy", "1", client_order_id="c-refused")
+    assert exchange.executed("c-refused") == 1
+
+
+def test_a_restarted_gate_refuses_the_symbol_and_counts_the_slot_of_a_crashed_entry(
+    exchange, clock, url
+):
+    broker = VenueBroker(exchange, clock)
+    gate = TradingGate(broker, 2, store=open_store(url, clock=clock))
+    broker.crash_after_accept = True
+    with pytest.raises(Crash), gate.reserve_entry("SOL/USD"):
+        broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-entry")
+
+    restarted = VenueBroker(exchange, clock)
+    gate2 = TradingGate(restarted, 2, store=open_store(url, clock=clock))
+
+    sol, eth = gate2.check_entry("SOL/USD"), gate2.check_entry("ETH/USD")
+    assert sol.code == "ORDER_UNRESOLVED", sol.reason
+    assert not eth.allowed  # BTC held + SOL's unresolved buy: the cap of 2 is reached
+    assert eth.code == "POSITION_CAP_REACHED", eth.reason
+
+
+def test_a_gate_gives_the_slot_back_when_the_store_refused_the_send(exchange, clock, url):
+    """A send the store could not keep is a refusal by brokerguard: nothing was placed."""
+    store = open_store(url, clock=clock)
+    broker = VenueBroker(exchange, clock)
+    gate = TradingGate(broker, 2, store=store)
+    broker._bg_orders_store = FailingStore(store, "save_sent_order")  # the database goes down
+
+    with pytest.raises(BlockedError), gate.reserve_entry("SOL/USD"):
+        broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-gate")
+
+    assert exchange.executed("c-gate") == 0
+    assert gate.check_entry("ETH/USD").allowed
+
+
+def test_the_kept_request_is_exact(process, url, clock):
+    process().place_market_order("ETH/USD", "buy", "0.123456789", client_order_id="c-exact")
+    [kept] = open_store(url, clock=clock).sent_orders("acct-kept")
+    assert kept.request.quantity == Decimal("0.123456789")
+    assert kept.request.deadline == 1010.0  # sent at 1000 with the default 10 s deadline
+    assert (kept.state, kept.sent_at) == ("filled", 1000.0)
