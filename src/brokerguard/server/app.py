@@ -37,8 +37,13 @@ from brokerguard.service import GuardService
 
 __all__ = ["HaltRequest", "ResumeRequest", "create_app"]
 
-Text = Annotated[str, Field(min_length=1, max_length=500, pattern=r"\S")]
-SymbolText = Annotated[str, Field(min_length=1, max_length=40, pattern=r"\S")]
+NOT_BLANK = r"[^\s\u0085]"
+r"""Some character that is not white space, by every reading of ``\s``: the validator's (Unicode
+White_Space, which has U+0085) and the schema's (ECMAScript, which has not); with plain ``\S``
+the published schema allowed a "\u0085" that the validator then refused."""
+
+Text = Annotated[str, Field(min_length=1, max_length=500, pattern=NOT_BLANK)]
+SymbolText = Annotated[str, Field(min_length=1, max_length=40, pattern=NOT_BLANK)]
 
 
 class HaltRequest(BaseModel):

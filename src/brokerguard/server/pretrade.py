@@ -41,7 +41,8 @@ __all__ = ["EntryRequest", "PlacedRequest", "pretrade_router"]
 PRETRADE_BODY_LIMIT_BYTES = 4 * 1024
 """An entry request is a few short strings."""
 
-Id = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S+$")]
+Id = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\s\u0085]+$")]
+r"""No white space by either reading of ``\s`` (see ``server.app.NOT_BLANK``)."""
 
 
 class EntryRequest(BaseModel):
