@@ -562,3 +562,41 @@ def test_an_adapter_raising_system_exit_does_not_end_the_reads_loop(clock, store
     assert reads.prime([exiting, fine]) == PrimedPass(read=1, failed=0, skipped=1, venues_priced=0)
     assert not exiting.primed
     assert reads.prime([paper(clock, "later", 3)]).read == 1
+
+
+def test_close_lets_a_call_under_way_on_the_loop_end_before_it_stops(reads):
+    """A pool thread's call on the loop (an async exchange's order, say) is not cancelled.
+
+    Cancelled, an order's outcome is unknown: it would stay unresolved. close() gives it
+    _CLOSE_GRACE_S to end (the reads themselves are cancelled at once).
+    """
+    loop = reads.loop
+    release = asyncio.Event()
+
+    async def order_under_way() -> str:
+        await release.wait()
+        return "placed"
+
+    call = asyncio.run_coroutine_threadsafe(order_under_way(), loop)
+    closing = threading.Thread(target=reads.close)
+    closing.start()
+    closing.join(timeout=0.2)  # close() is waiting for the call, not cancelling it
+
+    assert closing.is_alive()
+    assert not call.done()
+    loop.call_soon_threadsafe(release.set)
+    closing.join(timeout=5)
+    assert not closing.is_alive()
+    assert call.result(timeout=0) == "placed"
+
+
+def test_close_cancels_a_call_on_the_loop_that_outlives_the_grace(reads, monkeypatch):
+    monkeypatch.setattr("brokerguard.risk.reads._CLOSE_GRACE_S", 0.05)
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    call = asyncio.run_coroutine_threadsafe(hangs(), reads.loop)
+    reads.close()
+
+    assert call.cancelled()

@@ -152,7 +152,9 @@ class ReadsAhead:
         """Stop the loop and its thread for good (idempotent).
 
         A pass waiting for its reads gets none (its steps read for themselves); the reads in
-        flight are cancelled and awaited on the loop before it stops.
+        flight are cancelled and awaited on the loop before it stops. Any other call on the
+        loop (a pool thread's, on an async exchange's home loop: an order, maybe) is given
+        :data:`_CLOSE_GRACE_S` to end before it is cancelled.
         """
         with self._lock:
             self._closed = True
@@ -165,7 +167,9 @@ class ReadsAhead:
             return
         if thread is not threading.current_thread():
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(_cancel_the_rest(), loop).result(timeout=5)
+                asyncio.run_coroutine_threadsafe(
+                    _end_the_rest(self._reading, _CLOSE_GRACE_S), loop
+                ).result(timeout=_CLOSE_GRACE_S + 5)
         loop.call_soon_threadsafe(loop.stop)
         if thread is not threading.current_thread():
             thread.join(timeout=5)
@@ -344,12 +348,23 @@ def _run_until_stopped(loop: asyncio.AbstractEventLoop) -> None:
         return
 
 
-async def _cancel_the_rest() -> None:
-    """Cancel every other task of the running loop and wait for them to end."""
+async def _end_the_rest(reading: set[asyncio.Future[Any]], grace_s: float) -> None:
+    """End every other task of the running loop: the reads at once, the others after a grace.
+
+    The others are calls that pool threads make on the loop, an async exchange's home (a ccxt
+    order among them): cancelled, a write's outcome is unknown and it stays unresolved, so one
+    that ends within `grace_s` is let end.
+    """
     current = asyncio.current_task()
     tasks = [t for t in asyncio.all_tasks() if t is not current]
     for task in tasks:
-        task.cancel()
+        if task in reading:
+            task.cancel()
+    others = [t for t in tasks if t not in reading]
+    if others:
+        _, late = await asyncio.wait(others, timeout=grace_s)
+        for task in late:
+            task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -517,6 +532,10 @@ _ADAPTER_EXIT = (
 )
 """Raised on the loop's thread, either would end it, and every later pass would wait for reads
 that no loop makes: the step reads for itself instead."""
+
+_CLOSE_GRACE_S = 5.0
+"""Seconds :meth:`ReadsAhead.close` lets a call that is not a read (a pool thread's order on an
+async exchange's home loop) end before cancelling it (real seconds: the service is stopping)."""
 
 _POLL_S = 0.05
 """How often a waiting stream looks whether its pass was cancelled (seconds)."""
