@@ -105,3 +105,13 @@ def test_pretrade_times_every_call_of_the_v1_api(capsys):
     answers = [a.strip() for a in rows["reserve"][8].split(",")]
     assert all(a.startswith(("201:", "409 ")) for a in answers), answers
     assert sum(int(a.rsplit(":", 1)[1]) for a in answers) == 20
+
+
+def test_kept_orders_prints_the_cost_of_keeping_sent_orders(capsys):
+    """A row per store, and keeping orders costs something (two durable writes an order)."""
+    kept = load_bench("kept_orders")
+    assert kept.main(["--orders", "40", "--no-pg"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "SQLite file" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "40"
+    assert float(cells[3].replace(",", "")) > float(cells[2].replace(",", ""))

@@ -21,6 +21,7 @@ import pytest
 from brokerguard import (
     BlockedError,
     BrokerCircuitBreaker,
+    BrokerRejection,
     Order,
     OrderRequest,
     OrderStatus,
@@ -30,20 +31,27 @@ from brokerguard import (
     TradingGate,
 )
 from brokerguard.brokers.base import BaseBroker
+from brokerguard.errors import RateLimitedError
 from brokerguard.orders import OrderState
 from brokerguard.store import StateStore, open_store
 from brokerguard.testing import FakeClock
 
 
 class Exchange:
-    """One venue: fills every order it accepts; never refuses an id it has seen (no dedupe)."""
+    """One venue: fills every order it accepts; never refuses an id it has seen (no dedupe).
 
-    def __init__(self) -> None:
+    It refuses a request past its deadline, as the brokers here say (enforces_order_deadline).
+    """
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
         self.orders: dict[str, list[Order]] = {}
         self.lock = threading.Lock()
         self.lose_answers = 0  # accept, then the answer is lost (a timeout)
 
     def accept(self, request: OrderRequest) -> Order:
+        if request.deadline is not None and self.clock.time() > request.deadline:
+            raise BrokerRejection("EGeneral:Invalid arguments:deadline elapsed")
         order = Order(
             request.client_order_id,
             request.symbol,
@@ -83,6 +91,7 @@ class VenueBroker(BaseBroker):
         )
         self.exchange = exchange
         self.crash_after_accept = False
+        self.rate_limited = 0  # refuse this many sends at the door (never processed)
 
     def fetch_positions(self) -> Sequence[Position]:
         return [Position("BTC/USD", "1")]
@@ -91,6 +100,9 @@ class VenueBroker(BaseBroker):
         return dict.fromkeys(symbols, "100")
 
     def submit_order(self, order: OrderRequest) -> Order:
+        if self.rate_limited:
+            self.rate_limited -= 1
+            raise RateLimitedError("EAPI:Rate limit exceeded", retry_after=1.0)
         placed = self.exchange.accept(order)
         if self.crash_after_accept:
             raise Crash("the process died before the answer arrived")
@@ -105,8 +117,8 @@ class VenueBroker(BaseBroker):
 
 
 @pytest.fixture
-def exchange() -> Exchange:
-    return Exchange()
+def exchange(clock) -> Exchange:
+    return Exchange(clock)
 
 
 @pytest.fixture
@@ -236,23 +248,46 @@ class FailingStore:
         return getattr(self.store, name)
 
 
-@pytest.mark.parametrize("failing", ["claim_sent_order", "save_sent_order"])
-def test_a_store_that_cannot_keep_the_send_sends_nothing(exchange, clock, url, failing):
+def test_a_store_that_cannot_keep_the_send_sends_nothing(exchange, clock, url):
     store = open_store(url, clock=clock)
     broker = VenueBroker(exchange, clock)
-    broker.keep_orders_in(FailingStore(store, failing))  # type: ignore[arg-type]
+    broker.keep_orders_in(FailingStore(store, "claim_sent_order"))  # type: ignore[arg-type]
 
     with pytest.raises(BlockedError, match="was not sent"):
         broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-down")
 
     assert exchange.executed("c-down") == 0
-    assert broker.order_state("c-down") is OrderState.NOT_PLACED
+    assert broker.order_state("c-down") is None  # its claim given back: never sent
     assert broker.unresolved_orders() == []
     # the store is back: the same id may be sent (once)
     healthy = VenueBroker(exchange, clock)
     healthy.keep_orders_in(store)
     healthy.place_market_order("SOL/USD", "buy", "1", client_order_id="c-down")
     assert exchange.executed("c-down") == 1
+
+
+def test_a_resend_the_store_cannot_keep_is_not_sent(exchange, clock, url):
+    """Refused at the door, the order is resent with a new deadline: kept first, or not sent."""
+    store = open_store(url, clock=clock)
+    broker = VenueBroker(exchange, clock)
+    broker.keep_orders_in(FailingStore(store, "save_sent_order"))  # type: ignore[arg-type]
+    broker.rate_limited = 1
+
+    with pytest.raises(BlockedError, match="was not sent"):
+        broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-resend")
+
+    assert exchange.executed("c-resend") == 0
+    assert broker.order_state("c-resend") is OrderState.NOT_PLACED
+
+
+def test_a_resend_kept_with_its_new_deadline_goes_once(process, exchange, url, clock):
+    broker = process()
+    broker.rate_limited = 1
+    broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-resent")
+    assert exchange.executed("c-resent") == 1
+    [kept] = open_store(url, clock=clock).sent_orders("acct-kept")
+    assert kept.state == "filled"
+    assert kept.request.deadline == pytest.approx(clock.time() + 10)  # the resend's deadline
 
 
 def test_a_fate_the_store_could_not_record_leaves_the_cautious_state(exchange, clock, url):
@@ -307,7 +342,7 @@ def test_a_gate_gives_the_slot_back_when_the_store_refused_the_send(exchange, cl
     store = open_store(url, clock=clock)
     broker = VenueBroker(exchange, clock)
     gate = TradingGate(broker, 2, store=store)
-    broker._bg_orders_store = FailingStore(store, "save_sent_order")  # the database goes down
+    broker._bg_orders_store = FailingStore(store, "claim_sent_order")  # the database goes down
 
     with pytest.raises(BlockedError), gate.reserve_entry("SOL/USD"):
         broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-gate")

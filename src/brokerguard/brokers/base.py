@@ -135,8 +135,16 @@ _FORGETTABLE = frozenset(
 )
 """The states whose ids may be forgotten: the order's outcome is known and final."""
 
-_KEPT_UNRESOLVED = frozenset({OrderState.SENT, OrderState.UNRESOLVED, OrderState.EXISTS})
-"""Kept states whose outcome is unknown: a process that died after sending leaves ``sent``."""
+_KEPT_UNRESOLVED = frozenset(
+    {OrderState.INTENT, OrderState.SENT, OrderState.UNRESOLVED, OrderState.EXISTS}
+)
+"""Kept states whose outcome is unknown: a process that died while sending leaves ``sent``."""
+
+
+def _new_token() -> str:
+    """A fresh claim token for a kept order's row (random: two claims never share one)."""
+    return uuid.uuid4().hex
+
 
 LOCAL_DEADLINE_FLOOR_S = 60.0
 """Where a venue does not enforce an order deadline, absence proves nothing before this many
@@ -266,6 +274,9 @@ class KeptOrder(Protocol):
     @property
     def sent_at(self) -> float: ...
 
+    @property
+    def token(self) -> str: ...
+
 
 class SentOrderStore(Protocol):
     """Where a broker keeps the orders it sent across restarts and broker objects (the store).
@@ -274,8 +285,16 @@ class SentOrderStore(Protocol):
     client order id, one gets it and the other the row that holds it.
     """
 
-    def claim_sent_order(self, account_id: str, request: OrderRequest) -> KeptOrder | None:
-        """Take the right to send `request`: None when taken, else the order holding its id."""
+    def claim_sent_order(
+        self,
+        account_id: str,
+        request: OrderRequest,
+        *,
+        token: str,
+        state: str = "sent",
+        absent_after: float | None = None,
+    ) -> KeptOrder | None:
+        """Keep `request` as sent under `token`: None when kept, else the order holding its id."""
 
     def save_sent_order(
         self,
@@ -283,12 +302,15 @@ class SentOrderStore(Protocol):
         request: OrderRequest,
         state: str,
         *,
+        token: str,
         absent_after: float | None = None,
-    ) -> None:
-        """Record `request` as sent (or unresolved) in `state`."""
+    ) -> bool:
+        """Record `request` in `state` on the row `token` holds (False: no such row)."""
 
-    def settle_sent_order(self, account_id: str, client_order_id: str, state: str) -> None:
-        """Record what became of a kept order (a never-placed one is forgotten)."""
+    def settle_sent_order(
+        self, account_id: str, client_order_id: str, state: str, *, token: str
+    ) -> bool:
+        """Record the fate of the row `token` holds (a never-placed one is forgotten)."""
 
     def sent_orders(self, account_id: str) -> Sequence[KeptOrder]:
         """Every order kept for `account_id`."""
@@ -409,6 +431,7 @@ class BaseBroker(abc.ABC):
         self._bg_holdings_store: HoldingsStore | None = None
         self._bg_orders_store: SentOrderStore | None = None
         self._bg_orders_pending = False  # the kept orders could not be read yet
+        self._bg_kept: dict[str, str] = {}  # cid -> the token of its row in the store
         self._bg_saved_holdings: dict[str, Decimal] | None = None
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
@@ -846,7 +869,8 @@ class BaseBroker(abc.ABC):
         unknown outcome unknown and send it again (a venue such as Kraken then executes both),
         and a restarted gate would neither block its symbol nor count its slot. With it, an
         order is claimed in the store before it is sent (atomically: one sender per client
-        order id across processes), recorded as sent before it leaves, and its fate recorded;
+        order id across processes) and recorded as sent, with its deadline, before it leaves;
+        its fate is recorded after, on that claim's row only;
         the kept orders of unknown outcome are unresolved here too (looked up, never resent
         before the evidence rule allows). While the store cannot be written, orders are not
         sent (fail closed). The gate and the enforcer call it with their store; the first store
@@ -861,35 +885,56 @@ class BaseBroker(abc.ABC):
             self._load_kept_orders()  # a failure is retried by the next order or check
 
     def _load_kept_orders(self) -> None:
-        """Take the store's kept orders into memory (once); raise if they cannot be read."""
+        """Take the store's kept orders into memory and keep this object's unresolved ones there.
+
+        An order this object holds unresolved from before it was given the store is written
+        too (a restart must hold it as well). Raises while either cannot be done; the next
+        order or check tries again, and nothing is sent until it succeeds.
+        """
         store = self._bg_orders_store
         if store is None:
             return
         try:
             kept = store.sent_orders(self.account_id)
+            with self._bg_lock:
+                for order in kept:
+                    self._adopt_kept(order)
+                own = [e for c, e in self._bg_unresolved.items() if c not in self._bg_kept]
+            for entry in own:
+                token = _new_token()
+                held = store.claim_sent_order(
+                    self.account_id,
+                    entry.request,
+                    token=token,
+                    state=entry.state.value,
+                    absent_after=entry.absent_after,
+                )
+                with self._bg_lock:
+                    self._bg_kept[entry.client_order_id] = token if held is None else held.token
         except BrokerGuardError as exc:
             log.error(
-                "the orders sent for account %s before cannot be read from the store (%s): "
+                "account %s: the orders it sent cannot be read from or kept in the store (%s): "
                 "orders are not sent until they can",
                 self.account_id,
                 exc,
             )
             raise
         with self._bg_lock:
-            if not self._bg_orders_pending:
-                return
             self._bg_orders_pending = False
-            for order in kept:
-                self._adopt_kept(order)
 
     def _adopt_kept(self, order: KeptOrder) -> None:
-        """Take one kept order into memory unless this object knows it (caller holds the lock)."""
+        """Take one kept order into memory (caller holds the lock).
+
+        What this object knows first-hand stands, except that it never placed the id: a kept
+        row says some process sent it since.
+        """
         cid = order.request.client_order_id
+        if self._bg_sent.get(cid) not in {None, OrderState.NOT_PLACED, OrderState.REJECTED}:
+            return
         state = OrderState(order.state)
-        if state is OrderState.INTENT or cid in self._bg_sent:
-            return  # a claim not sent yet: its claimer sends it or it goes stale
         self._bg_sent[cid] = state
         self._bg_sent.move_to_end(cid)
+        self._bg_kept[cid] = order.token
         if state in _KEPT_UNRESOLVED:
             held = OrderState.EXISTS if state is OrderState.EXISTS else OrderState.UNRESOLVED
             self._bg_unresolved[cid] = UnresolvedOrder(
@@ -900,20 +945,24 @@ class BaseBroker(abc.ABC):
                 "sent by another process or broker object, outcome unknown",
             )
 
-    def _claim_kept(self, request: OrderRequest) -> bool:
-        """Claim `request`'s id in the store too: False when another sender holds it.
+    def _claim_kept(self, request: OrderRequest, absent_after: float) -> bool:
+        """Keep `request` in the store as sent: False when another sender's row holds its id.
 
-        Called after this object's own claim. The id another sender holds is taken into memory
-        as that order (its lookup decides); a store that cannot be reached sends nothing.
+        Called after this object's own claim, before anything is sent. The row another sender
+        holds is taken into memory as that order (its lookup decides); a store that cannot be
+        reached sends nothing.
         """
         store = self._bg_orders_store
         if store is None:
             return True
         cid = request.client_order_id
+        token = _new_token()
         try:
             if self._bg_orders_pending:
                 self._load_kept_orders()
-            held = store.claim_sent_order(self.account_id, request)
+            held = store.claim_sent_order(
+                self.account_id, request, token=token, absent_after=absent_after
+            )
         except BrokerGuardError as exc:
             self._unclaim(cid)
             raise BlockedError(
@@ -921,52 +970,65 @@ class BaseBroker(abc.ABC):
                 f"not sent: the store that keeps sent orders cannot be written ({exc}); a send "
                 "it does not hold could be sent again after a restart"
             ) from exc
-        if held is None:
-            return True
         with self._bg_lock:
+            if held is None:
+                self._bg_kept[cid] = token
+                return True
             self._bg_sent.pop(cid, None)  # this object's claim: the kept order decides
             self._adopt_kept(held)
-        if OrderState(held.state) is OrderState.INTENT:
-            raise OrderUnconfirmedError(
-                f"order {cid} on broker {self.broker_name!r} (account {self.account_id}) is "
-                "being sent by another broker object: not sent from here; retry to see its "
-                "outcome",
-                client_order_id=cid,
-            )
         return False
 
     def _unclaim(self, cid: str) -> None:
         """Give back this object's claim of an id it did not send (nothing is written)."""
         with self._bg_lock:
             if self._bg_sent.get(cid) is OrderState.SENT and cid not in self._bg_unresolved:
-                self._bg_sent[cid] = OrderState.NOT_PLACED
+                del self._bg_sent[cid]
+                self._bg_kept.pop(cid, None)
 
     def _keep_sent(
         self, request: OrderRequest, state: OrderState, absent_after: float | None
     ) -> None:
-        """Record in the store that `request` is (about to be) sent or unresolved.
+        """Record on this object's row that `request` is (about to be) resent, or unresolved.
 
-        Raises BlockedError when the store cannot be written: the caller sends nothing.
+        Raises BlockedError when the store cannot be written, or the row is no longer this
+        object's (another process proved the order absent, and may have sent the id again):
+        the caller sends nothing.
         """
         store = self._bg_orders_store
-        if store is None:
+        cid = request.client_order_id
+        with self._bg_lock:
+            token = self._bg_kept.get(cid)
+        if store is None or token is None:
             return
         try:
-            store.save_sent_order(self.account_id, request, state.value, absent_after=absent_after)
+            ours = store.save_sent_order(
+                self.account_id, request, state.value, token=token, absent_after=absent_after
+            )
         except BrokerGuardError as exc:
             raise BlockedError(
-                f"order {request.client_order_id} on broker {self.broker_name!r} (account "
-                f"{self.account_id}) was not sent: the store that keeps sent orders cannot be "
-                f"written ({exc})"
+                f"order {cid} on broker {self.broker_name!r} (account {self.account_id}) was "
+                f"not sent: the store that keeps sent orders cannot be written ({exc})"
             ) from exc
+        if not ours:
+            with self._bg_lock:
+                self._bg_kept.pop(cid, None)
+            raise BlockedError(
+                f"order {cid} on broker {self.broker_name!r} (account {self.account_id}) was "
+                "not sent: the store's record of the id is no longer this object's (another "
+                "process proved it absent, and may have sent it since); retry to find it"
+            )
 
     def _keep_state(self, cid: str, state: OrderState) -> None:
-        """Record an order's fate in the store; a failure leaves its more cautious last state."""
+        """Record an order's fate on this object's row; a failure leaves its more cautious state."""
         store = self._bg_orders_store
-        if store is None:
+        with self._bg_lock:
+            token = self._bg_kept.get(cid)
+            if state in {OrderState.NOT_PLACED, OrderState.REJECTED}:
+                self._bg_kept.pop(cid, None)  # its row goes: a new send is a new claim
+        if store is None or token is None:
             return
         try:
-            store.settle_sent_order(self.account_id, cid, state.value)
+            store.settle_sent_order(self.account_id, cid, state.value, token=token)
         except BrokerGuardError as exc:
             log.warning(
                 "order %s on broker %r (account %s) is %s, but the store kept its earlier state "
@@ -1364,7 +1426,9 @@ class BaseBroker(abc.ABC):
                 "rest where nothing lists or cancels it; nothing was sent"
             )
         cid = request.client_order_id
-        existing = self._claim_or_resolve(request)
+        to_send, absent_after = self._with_deadline(request)
+        # With a store, the claim keeps the first send's record: written before it leaves.
+        existing = self._claim_or_resolve(to_send, absent_after)
         if existing is not None:
             return existing
         attempt = 0
@@ -1372,18 +1436,12 @@ class BaseBroker(abc.ABC):
         slept = 0.0
         while True:
             attempt += 1
-            now = self._bg_clock.time()
-            to_send = replace(request, deadline=request.deadline or now + self.order_deadline_s)
-            absent_after = self._absent_after(to_send, now)
+            if attempt > 1:
+                to_send, absent_after = self._resending(request)
             try:
                 self._probe_if_due(self._bg_write, real_call_is_probe=False)
             except BaseException:
                 self._set_sent_state(cid, OrderState.NOT_PLACED)  # the probe failed: not sent
-                raise
-            try:
-                self._keep_sent(to_send, OrderState.SENT, absent_after)
-            except BaseException:
-                self._set_sent_state(cid, OrderState.NOT_PLACED)  # not sent: nothing kept it
                 raise
             self._record_send(to_send)
             try:
@@ -1641,20 +1699,42 @@ class BaseBroker(abc.ABC):
             raise exc
         return delay
 
-    def _claim_or_resolve(self, request: OrderRequest) -> Order | None:
+    def _with_deadline(self, request: OrderRequest) -> tuple[OrderRequest, float]:
+        """The request as sent now, and when lookups that find nothing prove it never placed.
+
+        Its deadline is the caller's, or now plus ``order_deadline_s``.
+        """
+        now = self._bg_clock.time()
+        to_send = replace(request, deadline=request.deadline or now + self.order_deadline_s)
+        return to_send, self._absent_after(to_send, now)
+
+    def _resending(self, request: OrderRequest) -> tuple[OrderRequest, float]:
+        """A resend after a refusal: a new deadline, kept in the store before it leaves.
+
+        Raises (the order marked not placed: nothing was sent) when it cannot be kept.
+        """
+        to_send, absent_after = self._with_deadline(request)
+        try:
+            self._keep_sent(to_send, OrderState.SENT, absent_after)
+        except BaseException:
+            self._set_sent_state(request.client_order_id, OrderState.NOT_PLACED)
+            raise
+        return to_send, absent_after
+
+    def _claim_or_resolve(self, request: OrderRequest, absent_after: float) -> Order | None:
         """Take the right to send the request, or return the order its id already names.
 
         Raises OrderUnconfirmedError while an earlier send of the id is unresolved, and
         BlockedError when the request may not be sent (see :meth:`_refuse_a_second_unresolved`).
         """
         cid = request.client_order_id
-        if not (self._claim(cid) and self._claim_kept(request)):
+        if not (self._claim(cid) and self._claim_kept(request, absent_after)):
             # Sent before (by this process, or one whose orders the store keeps): the venue's
             # answer decides, never a second send.
             existing = self.resolve_order(cid)  # raises while the order is unresolved
             if existing is not None:
                 return self._same_order(existing, request)
-            if not (self._claim(cid) and self._claim_kept(request)):
+            if not (self._claim(cid) and self._claim_kept(request, absent_after)):
                 # proven absent, but another caller is sending it now
                 raise self._unresolved_error(cid, None, None, cause=None)
         try:
@@ -2069,6 +2149,7 @@ class BaseBroker(abc.ABC):
             if self._forgettable(cid, state):
                 del self._bg_sent[cid]
                 self._bg_final_seen.pop(cid, None)
+                self._bg_kept.pop(cid, None)
                 overflow -= 1
 
     def _sweep_final(self, now: float) -> None:
@@ -2087,6 +2168,7 @@ class BaseBroker(abc.ABC):
             elif seen.setdefault(cid, now) <= horizon:
                 del self._bg_sent[cid]
                 del seen[cid]
+                self._bg_kept.pop(cid, None)
         explaining = {cid for _, cid in self._bg_sells.values()}
         for cid, at in list(self._bg_filled_at.items()):
             if at <= horizon and cid not in explaining:

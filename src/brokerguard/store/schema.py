@@ -145,6 +145,8 @@ SENT_ORDERS = Table(
     Column("request", Text, nullable=False),  # the OrderRequest, as JSON (exact decimals)
     Column("state", String(30), nullable=False),  # brokerguard.orders.OrderState
     Column("absent_after", Float, nullable=True),  # when absence can prove it never placed
+    Column("token", String(32), nullable=False),  # the claim's: every write of the row names it
+    Column("writer", String(32), nullable=False),  # the process (store) that wrote it last
     Column("sent_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False, index=True),
 )

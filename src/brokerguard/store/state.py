@@ -21,6 +21,7 @@ import logging
 import math
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,7 +52,12 @@ from sqlalchemy.pool import StaticPool
 from brokerguard._redact import redact_url
 from brokerguard._validation import int_problem, seconds_problem
 from brokerguard.clock import SYSTEM_CLOCK, Clock
-from brokerguard.errors import ConfigurationError, LeaseLostError, StoreUnavailableError
+from brokerguard.errors import (
+    BrokerGuardError,
+    ConfigurationError,
+    LeaseLostError,
+    StoreUnavailableError,
+)
 from brokerguard.models import OrderRequest
 from brokerguard.store._deadline import call_deadline, remaining
 from brokerguard.store.hot import HotSnapshot, HotState
@@ -119,10 +125,10 @@ SENT_RESTING_MEMORY_S: Final = 30 * 86400.0
 bound on the table should its end never be seen (the venue's listing still shows it). Orders
 whose outcome is unknown (sent, unresolved, exists) are never forgotten."""
 
-SENT_INTENT_STALE_S: Final = 60.0
-"""Seconds after which a claim that never became a send (``intent``: its process died between
-claiming an id and sending it, a few milliseconds) may be taken by another claim. A younger one
-is another broker object about to send it."""
+SENT_FOREIGN_MARGIN_S: Final = 86400.0
+"""Extra seconds before a process sweeps a kept order another process wrote last: the bounds
+above are measured on the clock of the row's last writer, and a host whose clock runs ahead
+(by up to this much) must not forget another's order early."""
 
 _SENDABLE_AGAIN: Final = ("not_placed", "rejected")
 """Sent-order states that hold nothing: never placed, so the id may be sent again."""
@@ -212,11 +218,14 @@ class SentOrder:
     account_id: str
     request: OrderRequest
     state: str
-    """An :class:`~brokerguard.orders.OrderState` value; ``intent``: claimed, never sent."""
+    """An :class:`~brokerguard.orders.OrderState` value."""
     absent_after: float | None
     """Epoch seconds after which lookups that find nothing can prove it never placed."""
     sent_at: float
     updated_at: float
+    token: str
+    """The claim's token: every write of the row names it (a claim of the id after it was
+    proven absent gets a new one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +305,7 @@ class StateStore:
         if problems or not math.isfinite(timeout) or not math.isfinite(cache_s):
             raise ConfigurationError("invalid store settings: " + "; ".join(problems or ["inf"]))
         self._clock = clock if clock is not None else SYSTEM_CLOCK
+        self._writer = uuid.uuid4().hex  # this process's mark on the sent orders it writes
         self.url = url
         self.timeout = float(timeout)
         self._engine = _make_engine(url, self.timeout, password, pool_size)
@@ -627,13 +637,23 @@ class StateStore:
 
     # ------------------------------------------------------------------ sent orders
 
-    def claim_sent_order(self, account_id: str, request: OrderRequest) -> SentOrder | None:
-        """Take the right to send `request` for `account_id`: None when taken, else who holds it.
+    def claim_sent_order(
+        self,
+        account_id: str,
+        request: OrderRequest,
+        *,
+        token: str,
+        state: str = "sent",
+        absent_after: float | None = None,
+    ) -> SentOrder | None:
+        """Keep `request` as sent under `token`, unless its id is kept: None, or the holder.
 
         Atomic across processes (one row per account and client order id): of two broker
-        objects claiming one id, one inserts it and the other gets that row back. A row left in
-        ``not_placed`` or ``rejected`` may be claimed again (the venue never placed it), as
-        may an ``intent`` older than :data:`SENT_INTENT_STALE_S` (its claimer died unsent).
+        objects claiming one id, one inserts it and the other gets that row back. The row is
+        written as ``sent`` with `absent_after` *before* the request leaves, so a claimer that
+        dies before or while sending leaves an order resolved by the evidence rule, never one
+        that another process may send again at once. Every later write of the row names its
+        `token` (:meth:`save_sent_order`, :meth:`settle_sent_order`).
         """
         _require("account_id", account_id)
         now = self._clock.time()
@@ -642,37 +662,27 @@ class StateStore:
             "account_id": account_id,
             "client_order_id": cid,
             "request": _request_json(request),
-            "state": "intent",
-            "absent_after": None,
+            "state": state,
+            "absent_after": absent_after,
+            "token": token,
+            "writer": self._writer,
             "sent_at": now,
             "updated_at": now,
         }
-        key = _sent_key(account_id, cid)
 
         def work(conn: Connection) -> SentOrder | None:
-            conn.execute(
-                delete(SENT_ORDERS).where(
-                    key
-                    & (
-                        SENT_ORDERS.c.state.in_(_SENDABLE_AGAIN)
-                        | (
-                            (SENT_ORDERS.c.state == "intent")
-                            & (SENT_ORDERS.c.updated_at < now - SENT_INTENT_STALE_S)
-                        )
-                    )
-                )
-            )
             upsert = sqlite_insert if self.dialect == "sqlite" else postgresql_insert
             claim = (
                 upsert(SENT_ORDERS)
                 .values(**row)
                 .on_conflict_do_nothing()
-                .returning(SENT_ORDERS.c.client_order_id)  # rowcount is -1 here on psycopg
+                .returning(SENT_ORDERS.c.token)  # rowcount is -1 here on psycopg
             )
             if conn.execute(claim).first() is not None:
                 return None
-            held = conn.execute(select(SENT_ORDERS).where(key)).one_or_none()
-            return None if held is None else _sent_order(held)
+            held = conn.execute(select(SENT_ORDERS).where(_sent_key(account_id, cid)))
+            found = held.one_or_none()
+            return None if found is None else _sent_order(found)
 
         return self._write(work, hot=False)
 
@@ -682,63 +692,65 @@ class StateStore:
         request: OrderRequest,
         state: str,
         *,
+        token: str,
         absent_after: float | None = None,
-    ) -> None:
-        """Record `request` as sent (or unresolved) in `state`, inserting it if not kept yet."""
-        _require("account_id", account_id)
+    ) -> bool:
+        """Record `request` (a new deadline, or unresolved) on the row `token` holds.
+
+        False when no row of the id carries `token` (another process proved it absent, and
+        may have claimed it again): the caller must not send.
+        """
         now = self._clock.time()
-        cid = request.client_order_id
         values = {
             "request": _request_json(request),
             "state": state,
             "absent_after": absent_after,
+            "writer": self._writer,
             "updated_at": now,
         }
+        key = _sent_key(account_id, request.client_order_id) & (SENT_ORDERS.c.token == token)
 
-        def work(conn: Connection) -> None:
-            if not conn.execute(
-                update(SENT_ORDERS).where(_sent_key(account_id, cid)).values(**values)
-            ).rowcount:
-                conn.execute(
-                    insert(SENT_ORDERS).values(
-                        account_id=account_id, client_order_id=cid, sent_at=now, **values
-                    )
-                )
+        def work(conn: Connection) -> bool:
+            return bool(conn.execute(update(SENT_ORDERS).where(key).values(**values)).rowcount)
 
-        self._write(work, hot=False)
+        return self._write(work, hot=False)
 
-    def settle_sent_order(self, account_id: str, client_order_id: str, state: str) -> None:
-        """Record what became of a kept sent order (nothing if it is not kept).
+    def settle_sent_order(
+        self, account_id: str, client_order_id: str, state: str, *, token: str
+    ) -> bool:
+        """Record what became of the kept order `token` holds; False if no such row is kept.
 
-        A ``not_placed`` or ``rejected`` order is forgotten (it may be sent again). Final orders
-        of the account older than :data:`SENT_ORDER_MEMORY_S`, and resting ones older than
-        :data:`SENT_RESTING_MEMORY_S`, are forgotten with it, as a broker forgets them.
+        A ``not_placed`` or ``rejected`` order is forgotten (its id may be sent again). Only
+        the row `token` names is touched: a late proof of absence never frees an id another
+        process has claimed since. Final and resting orders are swept with it, each past its
+        bound by the clock of the process that last wrote it (see :data:`SENT_FOREIGN_MARGIN_S`).
         """
         now = self._clock.time()
-        key = _sent_key(account_id, client_order_id)
+        key = _sent_key(account_id, client_order_id) & (SENT_ORDERS.c.token == token)
+        mine = SENT_ORDERS.c.writer == self._writer
 
-        def work(conn: Connection) -> None:
+        def past(bound: float) -> ColumnElement[bool]:
+            return (mine & (SENT_ORDERS.c.updated_at < now - bound)) | (
+                SENT_ORDERS.c.updated_at < now - bound - SENT_FOREIGN_MARGIN_S
+            )
+
+        def work(conn: Connection) -> bool:
             conn.execute(
                 delete(SENT_ORDERS).where(
                     (SENT_ORDERS.c.account_id == account_id)
                     & (
-                        (
-                            SENT_ORDERS.c.state.in_(_FORGOTTEN_FINAL)
-                            & (SENT_ORDERS.c.updated_at < now - SENT_ORDER_MEMORY_S)
-                        )
-                        | (
-                            SENT_ORDERS.c.state.in_(_RESTING)
-                            & (SENT_ORDERS.c.updated_at < now - SENT_RESTING_MEMORY_S)
-                        )
+                        (SENT_ORDERS.c.state.in_(_FORGOTTEN_FINAL) & past(SENT_ORDER_MEMORY_S))
+                        | (SENT_ORDERS.c.state.in_(_RESTING) & past(SENT_RESTING_MEMORY_S))
                     )
                 )
             )
             if state in _SENDABLE_AGAIN:
-                conn.execute(delete(SENT_ORDERS).where(key))
-            else:
-                conn.execute(update(SENT_ORDERS).where(key).values(state=state, updated_at=now))
+                return bool(conn.execute(delete(SENT_ORDERS).where(key)).rowcount)
+            changed = update(SENT_ORDERS).where(key)
+            values = {"state": state, "writer": self._writer, "updated_at": now}
+            return bool(conn.execute(changed.values(**values)).rowcount)
 
-        self._write(work, hot=False)
+        return self._write(work, hot=False)
 
     def sent_order(self, account_id: str, client_order_id: str) -> SentOrder | None:
         """The sent order `client_order_id` of `account_id`, or None if none is kept."""
@@ -1234,14 +1246,15 @@ def _request_json(request: OrderRequest) -> str:
 
 
 def _sent_order(r: Any) -> SentOrder:
-    fields = json.loads(r.request)
+    try:
+        request = OrderRequest(**json.loads(r.request))  # validated again, as any request
+    except (ValueError, TypeError, BrokerGuardError) as exc:
+        raise StoreUnavailableError(
+            f"the kept order {r.client_order_id!r} of account {r.account_id!r} cannot be read "
+            f"({type(exc).__name__}: {exc}): no order is sent until it is mended"
+        ) from exc
     return SentOrder(
-        r.account_id,
-        OrderRequest(**fields),  # validated again, as any request
-        r.state,
-        r.absent_after,
-        r.sent_at,
-        r.updated_at,
+        r.account_id, request, r.state, r.absent_after, r.sent_at, r.updated_at, r.token
     )
 
 
