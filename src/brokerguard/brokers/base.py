@@ -141,6 +141,12 @@ _KEPT_UNRESOLVED = frozenset(
 """Kept states whose outcome is unknown: a process that died while sending leaves ``sent``."""
 
 
+KEPT_REFRESH_S = 1.0
+"""Seconds a gate's view of the orders other processes keep for its account may be old: an
+unresolved entry another process kept is refused here within this bound (an order this process
+sends reads them first, at once)."""
+
+
 def _new_token() -> str:
     """A fresh claim token for a kept order's row (random: two claims never share one)."""
     return uuid.uuid4().hex
@@ -308,12 +314,24 @@ class SentOrderStore(Protocol):
         """Record `request` in `state` on the row `token` holds (False: no such row)."""
 
     def settle_sent_order(
-        self, account_id: str, client_order_id: str, state: str, *, token: str
+        self,
+        account_id: str,
+        client_order_id: str,
+        state: str,
+        *,
+        token: str,
+        proven_after: float | None = None,
     ) -> bool:
-        """Record the fate of the row `token` holds (a never-placed one is forgotten)."""
+        """Record the fate of the row `token` holds (a never-placed one is forgotten).
+
+        `proven_after`: proven absent by lookups after it; a row resent since is kept.
+        """
 
     def sent_orders(self, account_id: str) -> Sequence[KeptOrder]:
         """Every order kept for `account_id`."""
+
+    def unsettled_sent_orders(self, account_id: str) -> Sequence[KeptOrder]:
+        """The kept orders of `account_id` that may still execute."""
 
 
 class BaseBroker(abc.ABC):
@@ -432,6 +450,8 @@ class BaseBroker(abc.ABC):
         self._bg_orders_store: SentOrderStore | None = None
         self._bg_orders_pending = False  # the kept orders could not be read yet
         self._bg_kept: dict[str, str] = {}  # cid -> the token of its row in the store
+        self._bg_adopted: set[str] = set()  # ids known from the store only (another's sends)
+        self._bg_kept_read_at = float("-inf")  # when the store's unsettled orders were read
         self._bg_saved_holdings: dict[str, Decimal] | None = None
         self._bg_last_positions: PositionSnapshot | None = None
         self._bg_observers: list[CallObserver] = []
@@ -910,7 +930,12 @@ class BaseBroker(abc.ABC):
                     absent_after=entry.absent_after,
                 )
                 with self._bg_lock:
-                    self._bg_kept[entry.client_order_id] = token if held is None else held.token
+                    if held is None:
+                        self._bg_kept[entry.client_order_id] = token
+                    else:  # another's row holds the id: it is that order (its later deadline)
+                        self._bg_sent.pop(entry.client_order_id, None)
+                        self._bg_unresolved.pop(entry.client_order_id, None)
+                        self._adopt_kept(held)
         except BrokerGuardError as exc:
             log.error(
                 "account %s: the orders it sent cannot be read from or kept in the store (%s): "
@@ -923,18 +948,36 @@ class BaseBroker(abc.ABC):
             self._bg_orders_pending = False
 
     def _adopt_kept(self, order: KeptOrder) -> None:
-        """Take one kept order into memory (caller holds the lock).
+        """Take one kept order into memory unless this object knows its id (caller holds the lock).
 
-        What this object knows first-hand stands, except that it never placed the id: a kept
-        row says some process sent it since.
+        What this object knows first-hand stands (its own row may be on its way out: a send it
+        refused); a caller that learnt the row is another order drops the id first.
         """
         cid = order.request.client_order_id
-        if self._bg_sent.get(cid) not in {None, OrderState.NOT_PLACED, OrderState.REJECTED}:
+        if cid in self._bg_sent:
             return
         state = OrderState(order.state)
         self._bg_sent[cid] = state
         self._bg_sent.move_to_end(cid)
         self._bg_kept[cid] = order.token
+        self._bg_adopted.add(cid)
+        if state in {OrderState.OPEN, OrderState.PARTIALLY_FILLED}:
+            # Resting at the venue when last heard of: exposure (a slot) until seen final, even
+            # if a listing omits it (get_open_orders looks it up).
+            request = order.request
+            self._bg_live.setdefault(
+                cid,
+                Order(
+                    cid,
+                    request.symbol,
+                    request.side,
+                    request.quantity,
+                    Decimal(0),
+                    OrderStatus(state.value),
+                    order_type=request.order_type,
+                    price=request.price,
+                ),
+            )
         if state in _KEPT_UNRESOLVED:
             held = OrderState.EXISTS if state is OrderState.EXISTS else OrderState.UNRESOLVED
             self._bg_unresolved[cid] = UnresolvedOrder(
@@ -944,6 +987,43 @@ class BaseBroker(abc.ABC):
                 None if held is OrderState.EXISTS else order.absent_after,
                 "sent by another process or broker object, outcome unknown",
             )
+
+    def refresh_kept_orders(self, max_age_s: float = KEPT_REFRESH_S) -> None:
+        """See the orders other processes keep for this account, read at most `max_age_s` ago.
+
+        A new unresolved one blocks its symbol and side here too (and a buy counts its slot at
+        the gate); one its owner settled since leaves (its fate is in the store, and a retry of
+        its id finds it there). The gate calls it for every decision (so another process's
+        unresolved entry is seen within ``KEPT_REFRESH_S``), and an order for it before its
+        claim (with 0: at once). Raises when the store cannot be read (the caller fails closed).
+        """
+        store = self._bg_orders_store
+        if store is None:
+            return
+        now = self._bg_clock.monotonic()
+        if now - self._bg_kept_read_at < max_age_s and not self._bg_orders_pending:
+            return
+        if self._bg_orders_pending:
+            self._load_kept_orders()
+        rows = {r.request.client_order_id: r for r in store.unsettled_sent_orders(self.account_id)}
+        with self._bg_lock:
+            self._bg_kept_read_at = now
+            for cid in [c for c in self._bg_adopted if c not in rows]:
+                self._forget_adopted(cid)  # settled by its owner: the store has its fate
+            for cid, row in rows.items():
+                if cid in self._bg_adopted and row.token != self._bg_kept.get(cid):
+                    self._forget_adopted(cid)  # claimed again since: that order now
+                if cid in self._bg_adopted or cid not in self._bg_sent:
+                    self._bg_sent.pop(cid, None)
+                    self._adopt_kept(row)
+
+    def _forget_adopted(self, cid: str) -> None:
+        """Drop what this object copied of another's kept order (caller holds the lock)."""
+        self._bg_adopted.discard(cid)
+        self._bg_unresolved.pop(cid, None)
+        self._bg_live.pop(cid, None)
+        self._bg_sent.pop(cid, None)
+        self._bg_kept.pop(cid, None)
 
     def _claim_kept(self, request: OrderRequest, absent_after: float) -> bool:
         """Keep `request` in the store as sent: False when another sender's row holds its id.
@@ -958,8 +1038,7 @@ class BaseBroker(abc.ABC):
         cid = request.client_order_id
         token = _new_token()
         try:
-            if self._bg_orders_pending:
-                self._load_kept_orders()
+            self.refresh_kept_orders(0.0)  # another's unresolved order in this symbol counts
             held = store.claim_sent_order(
                 self.account_id, request, token=token, absent_after=absent_after
             )
@@ -1018,8 +1097,14 @@ class BaseBroker(abc.ABC):
                 "process proved it absent, and may have sent it since); retry to find it"
             )
 
-    def _keep_state(self, cid: str, state: OrderState) -> None:
-        """Record an order's fate on this object's row; a failure leaves its more cautious state."""
+    def _keep_state(
+        self, cid: str, state: OrderState, *, proven_after: float | None = None
+    ) -> None:
+        """Record an order's fate on its kept row; a failure leaves its more cautious state.
+
+        `proven_after`: the horizon after which lookups proved it absent (the row is kept if
+        its owner resent it since with a later one: the next claim meets it again).
+        """
         store = self._bg_orders_store
         with self._bg_lock:
             token = self._bg_kept.get(cid)
@@ -1028,7 +1113,9 @@ class BaseBroker(abc.ABC):
         if store is None or token is None:
             return
         try:
-            store.settle_sent_order(self.account_id, cid, state.value, token=token)
+            store.settle_sent_order(
+                self.account_id, cid, state.value, token=token, proven_after=proven_after
+            )
         except BrokerGuardError as exc:
             log.warning(
                 "order %s on broker %r (account %s) is %s, but the store kept its earlier state "
@@ -1938,7 +2025,7 @@ class BaseBroker(abc.ABC):
         if not current:
             return _StillUnresolved(horizon, confirm=False)
         if next_state(state, verdict.evidence) is OrderState.NOT_PLACED:
-            self._settle_unresolved(cid, OrderState.NOT_PLACED, None)
+            self._settle_unresolved(cid, OrderState.NOT_PLACED, None, proven_after=horizon)
             return None
         return _StillUnresolved(
             verdict.absences.confirmable_after(horizon),
@@ -2098,14 +2185,22 @@ class BaseBroker(abc.ABC):
             exists=exists,
         )
 
-    def _settle_unresolved(self, cid: str, state: OrderState, found: Order | None) -> None:
+    def _settle_unresolved(
+        self,
+        cid: str,
+        state: OrderState,
+        found: Order | None,
+        *,
+        proven_after: float | None = None,
+    ) -> None:
         with self._bg_lock:
             entry = self._bg_unresolved.pop(cid, None)
             self._bg_absences.pop(cid, None)  # found or proven absent: start again from nothing
+            self._bg_adopted.discard(cid)  # what it became is known here first-hand now
             self._bg_sent[cid] = state
             if found is not None and not found.is_final:
                 self._bg_live[cid] = found  # adopted and live: exposure until seen final
-        self._keep_state(cid, state)
+        self._keep_state(cid, state, proven_after=proven_after)
         if entry is not None:
             log.warning(
                 "order %s on broker %r (account %s) resolved: %s",
@@ -2150,6 +2245,7 @@ class BaseBroker(abc.ABC):
                 del self._bg_sent[cid]
                 self._bg_final_seen.pop(cid, None)
                 self._bg_kept.pop(cid, None)
+                self._bg_adopted.discard(cid)
                 overflow -= 1
 
     def _sweep_final(self, now: float) -> None:
@@ -2169,6 +2265,7 @@ class BaseBroker(abc.ABC):
                 del self._bg_sent[cid]
                 del seen[cid]
                 self._bg_kept.pop(cid, None)
+                self._bg_adopted.discard(cid)
         explaining = {cid for _, cid in self._bg_sells.values()}
         for cid, at in list(self._bg_filled_at.items()):
             if at <= horizon and cid not in explaining:

@@ -517,6 +517,13 @@ class TradingGate:
         return None
 
     def _unresolved(self, symbol: str) -> Decision | None:
+        try:
+            self.broker.refresh_kept_orders()  # another process's kept ones, within 1 s
+        except BrokerGuardError as exc:
+            log.warning(
+                "entry check on account %s: kept orders unreadable (%s)", self.account_id, exc
+            )
+            return Decision.deny(STORE_UNAVAILABLE, error=type(exc).__name__)
         for order in self.broker.unresolved_orders():
             if order.symbol == symbol:
                 return Decision.deny(

@@ -134,6 +134,8 @@ _SENDABLE_AGAIN: Final = ("not_placed", "rejected")
 """Sent-order states that hold nothing: never placed, so the id may be sent again."""
 _FORGOTTEN_FINAL: Final = ("filled", "canceled", "vanished")
 _RESTING: Final = ("open", "partially_filled")
+_UNSETTLED: Final = ("intent", "sent", "unresolved", "exists", *_RESTING)
+_CLAIM_ATTEMPTS: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,11 +680,19 @@ class StateStore:
                 .on_conflict_do_nothing()
                 .returning(SENT_ORDERS.c.token)  # rowcount is -1 here on psycopg
             )
-            if conn.execute(claim).first() is not None:
-                return None
-            held = conn.execute(select(SENT_ORDERS).where(_sent_key(account_id, cid)))
-            found = held.one_or_none()
-            return None if found is None else _sent_order(found)
+            for _ in range(_CLAIM_ATTEMPTS):
+                if conn.execute(claim).first() is not None:
+                    return None
+                held = conn.execute(select(SENT_ORDERS).where(_sent_key(account_id, cid)))
+                found = held.one_or_none()
+                if found is not None:
+                    return _sent_order(found)
+                # PostgreSQL, read committed: the row that conflicted was deleted (proven
+                # absent) before this SELECT saw it. Not a win: insert again.
+            raise StoreUnavailableError(
+                f"the claim of order {cid} for account {account_id} kept meeting a row that "
+                "vanished: nothing is sent"
+            )
 
         return self._write(work, hot=False)
 
@@ -716,14 +726,23 @@ class StateStore:
         return self._write(work, hot=False)
 
     def settle_sent_order(
-        self, account_id: str, client_order_id: str, state: str, *, token: str
+        self,
+        account_id: str,
+        client_order_id: str,
+        state: str,
+        *,
+        token: str,
+        proven_after: float | None = None,
     ) -> bool:
         """Record what became of the kept order `token` holds; False if no such row is kept.
 
         A ``not_placed`` or ``rejected`` order is forgotten (its id may be sent again). Only
         the row `token` names is touched: a late proof of absence never frees an id another
-        process has claimed since. Final and resting orders are swept with it, each past its
-        bound by the clock of the process that last wrote it (see :data:`SENT_FOREIGN_MARGIN_S`).
+        process has claimed since. `proven_after`: the order was proven absent by lookups after
+        this time (its ``absent_after`` when the prover read it); the row is kept if its owner
+        has resent it since with a later deadline (its ``absent_after`` is later). Final and
+        resting orders are swept with it, each past its bound by the clock of the process that
+        last wrote it (see :data:`SENT_FOREIGN_MARGIN_S`).
         """
         now = self._clock.time()
         key = _sent_key(account_id, client_order_id) & (SENT_ORDERS.c.token == token)
@@ -745,7 +764,10 @@ class StateStore:
                 )
             )
             if state in _SENDABLE_AGAIN:
-                return bool(conn.execute(delete(SENT_ORDERS).where(key)).rowcount)
+                gone = key
+                if proven_after is not None:
+                    gone = gone & (SENT_ORDERS.c.absent_after <= proven_after)
+                return bool(conn.execute(delete(SENT_ORDERS).where(gone)).rowcount)
             changed = update(SENT_ORDERS).where(key)
             values = {"state": state, "writer": self._writer, "updated_at": now}
             return bool(conn.execute(changed.values(**values)).rowcount)
@@ -759,6 +781,21 @@ class StateStore:
         def work(conn: Connection) -> SentOrder | None:
             row = conn.execute(select(SENT_ORDERS).where(key)).one_or_none()
             return None if row is None else _sent_order(row)
+
+        return self._read(work)
+
+    def unsettled_sent_orders(self, account_id: str) -> list[SentOrder]:
+        """The kept orders of `account_id` that may still execute (outcome unknown, or resting)."""
+
+        def work(conn: Connection) -> list[SentOrder]:
+            query = (
+                select(SENT_ORDERS)
+                .where(
+                    (SENT_ORDERS.c.account_id == account_id) & SENT_ORDERS.c.state.in_(_UNSETTLED)
+                )
+                .order_by(SENT_ORDERS.c.sent_at, SENT_ORDERS.c.client_order_id)
+            )
+            return [_sent_order(r) for r in conn.execute(query)]
 
         return self._read(work)
 
