@@ -231,6 +231,9 @@ def test_two_objects_racing_one_id_send_it_once(process, exchange, url, clock):
     assert exchange.executed("c-race") == 1
 
 
+A_TOKEN = "claim-of-process-a"  # noqa: S105 (a claim's token, not a secret)
+
+
 class FailingStore:
     """The real store, with one of its sent-order calls failing as an unreachable database."""
 
@@ -357,3 +360,56 @@ def test_the_kept_request_is_exact(process, url, clock):
     assert kept.request.quantity == Decimal("0.123456789")
     assert kept.request.deadline == 1010.0  # sent at 1000 with the default 10 s deadline
     assert (kept.state, kept.sent_at) == ("filled", 1000.0)
+
+
+def test_an_adopted_order_resent_since_is_not_proven_absent_by_a_lookup_before_the_resend(
+    process, exchange, url, clock
+):
+    """A lookup made before a resend of an adopted order proves nothing about the resend.
+
+    B holds A's order; one lookup of B's after its first deadline finds nothing; A resends it
+    with a later deadline and the venue fills it; B's one lookup after that deadline omits it.
+    Two absent answers, but the first was about the send before: only answers after the row's
+    current deadline count, or B would prove a filled order absent and send it again.
+    """
+    store = open_store(url, clock=clock)
+    # A claims c1 and its process dies right after the claim (the row says sent).
+    first = OrderRequest("SOL/USD", "buy", "1", "c-resent-late", deadline=clock.time() + 10)
+    kept = store.claim_sent_order(
+        "acct-kept", first, token=A_TOKEN, absent_after=first.deadline + 5
+    )
+    assert kept is None
+
+    b = process()
+    [held] = b.unresolved_orders()
+    answers = ["omits"]  # then the lookups fail: the confirming one never answers
+    real_lookup = b.fetch_order
+
+    def lagging(cid: str) -> Order | None:
+        answer = answers.pop(0) if answers else "fails"
+        if answer == "fails":
+            raise TimeoutError("the lookup timed out")
+        return None if answer == "omits" else real_lookup(cid)
+
+    b.fetch_order = lagging
+    clock.advance(16)  # past A's first deadline and margin
+    with pytest.raises(OrderUnconfirmedError):
+        b.resolve_order("c-resent-late")  # one absence, the confirming lookup failed
+
+    # A's process (restarted) resends it with a new deadline, kept first; the venue fills it.
+    second = OrderRequest("SOL/USD", "buy", "1", "c-resent-late", deadline=clock.time() + 10)
+    assert store.save_sent_order(
+        "acct-kept", second, "sent", token=A_TOKEN, absent_after=second.deadline + 5
+    )
+    exchange.accept(second)
+    b.refresh_kept_orders(0.0)
+    clock.advance(16)  # past the resend's deadline and margin
+    answers[:] = ["omits", *["fails"] * 10]  # one omission, then the lookups fail again
+
+    with pytest.raises(OrderUnconfirmedError):
+        b.resolve_order("c-resent-late")  # the listing omits it once: one absence, not two
+    answers[:] = ["real"] * 10
+    found = b.place_market_order("SOL/USD", "buy", "1", client_order_id="c-resent-late")
+    assert found.status is OrderStatus.FILLED
+    assert exchange.executed("c-resent-late") == 1
+    assert held.absent_after == first.deadline + 5

@@ -890,11 +890,11 @@ class BaseBroker(abc.ABC):
         and a restarted gate would neither block its symbol nor count its slot. With it, an
         order is claimed in the store before it is sent (atomically: one sender per client
         order id across processes) and recorded as sent, with its deadline, before it leaves;
-        its fate is recorded after, on that claim's row only;
-        the kept orders of unknown outcome are unresolved here too (looked up, never resent
-        before the evidence rule allows). While the store cannot be written, orders are not
-        sent (fail closed). The gate and the enforcer call it with their store; the first store
-        given is kept.
+        its fate is recorded after, on that claim's row only. The kept orders of unknown
+        outcome are unresolved here too (looked up, never resent before the evidence rule
+        allows), other processes' included (:meth:`refresh_kept_orders`). While the store
+        cannot be written, orders are not sent (fail closed). The gate and the enforcer call it
+        with their store; the first store given is kept.
         """
         with self._bg_lock:
             if self._bg_orders_store is not None:
@@ -1011,8 +1011,13 @@ class BaseBroker(abc.ABC):
             for cid in [c for c in self._bg_adopted if c not in rows]:
                 self._forget_adopted(cid)  # settled by its owner: the store has its fate
             for cid, row in rows.items():
-                if cid in self._bg_adopted and row.token != self._bg_kept.get(cid):
-                    self._forget_adopted(cid)  # claimed again since: that order now
+                if cid in self._bg_adopted:
+                    held = self._bg_unresolved.get(cid)
+                    if row.token != self._bg_kept.get(cid):
+                        self._forget_adopted(cid)  # claimed again since: that order now
+                    elif held is not None and held.absent_after != row.absent_after:
+                        # Resent since with a new deadline: lookups before prove nothing of it.
+                        self._bg_absences.pop(cid, None)
                 if cid in self._bg_adopted or cid not in self._bg_sent:
                     self._bg_sent.pop(cid, None)
                     self._adopt_kept(row)
@@ -1021,6 +1026,7 @@ class BaseBroker(abc.ABC):
         """Drop what this object copied of another's kept order (caller holds the lock)."""
         self._bg_adopted.discard(cid)
         self._bg_unresolved.pop(cid, None)
+        self._bg_absences.pop(cid, None)
         self._bg_live.pop(cid, None)
         self._bg_sent.pop(cid, None)
         self._bg_kept.pop(cid, None)
