@@ -13,107 +13,22 @@ is one process's view of it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 import pytest
 
 from brokerguard import (
     BlockedError,
-    BrokerCircuitBreaker,
-    BrokerRejection,
     Order,
     OrderRequest,
     OrderStatus,
     OrderUnconfirmedError,
-    Position,
     StoreUnavailableError,
     TradingGate,
 )
-from brokerguard.brokers.base import BaseBroker
-from brokerguard.errors import RateLimitedError
 from brokerguard.orders import OrderState
 from brokerguard.store import StateStore, open_store
-from brokerguard.testing import FakeClock
-
-
-class Exchange:
-    """One venue: fills every order it accepts; never refuses an id it has seen (no dedupe).
-
-    It refuses a request past its deadline, as the brokers here say (enforces_order_deadline).
-    """
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.orders: dict[str, list[Order]] = {}
-        self.lock = threading.Lock()
-        self.lose_answers = 0  # accept, then the answer is lost (a timeout)
-
-    def accept(self, request: OrderRequest) -> Order:
-        if request.deadline is not None and self.clock.time() > request.deadline:
-            raise BrokerRejection("EGeneral:Invalid arguments:deadline elapsed")
-        order = Order(
-            request.client_order_id,
-            request.symbol,
-            request.side,
-            request.quantity,
-            request.quantity,
-            OrderStatus.FILLED,
-            f"V{sum(map(len, self.orders.values())) + 1}",
-        )
-        with self.lock:
-            self.orders.setdefault(request.client_order_id, []).append(order)
-        return order
-
-    def executed(self, cid: str) -> int:
-        return len(self.orders.get(cid, ()))
-
-
-class Crash(BaseException):
-    """The process dies mid-call (not an Exception: nothing in the broker may catch it)."""
-
-
-class VenueBroker(BaseBroker):
-    """One broker object (one process) on the shared exchange."""
-
-    enforces_order_deadline = True
-
-    def __init__(self, exchange: Exchange, clock: FakeClock, **kwargs: object) -> None:
-        super().__init__(
-            "kept",
-            clock=clock,
-            account_id="acct-kept",
-            read_breaker=BrokerCircuitBreaker("kept", scope="read", clock=clock),
-            write_breaker=BrokerCircuitBreaker(
-                "kept", scope="write", clock=clock, failure_threshold=100
-            ),
-            **kwargs,  # type: ignore[arg-type]
-        )
-        self.exchange = exchange
-        self.crash_after_accept = False
-        self.rate_limited = 0  # refuse this many sends at the door (never processed)
-
-    def fetch_positions(self) -> Sequence[Position]:
-        return [Position("BTC/USD", "1")]
-
-    def fetch_prices(self, symbols: Sequence[str]) -> Mapping[str, object]:
-        return dict.fromkeys(symbols, "100")
-
-    def submit_order(self, order: OrderRequest) -> Order:
-        if self.rate_limited:
-            self.rate_limited -= 1
-            raise RateLimitedError("EAPI:Rate limit exceeded", retry_after=1.0)
-        placed = self.exchange.accept(order)
-        if self.crash_after_accept:
-            raise Crash("the process died before the answer arrived")
-        if self.exchange.lose_answers:
-            self.exchange.lose_answers -= 1
-            raise TimeoutError("read timed out")
-        return placed
-
-    def fetch_order(self, client_order_id: str) -> Order | None:
-        found = self.exchange.orders.get(client_order_id)
-        return found[-1] if found else None
+from tests.kept_world import Crash, Exchange, VenueBroker
 
 
 @pytest.fixture
@@ -274,7 +189,7 @@ def test_a_resend_the_store_cannot_keep_is_not_sent(exchange, clock, url):
     store = open_store(url, clock=clock)
     broker = VenueBroker(exchange, clock)
     broker.keep_orders_in(FailingStore(store, "save_sent_order"))  # type: ignore[arg-type]
-    broker.rate_limited = 1
+    broker.refused_at_the_door = 1
 
     with pytest.raises(BlockedError, match="was not sent"):
         broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-resend")
@@ -285,7 +200,7 @@ def test_a_resend_the_store_cannot_keep_is_not_sent(exchange, clock, url):
 
 def test_a_resend_kept_with_its_new_deadline_goes_once(process, exchange, url, clock):
     broker = process()
-    broker.rate_limited = 1
+    broker.refused_at_the_door = 1
     broker.place_market_order("SOL/USD", "buy", "1", client_order_id="c-resent")
     assert exchange.executed("c-resent") == 1
     [kept] = open_store(url, clock=clock).sent_orders("acct-kept")
