@@ -6,6 +6,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -57,6 +58,15 @@ def require_service(name: str, problem: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{message} (BROKERGUARD_REQUIRE_SERVICES=1: CI must have it)")
     pytest.skip(f"{message}; start it or set BROKERGUARD_REQUIRE_SERVICES=1 to make this fail")
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql"])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store that outlives its connections (reopening sees the same data), on each database."""
+    if request.param == "sqlite-file":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 @pytest.fixture

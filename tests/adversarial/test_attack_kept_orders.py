@@ -116,11 +116,9 @@ def _try(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(params=["sqlite-file", "postgresql"])
-def any_url(request, tmp_path) -> str:
-    if request.param == "sqlite-file":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    return request.getfixturevalue("pg_url")
+@pytest.fixture
+def any_url(durable_url) -> str:
+    return durable_url
 
 
 @pytest.fixture

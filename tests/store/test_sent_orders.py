@@ -22,11 +22,9 @@ from brokerguard.store.state import (
 from brokerguard.testing import FakeClock
 
 
-@pytest.fixture(params=["sqlite-file", "postgresql"])
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite-file":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    return request.getfixturevalue("pg_url")
+@pytest.fixture
+def url(durable_url) -> str:
+    return durable_url
 
 
 @pytest.fixture

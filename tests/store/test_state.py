@@ -29,14 +29,6 @@ def url(request, tmp_path) -> str:
     return request.getfixturevalue("pg_url")
 
 
-@pytest.fixture(params=["sqlite-file", "postgresql"])
-def durable_url(request, tmp_path) -> str:
-    """A store that outlives its connections (reopening sees the same data)."""
-    if request.param == "sqlite-file":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    return request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
 def store(url, clock) -> StateStore:
     opened = open_store(url, clock=clock)
