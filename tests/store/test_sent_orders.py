@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields
 from decimal import Decimal
 
 import pytest
@@ -18,6 +20,7 @@ from brokerguard.store.state import (
     SENT_FOREIGN_MARGIN_S,
     SENT_ORDER_MEMORY_S,
     SENT_RESTING_MEMORY_S,
+    _request_json,
 )
 from brokerguard.testing import FakeClock
 
@@ -163,6 +166,26 @@ def test_a_kept_row_that_cannot_be_read_is_a_store_failure(store):
         conn.execute(text("UPDATE bg_sent_orders SET request = '{\"symbol\": 1}'"))
     with pytest.raises(StoreUnavailableError, match="cannot be read"):
         store.sent_orders("acct")
+
+
+def test_a_kept_row_whose_request_names_another_order_is_a_store_failure(store):
+    """A tampered row never becomes another id's order (the request's id is checked)."""
+    store.claim_sent_order("acct", buy("c1"), token="t", absent_after=1015.0)
+    with store._engine.begin() as conn:
+        conn.execute(text("UPDATE bg_sent_orders SET request = REPLACE(request, 'c1', 'c9')"))
+    with pytest.raises(StoreUnavailableError, match="names order 'c9'"):
+        store.sent_orders("acct")
+
+
+def test_every_field_of_a_request_is_kept(store):
+    """The row keeps every field of OrderRequest: a field added later survives a restart."""
+    request = OrderRequest("ETH/USD", "buy", "2", "c-all", order_type="limit", price="10.5")
+    store.claim_sent_order("acct", request, token="t")
+    [kept] = store.sent_orders("acct")
+    assert kept.request == request
+    stored = store.sent_order("acct", "c-all")
+    assert stored is not None
+    assert {f.name for f in fields(OrderRequest)} == set(json.loads(_request_json(request)))
 
 
 def test_a_store_of_schema_6_gains_the_sent_orders_on_open(url, clock):

@@ -1112,11 +1112,13 @@ class BaseBroker(abc.ABC):
         its owner resent it since with a later one: the next claim meets it again).
         """
         store = self._bg_orders_store
+        if store is None:
+            return  # nothing kept: no lock taken on an order's path
         with self._bg_lock:
             token = self._bg_kept.get(cid)
             if state in {OrderState.NOT_PLACED, OrderState.REJECTED}:
                 self._bg_kept.pop(cid, None)  # its row goes: a new send is a new claim
-        if store is None or token is None:
+        if token is None:
             return
         try:
             store.settle_sent_order(

@@ -24,8 +24,9 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
+from enum import Enum
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
@@ -786,31 +787,23 @@ class StateStore:
 
     def unsettled_sent_orders(self, account_id: str) -> list[SentOrder]:
         """The kept orders of `account_id` that may still execute (outcome unknown, or resting)."""
-
-        def work(conn: Connection) -> list[SentOrder]:
-            query = (
-                select(SENT_ORDERS)
-                .where(
-                    (SENT_ORDERS.c.account_id == account_id) & SENT_ORDERS.c.state.in_(_UNSETTLED)
-                )
-                .order_by(SENT_ORDERS.c.sent_at, SENT_ORDERS.c.client_order_id)
-            )
-            return [_sent_order(r) for r in conn.execute(query)]
-
-        return self._read(work)
+        return self._kept_orders(account_id, _UNSETTLED)
 
     def sent_orders(self, account_id: str) -> list[SentOrder]:
         """Every sent order kept for `account_id`, oldest first."""
+        return self._kept_orders(account_id, None)
 
-        def work(conn: Connection) -> list[SentOrder]:
-            query = (
-                select(SENT_ORDERS)
-                .where(SENT_ORDERS.c.account_id == account_id)
-                .order_by(SENT_ORDERS.c.sent_at, SENT_ORDERS.c.client_order_id)
-            )
-            return [_sent_order(r) for r in conn.execute(query)]
-
-        return self._read(work)
+    def _kept_orders(self, account_id: str, states: Sequence[str] | None) -> list[SentOrder]:
+        """The kept orders of `account_id` (in `states`, or all), oldest first."""
+        where = SENT_ORDERS.c.account_id == account_id
+        if states is not None:
+            where = where & SENT_ORDERS.c.state.in_(states)
+        query = (
+            select(SENT_ORDERS)
+            .where(where)
+            .order_by(SENT_ORDERS.c.sent_at, SENT_ORDERS.c.client_order_id)
+        )
+        return self._read(lambda conn: [_sent_order(r) for r in conn.execute(query)])
 
     # ------------------------------------------------------------------ paused symbols
 
@@ -1263,35 +1256,39 @@ def _sent_key(account_id: str, client_order_id: str) -> ColumnElement[bool]:
 
 
 def _request_json(request: OrderRequest) -> str:
-    """The request as JSON: decimals as their exact strings, enums as their values."""
+    """The request as JSON, every field of it: decimals as exact strings, enums as values.
+
+    Every field, so a field added to OrderRequest survives a restart without a change here.
+    """
     return json.dumps(
-        {
-            "symbol": request.symbol,
-            "side": request.side.value,
-            "quantity": str(request.quantity),
-            "client_order_id": request.client_order_id,
-            "deadline": request.deadline,
-            "order_type": request.order_type.value,
-            "price": None if request.price is None else str(request.price),
-            "time_in_force": None if request.time_in_force is None else request.time_in_force.value,
-            "post_only": request.post_only,
-            "reduce_only": request.reduce_only,
-            "expire_at": request.expire_at,
-        },
-        sort_keys=True,
+        {f.name: _plain(getattr(request, f.name)) for f in fields(request)}, sort_keys=True
     )
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Decimal):
+        return str(value)  # exact: never a float
+    if isinstance(value, Enum):
+        return value.value
+    return value
 
 
 def _sent_order(r: Any) -> SentOrder:
     try:
         request = OrderRequest(**json.loads(r.request))  # validated again, as any request
     except (ValueError, TypeError, BrokerGuardError) as exc:
-        raise StoreUnavailableError(
-            f"the kept order {r.client_order_id!r} of account {r.account_id!r} cannot be read "
-            f"({type(exc).__name__}: {exc}): no order is sent until it is mended"
-        ) from exc
+        raise _unreadable(r, f"{type(exc).__name__}: {exc}") from exc
+    if request.client_order_id != r.client_order_id:  # a tampered row names another order
+        raise _unreadable(r, f"its request names order {request.client_order_id!r}")
     return SentOrder(
         r.account_id, request, r.state, r.absent_after, r.sent_at, r.updated_at, r.token
+    )
+
+
+def _unreadable(r: Any, why: str) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        f"the kept order {r.client_order_id!r} of account {r.account_id!r} cannot be read "
+        f"({why}): no order is sent until it is mended"
     )
 
 
